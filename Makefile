@@ -1,0 +1,47 @@
+# agentexec: `make run` starts everything, `make test` runs the whole suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+export PORT ?= 8000
+export FLOWER_PORT ?= 5555
+export FLOWER_BASIC_AUTH ?= admin:agentexec
+PYTEST_ARGS ?=
+
+.PHONY: install services db run test lint bench bench-full clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+services:
+	@bash scripts/services.sh
+
+db: install services
+	@$(PY) scripts/createdb.py
+	@$(VENV)/bin/alembic upgrade head
+
+run: db
+	@echo "API      http://127.0.0.1:$(PORT)  (docs: /docs)"
+	@echo "Flower   http://127.0.0.1:$(FLOWER_PORT)  (basic auth $(FLOWER_BASIC_AUTH))"
+	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
+
+test: install services
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check app api workers cli tests bench
+	$(VENV)/bin/mypy
+
+bench: install services
+	$(PY) -m bench --mode short
+
+bench-full: install services
+	$(PY) -m bench --mode full
+
+clean:
+	rm -rf $(VENV) *.egg-info

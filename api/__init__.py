@@ -1,0 +1,5 @@
+"""The HTTP API: a Flask app factory over ExecutionService."""
+
+from api.app import create_app
+
+__all__ = ["create_app"]

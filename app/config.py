@@ -1,0 +1,68 @@
+"""Typed settings read from the environment (12-factor), with localhost defaults."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of agentexec, named as its environment variable."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/agentexec"
+    database_pool_size: int = 10
+    database_max_overflow: int = 20
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_broker_url: str = ""
+
+    # Workers and recovery.
+    heartbeat_interval: float = Field(5.0, gt=0)
+    lease_timeout: float = Field(30.0, gt=0)
+    redeliver_after: float = Field(60.0, gt=0)
+    reaper_interval: float = Field(5.0, gt=0)
+    default_timeout_seconds: int = Field(3600, gt=0)
+    max_timeout_seconds: int = Field(86400, gt=0)
+    default_max_retries: int = Field(3, ge=0)
+    retry_backoff_base: float = Field(1.0, ge=0)
+    retry_backoff_cap: float = Field(30.0, ge=0)
+    default_queue: str = "executions"
+    worker_pool: str = "threads"
+    worker_concurrency: int = Field(32, gt=0)
+
+    # Model service.
+    model_provider: str = "simulated"
+    model_base_url: str = "http://127.0.0.1:11434/v1"
+    model_api_key: str = "not-needed"
+    model_name: str = "gpt-4o-mini"
+    model_timeout: float = Field(60.0, gt=0)
+
+    # HTTP API.
+    max_request_bytes: int = Field(1024 * 1024, gt=0)
+    sse_heartbeat_seconds: float = Field(15.0, gt=0)
+    auth_enabled: bool = True
+    rate_limit: int = Field(600, ge=0)
+    cors_origins: str = ""
+
+    # Logs.
+    log_format: str = "console"
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _broker_defaults_to_redis(self) -> Settings:
+        if not self.celery_broker_url:
+            self.celery_broker_url = self.redis_url
+        return self
+
+    @property
+    def event_channel_prefix(self) -> str:
+        return "agent.execution.events."
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,70 @@
+"""The exception tree of agentexec: small, typed, one line each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AgentExecError(Exception):
+    """Base of every error agentexec raises on purpose."""
+
+
+class ExecutionNotFoundError(AgentExecError):
+    """No execution with that id (for this tenant)."""
+
+    def __init__(self, execution_id: Any):
+        super().__init__(f"execution {execution_id} not found")
+        self.execution_id = execution_id
+
+
+class AgentNotFoundError(AgentExecError):
+    """No agent with that id (for this tenant)."""
+
+    def __init__(self, agent_id: Any):
+        super().__init__(f"agent {agent_id} not found")
+        self.agent_id = agent_id
+
+
+class InvalidExecutionStateError(AgentExecError):
+    """The execution is not in a state that allows the requested change."""
+
+    def __init__(self, execution_id: Any, current_state: Any, target_state: Any, detail: str = ""):
+        cur = getattr(current_state, "value", current_state)
+        tgt = getattr(target_state, "value", target_state)
+        msg = detail or f"execution {execution_id} cannot go from {cur} to {tgt}"
+        super().__init__(msg)
+        self.execution_id = execution_id
+        self.current_state = current_state
+        self.target_state = target_state
+
+
+class InvalidProgressError(AgentExecError):
+    """A progress report that would lower the percentage within an attempt."""
+
+
+class ConflictError(AgentExecError):
+    """The request conflicts with existing data (a taken name, a reused idempotency key)."""
+
+
+class ModelOrchestrationError(AgentExecError):
+    """The model service failed; `retryable` says whether another attempt may succeed."""
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class DatabaseError(AgentExecError):
+    """PostgreSQL failed in a way the caller cannot fix (down, constraint, timeout)."""
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """PostgreSQL cannot be reached right now; the same call may succeed later."""
+
+
+class ExecutionInterrupted(AgentExecError):
+    """A running execution was told to stop: `kind` is cancel, pause or timeout."""
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self.kind = kind

@@ -1,0 +1,85 @@
+"""ExecutionProgressTracker: progress of a RUNNING execution, never lower within an attempt."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+
+from app.errors import ExecutionNotFoundError, InvalidExecutionStateError, InvalidProgressError
+from app.execution.event_emitter import ExecutionEventEmitter
+from app.execution.repository import ExecutionRepository, commit
+from app.models import Execution
+from app.schemas import ExecutionProgressUpdate, ExecutionState
+
+
+class ExecutionProgressTracker:
+    """Tracks and reports execution progress."""
+
+    def __init__(self, repository: ExecutionRepository, event_emitter: ExecutionEventEmitter):
+        self.repository = repository
+        self.event_emitter = event_emitter
+
+    def update_progress(
+        self,
+        execution_id: uuid.UUID,
+        progress_data: ExecutionProgressUpdate,
+        *,
+        expected_attempt: int | None = None,
+    ) -> Execution:
+        """Store the progress and emit `agent.execution.progress` in one transaction.
+
+        Raises ExecutionNotFoundError; InvalidExecutionStateError when the execution is
+        not RUNNING (its `current_state` tells a runner it was paused or cancelled) or
+        belongs to another attempt; InvalidProgressError when the percentage would drop.
+        """
+        with self.repository.session_factory() as session:
+            row = self.repository.update_progress(
+                execution_id,
+                progress_data.percentage,
+                progress_data.message,
+                progress_data.context_update,
+                expected_attempt=expected_attempt,
+                session=session,
+            )
+            if row is None:
+                self._explain_refusal(session, execution_id, progress_data, expected_attempt)
+            assert row is not None
+            event = self.event_emitter.emit_progress_updated(row, session=session)
+            session.flush()
+            commit(session)
+        self.event_emitter.publish([event])
+        return row
+
+    @staticmethod
+    def _explain_refusal(
+        session: object,
+        execution_id: uuid.UUID,
+        data: ExecutionProgressUpdate,
+        expected_attempt: int | None,
+    ) -> None:
+        row = session.execute(  # type: ignore[attr-defined]
+            select(Execution.state, Execution.attempt, Execution.progress_percentage).where(
+                Execution.id == execution_id
+            )
+        ).one_or_none()
+        if row is None:
+            raise ExecutionNotFoundError(execution_id)
+        if row.state != ExecutionState.RUNNING.value:
+            raise InvalidExecutionStateError(
+                execution_id,
+                row.state,
+                ExecutionState.RUNNING,
+                f"progress can only be reported while RUNNING; execution {execution_id} is {row.state}",
+            )
+        if expected_attempt is not None and row.attempt != expected_attempt:
+            raise InvalidExecutionStateError(
+                execution_id,
+                row.state,
+                ExecutionState.RUNNING,
+                f"execution {execution_id} is at attempt {row.attempt}, not {expected_attempt}",
+            )
+        raise InvalidProgressError(
+            f"progress of execution {execution_id} cannot go down from "
+            f"{row.progress_percentage} to {data.percentage}"
+        )

@@ -1,0 +1,275 @@
+"""ExecutionService: the facade the API and the workers call, and nothing deeper."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import func
+
+from app.config import Settings
+from app.errors import (
+    AgentNotFoundError,
+    ConflictError,
+    ExecutionNotFoundError,
+    InvalidExecutionStateError,
+)
+from app.events import EventBus
+from app.execution.control import ControlHub
+from app.execution.event_emitter import ExecutionEventEmitter
+from app.execution.progress_tracker import ExecutionProgressTracker
+from app.execution.repository import ExecutionRepository, commit
+from app.execution.state_manager import ExecutionStateManager, TaskDispatcher, Transition
+from app.execution.task_runner import ExecutionTaskRunner
+from app.models import DEFAULT_TENANT, Agent, Execution, ExecutionEvent, ExecutionStateHistory
+from app.schemas import (
+    FINISHED_STATES,
+    AgentCreate,
+    AgentUpdate,
+    ExecutionCreate,
+    ExecutionFilters,
+    ExecutionState,
+    Pagination,
+)
+
+S = ExecutionState
+
+
+def request_fingerprint(body: ExecutionCreate) -> str:
+    """SHA-256 of the canonical JSON of a create request (idempotency comparison)."""
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ExecutionService:
+    """Creates, runs, controls and reads executions and agents."""
+
+    def __init__(
+        self,
+        repository: ExecutionRepository,
+        state_manager: ExecutionStateManager,
+        progress_tracker: ExecutionProgressTracker,
+        event_emitter: ExecutionEventEmitter,
+        task_runner: ExecutionTaskRunner,
+        background_tasks: TaskDispatcher | None,
+        settings: Settings,
+        event_bus: EventBus | None = None,
+        control_hub: ControlHub | None = None,
+    ):
+        self.repository = repository
+        self.state_manager = state_manager
+        self.progress_tracker = progress_tracker
+        self.event_emitter = event_emitter
+        self.task_runner = task_runner
+        self.background_tasks = background_tasks
+        self.settings = settings
+        self.event_bus = event_bus
+        self.control_hub = control_hub
+
+    # ------------------------------------------------------------- executions
+
+    def create_execution(
+        self,
+        data: ExecutionCreate,
+        *,
+        idempotency_key: str | None = None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> tuple[Execution, bool]:
+        """Create an execution (PENDING, then QUEUED unless `start` is false) in one transaction.
+
+        Args:
+            data: the validated request.
+            idempotency_key: a repeated key with the same body returns the first execution.
+            tenant: the owner.
+
+        Returns:
+            (execution, created): created is False for an idempotent repeat.
+
+        Raises:
+            AgentNotFoundError: unknown agent (for this tenant).
+            ConflictError: the key was used with another body.
+        """
+        if self.repository.get_agent(data.agent_id, tenant=tenant) is None:
+            raise AgentNotFoundError(data.agent_id)
+        fingerprint = request_fingerprint(data) if idempotency_key else None
+        values: dict[str, Any] = {
+            "id": uuid.uuid4(),
+            "tenant": tenant,
+            "agent_id": data.agent_id,
+            "task_id": data.task_id,
+            "parameters": data.parameters.model_dump(mode="json", exclude_none=True),
+            "state": S.PENDING.value,
+            "max_retries": (
+                self.settings.default_max_retries if data.max_retries is None else data.max_retries
+            ),
+            "timeout_seconds": data.timeout_seconds or self.settings.default_timeout_seconds,
+            "queue": data.queue or self.settings.default_queue,
+            "priority": data.priority,
+            "metadata_": data.metadata,
+            "idempotency_key": idempotency_key,
+            "request_fingerprint": fingerprint,
+            "context": {},
+            "created_at": func.now(),
+            "updated_at": func.now(),
+        }
+        transitions: list[Transition] = []
+        with self.repository.session_factory() as session:
+            if idempotency_key:
+                row = self.repository.create_idempotent(values, session=session)
+            else:
+                row = self.repository.create(
+                    Execution(**{k: v for k, v in values.items() if k not in ("created_at", "updated_at")}),
+                    session=session,
+                )
+            if row is None:
+                session.rollback()
+                return self._idempotent_repeat(tenant, idempotency_key or "", fingerprint), False
+            session.add(ExecutionStateHistory(execution_id=row.id, from_state=None, to_state="PENDING",
+                                              reason="created"))
+            created_event = self.event_emitter.emit_state_changed(row, None, "created", session=session)
+            session.flush()
+            if data.start:
+                transitions.append(
+                    self.state_manager.transition_in(
+                        session, row.id, S.QUEUED, "submitted", expected_state=S.PENDING
+                    )
+                )
+            commit(session)
+        self.event_emitter.publish([created_event])
+        self.state_manager.after_commit(transitions)
+        return (transitions[-1].execution if transitions else row), True
+
+    def _idempotent_repeat(self, tenant: str, key: str, fingerprint: str | None) -> Execution:
+        existing = self.repository.get_by_idempotency_key(tenant, key)
+        if existing is None:  # deleted between the insert and the read
+            raise ConflictError(f"idempotency key {key!r} is being reused; try again")
+        if existing.request_fingerprint != fingerprint:
+            raise ConflictError(f"idempotency key {key!r} was already used with a different request body")
+        return existing
+
+    def start_execution(self, execution_id: uuid.UUID, *, tenant: str | None = None,
+                        reason: str | None = None) -> Execution:
+        """PENDING -> QUEUED (sends the task)."""
+        return self.state_manager.change_state(
+            execution_id, S.QUEUED, reason or "started", tenant=tenant, expected_state=S.PENDING
+        )
+
+    def get_execution(self, execution_id: uuid.UUID, *, tenant: str | None = None) -> Execution:
+        """The execution; raises ExecutionNotFoundError."""
+        row = self.repository.get_by_id(execution_id, tenant=tenant)
+        if row is None:
+            raise ExecutionNotFoundError(execution_id)
+        return row
+
+    def list_executions(
+        self, filters: ExecutionFilters, pagination: Pagination, *, tenant: str | None = None
+    ) -> tuple[list[Execution], int]:
+        """A newest-first page and the total."""
+        return self.repository.list_executions(filters, pagination, tenant=tenant)
+
+    def delete_execution(self, execution_id: uuid.UUID, *, tenant: str | None = None) -> None:
+        """Delete a finished execution; InvalidExecutionStateError while it is active."""
+        if self.repository.delete_execution(execution_id, tenant=tenant, only_states=FINISHED_STATES):
+            return
+        row = self.get_execution(execution_id, tenant=tenant)
+        raise InvalidExecutionStateError(
+            execution_id, row.state, "DELETED",
+            f"execution {execution_id} is {row.state}; only finished executions can be deleted",
+        )
+
+    def get_state_history(
+        self, execution_id: uuid.UUID, limit: int = 10, *, tenant: str | None = None
+    ) -> list[ExecutionStateHistory]:
+        """The last `limit` transitions, oldest first."""
+        self.get_execution(execution_id, tenant=tenant)
+        return self.repository.get_state_history(execution_id, limit)
+
+    def get_events(
+        self, execution_id: uuid.UUID, after: int = 0, limit: int = 1000, *, tenant: str | None = None
+    ) -> list[ExecutionEvent]:
+        """Logged events after event id `after`, in order."""
+        if tenant is not None:
+            self.get_execution(execution_id, tenant=tenant)
+        return self.repository.get_events(execution_id, after, limit)
+
+    # ---------------------------------------------------------------- control
+
+    def cancel_execution(self, execution_id: uuid.UUID, *, tenant: str | None = None,
+                         reason: str | None = None) -> Execution:
+        """PENDING/QUEUED/PAUSED -> CANCELLED; RUNNING/PAUSING -> CANCELLING (the worker stops)."""
+        return self._control(execution_id, tenant, reason or "cancelled by request", {
+            S.PENDING: S.CANCELLED, S.QUEUED: S.CANCELLED, S.PAUSED: S.CANCELLED,
+            S.RUNNING: S.CANCELLING, S.PAUSING: S.CANCELLING,
+        })
+
+    def pause_execution(self, execution_id: uuid.UUID, *, tenant: str | None = None,
+                        reason: str | None = None) -> Execution:
+        """RUNNING -> PAUSING; the worker stops at the next step boundary -> PAUSED."""
+        return self._control(execution_id, tenant, reason or "paused by request", {S.RUNNING: S.PAUSING})
+
+    def resume_execution(self, execution_id: uuid.UUID, *, tenant: str | None = None,
+                         reason: str | None = None) -> Execution:
+        """PAUSED -> QUEUED with a new attempt that continues after the last finished step."""
+        return self._control(execution_id, tenant, reason or "resumed by request", {S.PAUSED: S.QUEUED})
+
+    def retry_execution(self, execution_id: uuid.UUID, *, tenant: str | None = None,
+                        reason: str | None = None) -> Execution:
+        """FAILED/TIMED_OUT -> QUEUED with a new attempt."""
+        return self._control(execution_id, tenant, reason or "retried by request",
+                             {S.FAILED: S.QUEUED, S.TIMED_OUT: S.QUEUED})
+
+    def _control(self, execution_id: uuid.UUID, tenant: str | None, reason: str,
+                 targets: dict[ExecutionState, ExecutionState]) -> Execution:
+        for _ in range(3):
+            current = S(self.get_execution(execution_id, tenant=tenant).state)
+            target = targets.get(current)
+            if target is None:
+                allowed = ", ".join(s.value for s in targets)
+                raise InvalidExecutionStateError(
+                    execution_id, current, next(iter(targets.values())),
+                    f"execution {execution_id} is {current.value}; this needs one of: {allowed}",
+                )
+            try:
+                return self.state_manager.change_state(
+                    execution_id, target, reason, expected_state=current, tenant=tenant
+                )
+            except InvalidExecutionStateError:
+                continue  # the state moved under us; decide again from the new one
+        raise InvalidExecutionStateError(execution_id, current, "?", "the execution is changing; try again")
+
+    # ------------------------------------------------------------------ agents
+
+    def create_agent(self, data: AgentCreate, *, tenant: str = DEFAULT_TENANT) -> Agent:
+        """A new agent; ConflictError when the name is taken."""
+        return self.repository.create_agent(Agent(tenant=tenant, **data.model_dump()))
+
+    def get_agent(self, agent_id: uuid.UUID, *, tenant: str | None = None) -> Agent:
+        """The agent; raises AgentNotFoundError."""
+        agent = self.repository.get_agent(agent_id, tenant=tenant)
+        if agent is None:
+            raise AgentNotFoundError(agent_id)
+        return agent
+
+    def list_agents(self, pagination: Pagination, *, tenant: str | None = None) -> tuple[list[Agent], int]:
+        """A page of agents and their total."""
+        return self.repository.list_agents(pagination, tenant=tenant)
+
+    def update_agent(self, agent_id: uuid.UUID, data: AgentUpdate, *, tenant: str | None = None) -> Agent:
+        """Change the given fields of an agent."""
+        changes = data.model_dump(exclude_unset=True, exclude_none=True)
+        if not changes:
+            return self.get_agent(agent_id, tenant=tenant)
+        agent = self.repository.update_agent(agent_id, changes, tenant=tenant)
+        if agent is None:
+            raise AgentNotFoundError(agent_id)
+        return agent
+
+    def delete_agent(self, agent_id: uuid.UUID, *, tenant: str | None = None) -> None:
+        """Delete an agent with its finished executions; ConflictError while any is active."""
+        self.get_agent(agent_id, tenant=tenant)
+        if self.repository.agent_has_active_executions(agent_id):
+            raise ConflictError(f"agent {agent_id} has executions that are not finished")
+        if not self.repository.delete_agent(agent_id, tenant=tenant):
+            raise AgentNotFoundError(agent_id)

@@ -1,0 +1,154 @@
+"""ExecutionState and the pydantic models that cross the service boundary."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class ExecutionState(str, enum.Enum):
+    """The ten states an execution can be in."""
+
+    PENDING = "PENDING"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    PAUSING = "PAUSING"
+    PAUSED = "PAUSED"
+    CANCELLING = "CANCELLING"
+    CANCELLED = "CANCELLED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+
+
+FINISHED_STATES = frozenset(
+    {
+        ExecutionState.COMPLETED,
+        ExecutionState.FAILED,
+        ExecutionState.TIMED_OUT,
+        ExecutionState.CANCELLED,
+    }
+)
+ACTIVE_STATES = frozenset(
+    {
+        ExecutionState.QUEUED,
+        ExecutionState.RUNNING,
+        ExecutionState.PAUSING,
+        ExecutionState.CANCELLING,
+    }
+)
+HELD_BY_WORKER = frozenset(
+    {ExecutionState.RUNNING, ExecutionState.PAUSING, ExecutionState.CANCELLING}
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SimulateOptions(_Strict):
+    """Knobs read by the simulated model provider."""
+
+    latency_ms: int = Field(0, ge=0, le=600_000)
+    fail_times: int = Field(0, ge=0, le=100)
+    fail_permanently: bool = False
+    chunks: int = Field(10, ge=1, le=1000)
+
+
+class PipelineStep(_Strict):
+    """One model call of a pipeline; the prompt may use {input} and {steps.<name>}."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    prompt: str = Field(min_length=1, max_length=100_000)
+
+
+class ExecutionParameters(BaseModel):
+    """What to run: the task type, its input, pipeline steps and simulation knobs."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["standard", "pipeline"] = "standard"
+    input: str = Field("", max_length=500_000)
+    steps: list[PipelineStep] | None = None
+    simulate: SimulateOptions | None = None
+
+    @model_validator(mode="after")
+    def _pipeline_needs_steps(self) -> ExecutionParameters:
+        if self.type == "pipeline":
+            if not self.steps or not 1 <= len(self.steps) <= 50:
+                raise ValueError("a pipeline needs 1 to 50 steps")
+            names = [s.name for s in self.steps]
+            if len(set(names)) != len(names):
+                raise ValueError("pipeline step names must be unique")
+        elif self.steps:
+            raise ValueError("steps are only allowed for type 'pipeline'")
+        return self
+
+
+class ExecutionCreate(_Strict):
+    """The body of POST /v1/executions."""
+
+    agent_id: uuid.UUID
+    parameters: ExecutionParameters
+    task_id: uuid.UUID | None = None
+    start: bool = True
+    queue: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    priority: int = Field(5, ge=0, le=9)
+    timeout_seconds: int | None = Field(None, gt=0, le=7 * 86400)
+    max_retries: int | None = Field(None, ge=0, le=20)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExecutionProgressUpdate(_Strict):
+    """A progress report from a running execution."""
+
+    percentage: float = Field(ge=0, le=100)
+    message: str | None = Field(None, max_length=1000)
+    context_update: dict[str, Any] | None = None
+
+
+class AgentCreate(_Strict):
+    """The body of POST /v1/agents."""
+
+    name: str = Field(min_length=1, max_length=200)
+    model: str = Field("simulated-1", min_length=1, max_length=200)
+    system_prompt: str = Field("", max_length=100_000)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("name must not be blank")
+        return v
+
+
+class AgentUpdate(_Strict):
+    """The body of PATCH /v1/agents/{id}: any subset of the fields."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    model: str | None = Field(None, min_length=1, max_length=200)
+    system_prompt: str | None = Field(None, max_length=100_000)
+    parameters: dict[str, Any] | None = None
+
+
+class ExecutionFilters(BaseModel):
+    """List filters of GET /v1/executions."""
+
+    state: list[ExecutionState] | None = None
+    agent_id: uuid.UUID | None = None
+    task_id: uuid.UUID | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+class Pagination(BaseModel):
+    """A page of a newest-first list."""
+
+    page: int = Field(1, ge=1, le=1_000_000)
+    page_size: int = Field(50, ge=1, le=200)

@@ -1,0 +1,38 @@
+"""Flat Celery settings, read from the same settings object as everything else."""
+
+from app.config import get_settings
+
+_s = get_settings()
+
+broker_url = _s.celery_broker_url
+broker_connection_retry_on_startup = True
+broker_transport_options = {
+    # Longer than the longest allowed execution: Redis must not redeliver a running task;
+    # a lost worker is found by the heartbeat lease instead.
+    "visibility_timeout": _s.max_timeout_seconds + 3600,
+    "queue_order_strategy": "priority",
+    "priority_steps": list(range(10)),
+    "socket_timeout": 5,
+    "socket_connect_timeout": 5,
+    "retry_on_timeout": True,
+}
+# The state lives in PostgreSQL; Celery's results are not needed.
+task_ignore_result = True
+result_backend = None
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_default_queue = _s.default_queue
+task_serializer = "json"
+accept_content = ["json"]
+# Task events on, so Flower sees everything.
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+worker_pool = _s.worker_pool
+worker_concurrency = _s.worker_concurrency
+worker_hijack_root_logger = False
+worker_cancel_long_running_tasks_on_connection_loss = False
+beat_schedule = {
+    "reap-executions": {"task": "agentexec.reap", "schedule": _s.reaper_interval},
+}

@@ -1,0 +1,124 @@
+"""Test fixtures: a fresh PostgreSQL database per run, the shared Redis, real Celery workers.
+
+The environment is set before any `app` import, so every component (and every
+subprocess a test starts) reads the test database and a queue of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_DB = f"agentexec_test_{RUN_ID}"
+os.environ["DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DB}"
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+os.environ["CELERY_BROKER_URL"] = os.environ["REDIS_URL"]
+os.environ["DEFAULT_QUEUE"] = f"test-executions-{RUN_ID}"
+os.environ.setdefault("HEARTBEAT_INTERVAL", "0.5")
+os.environ.setdefault("RETRY_BACKOFF_BASE", "0.05")
+os.environ.setdefault("RETRY_BACKOFF_CAP", "0.2")
+os.environ.setdefault("AUTH_ENABLED", "false")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+import psycopg  # noqa: E402
+
+from app.config import Settings, get_settings  # noqa: E402
+
+
+def _admin(sql: str) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def migrate(database_url: str, revision: str = "head", direction: str = "upgrade") -> None:
+    """Run alembic as a user would, in a subprocess."""
+    subprocess.run(
+        [sys.executable, "-m", "alembic", direction, revision],
+        cwd=ROOT,
+        env=os.environ | {"DATABASE_URL": database_url},
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def settings() -> Iterator[Settings]:
+    """Settings of this test run, its database created, migrated and finally dropped."""
+    _admin(f'CREATE DATABASE "{TEST_DB}"')
+    try:
+        migrate(os.environ["DATABASE_URL"])
+        yield get_settings()
+    finally:
+        from app.db import dispose_all
+
+        dispose_all()
+        _admin(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def session_factory(settings: Settings):  # type: ignore[no-untyped-def]
+    from app.db import get_engine, make_session_factory
+
+    return make_session_factory(get_engine(settings.database_url))
+
+
+@pytest.fixture
+def clean_db(session_factory):  # type: ignore[no-untyped-def]
+    """Empty tables before a test (tests never rely on rows another test left)."""
+    from sqlalchemy import text
+
+    with session_factory() as s:
+        s.execute(text("TRUNCATE agents, executions, execution_state_history, execution_events, "
+                       "api_keys CASCADE"))
+        s.commit()
+    yield
+
+
+class RecordingDispatcher:
+    """Stands in for Celery where a test only needs to see what would be sent."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple] = []
+        self.cancelled: list[tuple] = []
+        self.signals: list[tuple] = []
+
+    def start_task(self, execution_id, attempt, *, queue, priority, countdown=0):  # type: ignore[no-untyped-def]
+        self.started.append((execution_id, attempt, queue, priority, countdown))
+
+    def cancel_task(self, execution_id, attempt=None):  # type: ignore[no-untyped-def]
+        self.cancelled.append((execution_id, attempt))
+
+    def signal_task(self, execution_id, command):  # type: ignore[no-untyped-def]
+        self.signals.append((execution_id, command))
+
+
+@pytest.fixture
+def dispatcher() -> RecordingDispatcher:
+    return RecordingDispatcher()
+
+
+@pytest.fixture
+def service(settings, session_factory, clean_db, dispatcher):  # type: ignore[no-untyped-def]
+    """An ExecutionService on the real database and Redis, sending no Celery tasks."""
+    from app.bootstrap import build_service
+
+    svc = build_service(background_tasks=dispatcher, settings=settings, session_factory=session_factory)
+    yield svc
+    if svc.control_hub is not None:
+        svc.control_hub.stop()
+
+
+@pytest.fixture
+def agent(service):  # type: ignore[no-untyped-def]
+    from app.schemas import AgentCreate
+
+    return service.create_agent(AgentCreate(name=f"agent-{secrets.token_hex(3)}", system_prompt="Be brief."))
