@@ -122,3 +122,50 @@ def agent(service):  # type: ignore[no-untyped-def]
     from app.schemas import AgentCreate
 
     return service.create_agent(AgentCreate(name=f"agent-{secrets.token_hex(3)}", system_prompt="Be brief."))
+
+
+@pytest.fixture(scope="session")
+def celery_app(settings):  # type: ignore[no-untyped-def]
+    """The real Celery app, pointed at the test database and a queue of this run."""
+    from workers import celery_app as app
+
+    return app
+
+
+@pytest.fixture(scope="session")
+def celery_worker(celery_app, settings):  # type: ignore[no-untyped-def]
+    """A real Celery worker (threads pool) in this process, consuming this run's queue."""
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(
+        celery_app,
+        pool="threads",
+        concurrency=8,
+        perform_ping_check=False,
+        shutdown_timeout=10,
+        loglevel="WARNING",
+        queues=[settings.default_queue],
+    ) as worker:
+        yield worker
+
+
+@pytest.fixture
+def worker_service(celery_worker, clean_db):  # type: ignore[no-untyped-def]
+    """The ExecutionService the worker uses (Celery-backed background tasks)."""
+    from workers.tasks import get_service
+
+    return get_service()
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll `predicate` until it returns a truthy value or the deadline passes."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)

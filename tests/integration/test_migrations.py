@@ -1,0 +1,34 @@
+"""Alembic upgrade and downgrade round trip on an empty database."""
+
+from __future__ import annotations
+
+import secrets
+
+import psycopg
+
+from tests.conftest import PG_ADMIN_URL, migrate
+
+
+def _tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {r[0] for r in rows}
+
+
+def test_upgrade_downgrade_upgrade_round_trips_on_an_empty_database():
+    name = f"agentexec_mig_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    plain = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    try:
+        migrate(url)
+        assert {"agents", "executions", "execution_state_history", "execution_events", "api_keys",
+                "alembic_version"} <= _tables(plain)
+        migrate(url, "base", "downgrade")
+        assert _tables(plain) == {"alembic_version"}
+        migrate(url)
+        assert "executions" in _tables(plain)
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
