@@ -64,6 +64,10 @@ def commit(session: Session) -> None:
     session.commit()
 
 
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def _unique_violation(exc: IntegrityError) -> bool:
     return getattr(getattr(exc, "orig", None), "sqlstate", None) == "23505"
 
@@ -147,7 +151,7 @@ class ExecutionRepository:
         where = self._filter_clauses(f, tenant)
         with self.session_factory() as s:
             total = s.scalar(select(func.count()).select_from(Execution).where(*where)) or 0
-            stmt: Select[tuple[Execution]] = (
+            stmt: Select[Any] = (
                 select(Execution)
                 .where(*where)
                 .order_by(Execution.created_at.desc(), Execution.id.desc())
@@ -275,7 +279,7 @@ class ExecutionRepository:
             )
         )
         with self.transaction() as s:
-            return (s.execute(stmt).rowcount or 0) > 0
+            return _rowcount(s.execute(stmt)) > 0
 
     @_wrap_db_errors
     def heartbeat(
@@ -309,7 +313,7 @@ class ExecutionRepository:
         if only_states is not None:
             stmt = stmt.where(Execution.state.in_([s.value for s in only_states]))
         with self.transaction() as s:
-            return (s.execute(stmt).rowcount or 0) > 0
+            return _rowcount(s.execute(stmt)) > 0
 
     # ----------------------------------------------------------- history and events
 
@@ -436,7 +440,7 @@ class ExecutionRepository:
             if tenant is not None:
                 stmt = stmt.where(Agent.tenant == tenant)
             s.execute(delete(Execution).where(Execution.agent_id == agent_id))
-            return (s.execute(stmt).rowcount or 0) > 0
+            return _rowcount(s.execute(stmt)) > 0
 
     @_wrap_db_errors
     def agent_has_active_executions(self, agent_id: uuid.UUID) -> bool:
