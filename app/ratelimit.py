@@ -1,0 +1,47 @@
+"""A per-key rate limit in Redis: a fixed one-minute window per key, shared by all API processes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """Whether a request may pass, and when the caller may try again."""
+
+    allowed: bool
+    remaining: int
+    retry_after: int
+
+
+class RateLimiter:
+    """`limit` requests per minute per key; fails open (logged) when Redis is unreachable."""
+
+    def __init__(self, client: redis.Redis, limit: int, prefix: str = "agentexec:rate:"):
+        self.client = client
+        self.limit = limit
+        self.prefix = prefix
+
+    def hit(self, key_id: str) -> RateDecision:
+        """Count one request of `key_id` in the current window."""
+        if self.limit <= 0:
+            return RateDecision(True, 0, 0)
+        now = time.time()
+        window = int(now // 60)
+        name = f"{self.prefix}{key_id}:{window}"
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.incr(name)
+            pipe.expire(name, 61)
+            count = int(pipe.execute()[0])
+        except redis.RedisError as exc:
+            log.warning("rate limiter unavailable; letting the request through", error=str(exc))
+            return RateDecision(True, self.limit, 0)
+        retry_after = max(1, int(60 - (now % 60)) + 1)
+        return RateDecision(count <= self.limit, max(0, self.limit - count), retry_after)
