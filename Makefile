@@ -27,7 +27,8 @@ db: install services
 
 run: db
 	@echo "API      http://127.0.0.1:$(PORT)  (docs: /docs)"
-	@echo "Flower   http://127.0.0.1:$(FLOWER_PORT)  (basic auth $(FLOWER_BASIC_AUTH))"
+	@echo "Flower   http://127.0.0.1:$(FLOWER_PORT)  (basic auth $(FLOWER_BASIC_AUTH); set FLOWER_BASIC_AUTH=user:pass to change)"
+	@echo "CLI      $(VENV)/bin/agentexec --help  (talks to http://127.0.0.1:$(PORT); see docs/operate.md)"
 	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
 
 test: install services

@@ -49,6 +49,21 @@ def redact_sensitive(
     return event_dict
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is when a line is emitted (it may be swapped after setup)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 def _shared_processors() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -80,7 +95,6 @@ def configure_logging(
         resolved = logging.getLevelName(resolved.upper())
         if not isinstance(resolved, int):
             resolved = logging.INFO
-    stream = stream or sys.stderr
     shared = _shared_processors()
     final = [structlog.processors.format_exc_info] if log_format == "json" else []
     structlog.configure(
@@ -93,9 +107,9 @@ def configure_logging(
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final,
-                    _renderer(log_format, stream)],
+                    _renderer(log_format, stream or sys.stderr)],
     )
-    handler = logging.StreamHandler(stream)
+    handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(formatter)
     setattr(handler, _MARK, True)
     root = logging.getLogger()

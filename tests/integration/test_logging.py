@@ -1,0 +1,150 @@
+"""Structured logs: a worker started as in the Procfile writes JSON lines that carry the run's ids.
+
+Also home of the small process helpers the operations tests share (free ports, Procfile
+commands, process groups), so that test_flower.py starts its processes the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from app.schemas import AgentCreate, ExecutionCreate
+from tests.conftest import ROOT, wait_for
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def procfile_command(name: str) -> str:
+    """The shell command of one Procfile process."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise LookupError(f"no {name!r} process in the Procfile")
+
+
+def start_procfile_process(name: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Run a Procfile line with bash (as honcho does) in its own process group, output to a file."""
+    full_env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"} | env
+    with log_path.open("wb") as log:
+        return subprocess.Popen(["bash", "-c", f"exec {procfile_command(name)}"], cwd=ROOT, env=full_env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, then SIGKILL it if it lingers."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    """The lines of a log file that are JSON objects."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def _run_script(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=os.environ | env, capture_output=True,
+                          text=True, timeout=30, check=True)
+
+
+_SCRIPT = """
+import logging, structlog
+from app.config import Settings
+from app.logging import configure_logging
+configure_logging(Settings())
+structlog.contextvars.bind_contextvars(execution_id="e-1", attempt=2, agent_id="a-1")
+log = structlog.get_logger("agentexec.test")
+log.info("model called", api_key="sk-canary", prompt="prompt-canary", result="result-canary", tokens=3)
+logging.getLogger("celery.worker").warning("a stdlib line")
+log.debug("debug detail", prompt="debug-canary")
+"""
+
+
+def test_json_logs_carry_the_bound_run_context_and_redact_keys_prompts_and_results():
+    proc = _run_script(_SCRIPT, LOG_FORMAT="json", LOG_LEVEL="INFO")
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
+    assert [line["event"] for line in lines] == ["model called", "a stdlib line"]
+    for line in lines:
+        assert (line["execution_id"], line["attempt"], line["agent_id"]) == ("e-1", 2, "a-1")
+        assert line["timestamp"] and line["level"] in ("info", "warning")
+    assert lines[0]["tokens"] == 3
+    assert lines[0]["api_key"] == lines[0]["prompt"] == lines[0]["result"] == "[redacted]"
+    assert "canary" not in proc.stderr
+
+
+def test_debug_level_shows_prompt_text_and_console_format_is_readable_text():
+    proc = _run_script(_SCRIPT, LOG_FORMAT="console", LOG_LEVEL="DEBUG")
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 3 and not any(line.startswith("{") for line in lines)
+    assert "model called" in lines[0] and "execution_id=e-1" in lines[0] and "sk-canary" not in lines[0]
+    assert "debug detail" in lines[2] and "debug-canary" in lines[2]
+
+
+def test_a_procfile_worker_logs_json_lines_with_the_execution_id_and_no_input_text(
+        settings, session_factory, clean_db, tmp_path: Path):  # type: ignore[no-untyped-def]
+    from app.bootstrap import build_service
+    from workers.background import BackgroundTaskManager
+    from workers.celery_app import celery_app
+
+    queue = f"test-logging-{secrets.token_hex(4)}"
+    log_path = tmp_path / "worker.log"
+    worker = start_procfile_process("worker", {
+        "LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "CELERY_QUEUES": queue, "WORKER_CONCURRENCY": "2",
+        "MODEL_API_KEY": "sk-key-canary",
+    }, log_path)
+    svc = build_service(background_tasks=BackgroundTaskManager(celery_app), settings=settings,
+                        session_factory=session_factory)
+    try:
+        agent = svc.create_agent(AgentCreate(name="logged", system_prompt="system-canary"))
+        execution, _ = svc.create_execution(ExecutionCreate(
+            agent_id=agent.id, queue=queue, parameters={"input": "input-canary"}))
+        wait_for(lambda: svc.get_execution(execution.id).state == "COMPLETED", timeout=30,
+                 what="the execution to complete on the Procfile worker")
+        execution_id = str(execution.id)
+
+        def run_lines() -> list[dict[str, Any]]:
+            return [r for r in json_lines(log_path) if r.get("execution_id") == execution_id]
+
+        lines = wait_for(lambda: [r for r in run_lines() if r["event"] == "run finished"] and run_lines(),
+                         timeout=10, what="the worker's 'run finished' line")
+    finally:
+        stop_process(worker)
+        if svc.control_hub is not None:
+            svc.control_hub.stop()
+    finished = next(r for r in lines if r["event"] == "run finished")
+    assert finished["attempt"] == 1 and finished["agent_id"] == str(agent.id)
+    assert finished["level"] == "info" and finished["outcome"] == "COMPLETED"
+    # Celery's own task line carries the execution too (bound before the task body runs).
+    assert any("succeeded" in r["event"] and r.get("logger", "").startswith("celery") for r in lines)
+    text = log_path.read_text()
+    for canary in ("input-canary", "system-canary", "sk-key-canary"):
+        assert canary not in text
+    assert uuid.UUID(finished["execution_id"]) == execution.id
