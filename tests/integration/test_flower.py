@@ -1,0 +1,108 @@
+"""Flower, started as the Procfile starts it, watches a Procfile worker behind basic auth."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.schemas import AgentCreate, ExecutionCreate
+from tests.conftest import wait_for
+from tests.integration.test_logging import free_port, procfile_command, start_procfile_process, stop_process
+
+
+@pytest.fixture
+def flower_stack(settings, session_factory, clean_db, tmp_path: Path) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """A Procfile worker on a private queue, and Flower on a free port with fresh credentials."""
+    from app.bootstrap import build_service
+    from workers.background import BackgroundTaskManager
+    from workers.celery_app import celery_app
+
+    queue = f"test-flower-{secrets.token_hex(4)}"
+    node = f"flower-test-{secrets.token_hex(4)}"
+    port = free_port()
+    auth = ("ops", secrets.token_urlsafe(12))
+    worker = start_procfile_process(
+        "worker", {"CELERY_QUEUES": queue, "WORKER_CONCURRENCY": "2", "LOG_LEVEL": "WARNING",
+                   "WORKER_NAME": node}, tmp_path / "worker.log")
+    flower = start_procfile_process(
+        "flower", {"FLOWER_PORT": str(port), "FLOWER_BASIC_AUTH": f"{auth[0]}:{auth[1]}"},
+        tmp_path / "flower.log")
+    svc = build_service(background_tasks=BackgroundTaskManager(celery_app), settings=settings,
+                        session_factory=session_factory)
+    try:
+        yield {"url": f"http://127.0.0.1:{port}", "auth": auth, "queue": queue, "node": node, "service": svc,
+               "worker": worker, "logs": tmp_path}
+    finally:
+        stop_process(flower)
+        stop_process(worker)
+        if svc.control_hub is not None:
+            svc.control_hub.stop()
+
+
+def _get(stack: dict[str, Any], path: str, auth: Any = "default", **params: Any) -> httpx.Response:
+    try:
+        return httpx.get(stack["url"] + path, params=params, timeout=10,
+                         auth=stack["auth"] if auth == "default" else auth)
+    except httpx.TransportError:
+        return httpx.Response(599)
+
+
+def _alive(stack: dict[str, Any]) -> str | None:
+    """Our worker's node name, once Flower's event stream says it is alive."""
+    response = _get(stack, "/api/workers", status="true")
+    if response.status_code != 200:
+        return None
+    return next((name for name, alive in response.json().items()
+                 if alive and name.startswith(stack["node"] + "@")), None)
+
+
+def test_flower_lists_the_worker_and_its_run_execution_tasks_with_credentials_only(flower_stack):  # type: ignore[no-untyped-def]
+    stack = flower_stack
+    wait_for(lambda: _get(stack, "/healthcheck", auth=None).status_code == 200, timeout=30,
+             what="Flower to answer")
+    assert _get(stack, "/api/workers", auth=None).status_code == 401
+    assert _get(stack, "/api/workers", auth=("ops", "wrong")).status_code == 401
+    assert _get(stack, "/api/tasks", auth=None).status_code == 401
+
+    name = wait_for(lambda: _alive(stack), timeout=30, interval=0.3,
+                    what="Flower to see the Procfile worker alive")
+    workers = _get(stack, "/api/workers", refresh="true").json()
+    assert name in workers
+    assert stack["queue"] in [q["name"] for q in workers[name]["active_queues"]]
+    assert "agentexec.run_execution" in workers[name]["registered"]
+
+    svc = stack["service"]
+    agent = svc.create_agent(AgentCreate(name="flowered"))
+    ids = [svc.create_execution(ExecutionCreate(agent_id=agent.id, queue=stack["queue"],
+                                                parameters={"input": f"f{i}"}))[0].id for i in range(3)]
+    task_ids = {f"{i}-1" for i in ids}
+
+    def succeeded_in_flower() -> dict[str, Any] | None:
+        response = _get(stack, "/api/tasks", taskname="agentexec.run_execution")
+        tasks = response.json() if response.status_code == 200 else {}
+        done = {tid: t for tid, t in tasks.items() if tid in task_ids and t.get("state") == "SUCCESS"}
+        return tasks if len(done) == len(task_ids) else None
+
+    tasks = wait_for(succeeded_in_flower, timeout=30, interval=0.3,
+                     what="Flower to list the three run_execution tasks as succeeded")
+    for tid in task_ids:
+        assert tasks[tid]["name"] == "agentexec.run_execution"
+        assert tasks[tid]["worker"] == name
+    assert {svc.get_execution(i).state for i in ids} == {"COMPLETED"}
+
+
+def test_the_procfile_flower_line_refuses_to_start_without_credentials():
+    env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+    # `echo` instead of exec: the expansion alone must fail, before anything would start.
+    proc = subprocess.run(["bash", "-c", f"echo {procfile_command('flower')}"], env=env, capture_output=True,
+                          text=True, timeout=10)
+    assert proc.returncode != 0
+    assert "FLOWER_BASIC_AUTH" in proc.stderr
+    assert "--address=${FLOWER_ADDRESS:-127.0.0.1}" in procfile_command("flower")
