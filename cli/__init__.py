@@ -1,0 +1,1 @@
+"""The `agentexec` command-line client of the HTTP API (see cli.main)."""

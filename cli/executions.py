@@ -1,0 +1,241 @@
+"""Execution commands: submit (and watch), list, show, history, events, cancel/pause/resume/retry."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.agents import iter_agents, key_values, resolve_agent
+from cli.client import FINAL_STATES, CliError
+from cli.context import client_of
+from cli.render import (
+    err,
+    event_line,
+    executions_table,
+    out,
+    print_json,
+    short_time,
+    show_execution,
+    state_text,
+)
+from cli.watch import follow_lines, report_outcome, watch_execution
+
+EVENTS_PAGE = 1000
+
+
+class TaskType(str, Enum):
+    """The task types of an execution."""
+
+    standard = "standard"
+    pipeline = "pipeline"
+
+
+class State(str, Enum):
+    """The execution states, for --state."""
+
+    PENDING = "PENDING"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    PAUSING = "PAUSING"
+    PAUSED = "PAUSED"
+    CANCELLING = "CANCELLING"
+    CANCELLED = "CANCELLED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+
+
+def _read_params(path: str) -> dict[str, Any]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="--params") from None
+    try:
+        params = json.loads(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{path} is not JSON: {exc}", param_hint="--params") from None
+    if not isinstance(params, dict):
+        raise typer.BadParameter(f"{path} must hold a JSON object", param_hint="--params")
+    return params
+
+
+def build_parameters(input_text: str | None, params_file: str | None, task_type: TaskType | None,
+                     steps: list[str], simulate: list[str]) -> dict[str, Any]:
+    """The `parameters` of the request, from --input or --params, --type, --step and --simulate."""
+    if (input_text is None) == (params_file is None):
+        raise typer.BadParameter("give exactly one of --input or --params", param_hint="--input/--params")
+    params = _read_params(params_file) if params_file is not None else {"input": input_text}
+    if task_type is not None:
+        params["type"] = task_type.value
+    if steps:
+        parsed = []
+        for step in steps:
+            name, sep, prompt = step.partition("=")
+            if not sep or not name or not prompt:
+                raise typer.BadParameter(f"expected NAME=PROMPT, got {step!r}", param_hint="--step")
+            parsed.append({"name": name, "prompt": prompt})
+        params.setdefault("type", TaskType.pipeline.value)
+        params["steps"] = parsed
+    if params.get("type") == TaskType.pipeline.value and not params.get("steps"):
+        raise typer.BadParameter("a pipeline needs at least one --step NAME=PROMPT", param_hint="--step")
+    if params.get("type", "standard") == TaskType.standard.value and params.get("steps"):
+        raise typer.BadParameter("--step needs --type pipeline", param_hint="--step")
+    if simulate:
+        params["simulate"] = (params.get("simulate") or {}) | key_values(simulate, "--simulate")
+    return params
+
+
+def submit(
+    ctx: typer.Context,
+    agent: Annotated[str, typer.Argument(help="Agent id or name.")],
+    input_text: Annotated[str | None, typer.Option("--input", "-i", help="The task input.")] = None,
+    params_file: Annotated[str | None, typer.Option(
+        "--params", "-p", metavar="FILE", help="JSON file with the parameters object ('-': stdin).")] = None,
+    task_type: Annotated[TaskType | None, typer.Option("--type", "-t", help="Task type.")] = None,
+    step: Annotated[list[str] | None, typer.Option(
+        "--step", "-s", metavar="NAME=PROMPT",
+        help="A pipeline step; the prompt may use {input} and {steps.NAME}. Repeatable.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key", "-k",
+                                                        help="Idempotency-Key header.")] = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Follow progress until it ends.")] = False,
+    priority: Annotated[int | None, typer.Option("--priority", min=0, max=9, help="0-9, 9 first.")] = None,
+    queue: Annotated[str | None, typer.Option("--queue", help="Celery queue.")] = None,
+    timeout_seconds: Annotated[int | None, typer.Option("--timeout-seconds", min=1)] = None,
+    max_retries: Annotated[int | None, typer.Option("--max-retries", min=0)] = None,
+    simulate: Annotated[list[str] | None, typer.Option(
+        "--simulate", metavar="KEY=VALUE",
+        help="Simulated-model knob: latency_ms, fail_times, fail_permanently, chunks. Repeatable.")] = None,
+) -> None:
+    """Submit an execution to an agent; with --watch, show its progress and then its result."""
+    parameters = build_parameters(input_text, params_file, task_type, step or [], simulate or [])
+    client = client_of(ctx)
+    found = resolve_agent(client, agent)
+    body: dict[str, Any] = {"agent_id": found["id"], "parameters": parameters}
+    for key, value in (("priority", priority), ("queue", queue), ("timeout_seconds", timeout_seconds),
+                       ("max_retries", max_retries)):
+        if value is not None:
+            body[key] = value
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+    response = client.post("/v1/executions", body, headers=headers)
+    execution = response.json()
+    again = " (existing, same idempotency key)" if response.status_code == 200 else ""
+    err.print(f"submitted {execution['id']} to {escape(str(found.get('name')))}: "
+              f"{state_text(execution.get('state'))}{again}")
+    if not watch:
+        out.print(execution["id"])
+        return
+    raise typer.Exit(report_outcome(watch_execution(client, execution)))
+
+
+def list_executions(
+    ctx: typer.Context,
+    state: Annotated[list[State] | None, typer.Option("--state", case_sensitive=False,
+                                                      help="Only these states; repeatable.")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", "-a", help="Agent id or name.")] = None,
+    page: Annotated[int, typer.Option("--page", min=1)] = 1,
+    page_size: Annotated[int, typer.Option("--page-size", min=1, max=200)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the page as JSON.")] = False,
+) -> None:
+    """List executions, newest first."""
+    client = client_of(ctx)
+    agent_id = resolve_agent(client, agent)["id"] if agent else None
+    body = client.get("/v1/executions", state=[s.value for s in state or []], agent_id=agent_id,
+                      page=page, page_size=page_size)
+    if as_json:
+        print_json(body)
+        return
+    names = {str(a["id"]): str(a.get("name")) for a in iter_agents(client)}
+    out.print(executions_table(body.get("items", []), names))
+    total = body.get("total", 0)
+    shown = len(body.get("items", []))
+    err.print(f"[dim]{shown} of {total} (page {body.get('page', page)})[/dim]")
+
+
+def show(
+    ctx: typer.Context,
+    execution_id: Annotated[str, typer.Argument(metavar="ID", help="Execution id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the execution as JSON.")] = False,
+) -> None:
+    """Show one execution."""
+    client = client_of(ctx)
+    item = client.get(f"/v1/executions/{execution_id}")
+    if as_json:
+        print_json(item)
+        return
+    try:
+        name = client.get(f"/v1/agents/{item['agent_id']}").get("name")
+    except CliError:  # the agent's name is a nicety; the execution is what was asked for
+        name = None
+    show_execution(item, name)
+
+
+def history(
+    ctx: typer.Context,
+    execution_id: Annotated[str, typer.Argument(metavar="ID", help="Execution id.")],
+    limit: Annotated[int, typer.Option("--limit", min=1, help="The last N transitions.")] = 100,
+) -> None:
+    """Show the state history of an execution, oldest first."""
+    body = client_of(ctx).get(f"/v1/executions/{execution_id}/history", limit=limit)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("AT", "FROM", "TO", "REASON"):
+        table.add_column(name, no_wrap=name != "REASON")
+    for row in body.get("items", []):
+        table.add_row(short_time(row.get("created_at")), row.get("from_state") or "-",
+                      state_text(row.get("to_state")), escape(str(row.get("reason") or "")))
+    out.print(table)
+
+
+def events(
+    ctx: typer.Context,
+    execution_id: Annotated[str, typer.Argument(metavar="ID", help="Execution id.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new events until the end.")] = False,
+    after: Annotated[str | None, typer.Option("--after", help="Only events after this event id.")] = None,
+) -> None:
+    """Show the events of an execution; with --follow, stream them until it ends."""
+    client = client_of(ctx)
+    if not follow:
+        while True:
+            path = f"/v1/executions/{execution_id}/events"
+            items = client.get(path, after=after, limit=EVENTS_PAGE)["items"]
+            for event in items:
+                out.print(event_line(event))
+            if len(items) < EVENTS_PAGE:
+                return
+            after = str(items[-1]["id"])
+    final = follow_lines(client, execution_id, after)
+    raise typer.Exit(0 if final in (None, "COMPLETED") else 1)
+
+
+def _control(action: str) -> Any:
+    def command(
+        ctx: typer.Context,
+        execution_id: Annotated[str, typer.Argument(metavar="ID", help="Execution id.")],
+        reason: Annotated[str | None, typer.Option("--reason", "-r", help="Why (kept in history).")] = None,
+    ) -> None:
+        response = client_of(ctx).post(f"/v1/executions/{execution_id}/{action}",
+                                       {"reason": reason} if reason else None)
+        item = response.json()
+        state = str(item.get("state"))
+        pending = " (in progress)" if response.status_code == 202 and state not in FINAL_STATES else ""
+        out.print(f"{item.get('id', execution_id)}  {state_text(state)}{pending}")
+
+    command.__doc__ = f"{action.capitalize()} an execution."
+    return command
+
+
+def register(app: typer.Typer) -> None:
+    """Add the execution commands to the root app."""
+    app.command("submit")(submit)
+    app.command("list")(list_executions)
+    app.command("show")(show)
+    app.command("history")(history)
+    app.command("events")(events)
+    for action in ("cancel", "pause", "resume", "retry"):
+        app.command(action)(_control(action))

@@ -1,0 +1,136 @@
+"""How the CLI shows things: tables of executions and agents, one execution, events, results."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+STATE_STYLES = {
+    "COMPLETED": "green", "FAILED": "red", "TIMED_OUT": "red", "CANCELLED": "yellow",
+    "CANCELLING": "yellow", "PAUSING": "cyan", "PAUSED": "cyan", "RUNNING": "blue",
+    "QUEUED": "magenta", "PENDING": "dim",
+}
+
+
+def state_text(state: str | None) -> str:
+    """The state, coloured by its meaning."""
+    state = state or "?"
+    style = STATE_STYLES.get(state, "")
+    return f"[{style}]{state}[/{style}]" if style else state
+
+
+def short_time(value: str | None) -> str:
+    """An ISO timestamp as 'YYYY-MM-DD HH:MM:SS' (empty for none)."""
+    if not value:
+        return ""
+    return value.replace("T", " ")[:19]
+
+
+def print_json(data: Any) -> None:
+    """Raw JSON on stdout, for scripts."""
+    out.print_json(json.dumps(data, default=str))
+
+
+def executions_table(items: list[dict[str, Any]], agent_names: dict[str, str]) -> Table:
+    """The executions list: id, agent, state, progress, attempt, created."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("ID", no_wrap=True)
+    table.add_column("AGENT", no_wrap=True)
+    table.add_column("STATE", no_wrap=True)
+    table.add_column("PROGRESS", justify="right", no_wrap=True)
+    table.add_column("ATTEMPT", justify="right", no_wrap=True)
+    table.add_column("CREATED", no_wrap=True)
+    for item in items:
+        progress = item.get("progress") or {}
+        pct = progress.get("percentage")
+        agent_id = str(item.get("agent_id"))
+        table.add_row(
+            str(item.get("id")),
+            escape(agent_names.get(agent_id, agent_id)),
+            state_text(item.get("state")),
+            "" if pct is None else f"{float(pct):.0f}%",
+            str(item.get("attempt", "")),
+            short_time(item.get("created_at")),
+        )
+    return table
+
+
+def agents_table(items: list[dict[str, Any]]) -> Table:
+    """The agents list: id, name, model, created."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("ID", "NAME", "MODEL", "CREATED"):
+        table.add_column(name, no_wrap=True)
+    for item in items:
+        table.add_row(str(item.get("id")), escape(str(item.get("name"))), escape(str(item.get("model", ""))),
+                      short_time(item.get("created_at")))
+    return table
+
+
+def result_text(result: Any) -> str:
+    """The readable part of a result: its `output` when it has one, else the JSON."""
+    if isinstance(result, dict) and isinstance(result.get("output"), str):
+        return result["output"]
+    if isinstance(result, str):
+        return result
+    return json.dumps(result, indent=2, default=str)
+
+
+def show_execution(item: dict[str, Any], agent_name: str | None = None) -> None:
+    """One execution as aligned fields, then its result or error."""
+    progress = item.get("progress") or {}
+    params = item.get("parameters") or {}
+    rows = [
+        ("id", item.get("id")),
+        ("agent", f"{agent_name} ({item.get('agent_id')})" if agent_name else item.get("agent_id")),
+        ("type", params.get("type", "standard")),
+        ("state", state_text(item.get("state"))),
+        ("progress", f"{float(progress.get('percentage') or 0):.0f}%"
+         + (f"  {escape(str(progress['message']))}" if progress.get("message") else "")),
+        ("attempt", f"{item.get('attempt')} (max retries {item.get('max_retries')})"),
+        ("queue", f"{item.get('queue')}  priority {item.get('priority')}"),
+        ("timeout", f"{item.get('timeout_seconds')} s"),
+        ("created", short_time(item.get("created_at"))),
+        ("started", short_time(item.get("started_at"))),
+        ("completed", short_time(item.get("completed_at"))),
+    ]
+    if item.get("task_id"):
+        rows.insert(2, ("task", item.get("task_id")))
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        if value not in (None, "", "None s"):
+            table.add_row(key, str(value) if key in ("state", "progress") else escape(str(value)))
+    out.print(table)
+    if item.get("error_message"):
+        out.print(f"[bold red]error[/bold red]  {escape(str(item['error_message']))}")
+    if item.get("result") is not None:
+        out.print("[bold]result[/bold]")
+        out.print(escape(result_text(item["result"])))
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """One event as a line: id, time, type and what it says."""
+    payload = event.get("payload") or {}
+    kind = str(event.get("type", ""))
+    if kind.endswith("state_changed"):
+        what = f"{payload.get('previous_state') or '-'} -> {state_text(payload.get('new_state'))}"
+        if payload.get("reason"):
+            what += f"  ({escape(str(payload['reason']))})"
+    elif kind.endswith("progress"):
+        what = f"{float(payload.get('percentage') or 0):5.1f}%  {escape(str(payload.get('message') or ''))}"
+    elif kind.endswith("completed"):
+        what = state_text(payload.get("state"))
+        if payload.get("error_message"):
+            what += f"  {escape(str(payload['error_message']))}"
+    else:
+        what = escape(json.dumps(payload, default=str))
+    short = kind.rsplit(".", 1)[-1]
+    return f"{event.get('id', ''):>6}  {short_time(event.get('created_at'))}  {short:<13}  {what}"

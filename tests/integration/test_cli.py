@@ -1,0 +1,275 @@
+"""The `agentexec` CLI against the real stack: the API on a local HTTP server, a real Celery worker.
+
+The CLI runs in-process through typer's CliRunner (and once as the installed console
+script); it only speaks HTTP to the server, which runs the real app over the test
+database and sends tasks to the session's Celery worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from cli.client import ApiClient
+from cli.main import app as cli_app
+from tests.conftest import wait_for
+from tests.integration.test_logging import free_port
+
+AGENTEXEC = str(Path(sys.executable).parent / "agentexec")
+FIRST_FRAME = re.compile(rb"id: \d+\n.*?\n\n", re.S)
+SLOW = ["--simulate", "latency_ms=1500", "--simulate", "chunks=30"]
+
+
+class QuietRequestHandler(WSGIRequestHandler):
+    """No access-log line per request (they would land in the captured CLI output)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def api_url(settings, session_factory, celery_worker) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The real API app served over HTTP on a free port (threaded, so SSE streams run alongside)."""
+    from api import create_app
+
+    app = create_app(settings=settings, session_factory=session_factory)
+    server = make_server("127.0.0.1", free_port(), app, threaded=True, request_handler=QuietRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, name="cli-test-api", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        hub = app.extensions["agentexec.service"].control_hub
+        if hub is not None:
+            hub.stop()
+
+
+class Cli:
+    """Runs `agentexec ...` in-process against the test server."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, code: int | None = 0) -> Any:
+        env = {"AGENTEXEC_API_URL": self.url, "COLUMNS": "200"}
+        result = self.runner.invoke(cli_app, list(args), env=env)
+        if code is not None:
+            assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+        assert "Traceback" not in result.output
+        return result
+
+    def process(self, *args: str, code: int) -> subprocess.CompletedProcess[str]:
+        """Run the installed `agentexec` command (its output is the CLI's alone)."""
+        proc = subprocess.run([AGENTEXEC, *args], capture_output=True, text=True, timeout=30,
+                              env={"PATH": os.environ["PATH"], "AGENTEXEC_API_URL": self.url})
+        assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "--json").stdout)
+
+    def execution(self, execution_id: str) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/v1/executions/{execution_id}", timeout=10).json()
+
+
+@pytest.fixture
+def cli(api_url, clean_db) -> Cli:  # type: ignore[no-untyped-def]
+    return Cli(api_url)
+
+
+@pytest.fixture
+def writer(cli) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """An agent created with the CLI."""
+    return cli.json("agents", "create", "writer", "--system-prompt", "Be brief.")
+
+
+def test_agents_can_be_created_listed_shown_and_deleted_by_name(cli, writer):  # type: ignore[no-untyped-def]
+    assert writer["name"] == "writer" and uuid.UUID(writer["id"])
+    listed = cli("agents", "list").stdout
+    assert "writer" in listed and writer["id"] in listed
+    assert json.loads(cli("agents", "show", "writer").stdout)["id"] == writer["id"]
+    cli("agents", "delete", "writer")
+    assert cli.json("agents", "list") == []
+
+
+def test_submit_with_watch_follows_a_pipeline_to_completion_and_prints_its_result(cli, writer):  # type: ignore[no-untyped-def]
+    result = cli("submit", "writer", "--input", "tides and moons", "--type", "pipeline",
+                 "--step", "outline=Outline {input}", "--step", "draft=Write from {steps.outline}",
+                 "--simulate", "latency_ms=300", "--watch")
+    assert "tides and moons" in result.stdout
+    assert re.search(r"submitted [0-9a-f-]{36} to writer", result.stderr)
+    assert "COMPLETED" in result.stderr and "100%" in result.stderr
+    executions = cli.json("list")["items"]
+    assert len(executions) == 1 and executions[0]["state"] == "COMPLETED"
+    history = cli("history", executions[0]["id"]).stdout
+    assert [s for s in ("PENDING", "QUEUED", "RUNNING", "COMPLETED") if s in history] == \
+        ["PENDING", "QUEUED", "RUNNING", "COMPLETED"]
+    events = cli("events", executions[0]["id"]).stdout.splitlines()
+    assert "state_changed" in events[0] and "completed" in events[-1]
+    assert any("progress" in line and "outline" in line.lower() for line in events)
+
+
+def test_submit_by_id_from_a_params_file_with_an_idempotency_key_returns_the_same_execution(
+        cli, writer, tmp_path: Path):  # type: ignore[no-untyped-def]
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"input": "from a file"}))
+    first = cli("submit", writer["id"], "--params", str(params), "--idempotency-key", "k-1").stdout.strip()
+    again = cli("submit", writer["id"], "--params", str(params), "--idempotency-key", "k-1")
+    assert again.stdout.strip() == first and "existing" in again.stderr
+    wait_for(lambda: cli.execution(first)["state"] == "COMPLETED", what="the execution to complete")
+    shown = cli("show", first).stdout
+    assert "COMPLETED" in shown and "from a file" in shown and "writer" in shown
+
+
+def test_a_permanently_failing_execution_exits_1_with_its_error_under_watch(cli, writer):  # type: ignore[no-untyped-def]
+    result = cli("submit", "writer", "--input", "x", "--simulate", "fail_permanently=true", "--watch", code=1)
+    assert "FAILED" in result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_cancel_stops_a_running_execution_and_follow_reports_it_with_exit_1(cli, writer):  # type: ignore[no-untyped-def]
+    execution_id = cli("submit", "writer", "--input", "long", "--type", "pipeline", "--step", "a=A {input}",
+                       "--step", "b=B", *SLOW).stdout.strip()
+    wait_for(lambda: cli.execution(execution_id)["state"] == "RUNNING", what="the run to start")
+    cancelled = cli("cancel", execution_id, "--reason", "operator said stop").stdout
+    assert execution_id in cancelled and ("CANCELLING" in cancelled or "CANCELLED" in cancelled)
+    follow = cli("events", execution_id, "--follow", code=1)
+    assert "CANCELLED" in follow.stdout.splitlines()[-1]
+    assert "operator said stop" in cli("history", execution_id).stdout
+    again = cli.process("cancel", execution_id, code=1)
+    assert again.stdout == "" and len(again.stderr.splitlines()) == 1
+    assert again.stderr.startswith("error: Conflict") and "(HTTP 409)" in again.stderr
+
+
+def test_list_filters_by_state_and_by_agent_name(cli, writer):  # type: ignore[no-untyped-def]
+    assert cli.json("agents", "create", "other")["name"] == "other"
+    done = cli("submit", "writer", "--input", "one", "--watch").stderr
+    assert "COMPLETED" in done
+    slow = cli("submit", "other", "--input", "two", *SLOW).stdout.strip()
+    wait_for(lambda: cli.execution(slow)["state"] == "RUNNING", what="the slow run to start")
+    completed = cli.json("list", "--state", "COMPLETED")["items"]
+    assert [e["agent_id"] for e in completed] == [writer["id"]]
+    running = cli.json("list", "--state", "running", "--state", "QUEUED", "--agent", "other")["items"]
+    assert [e["id"] for e in running] == [slow]
+    assert cli.json("list", "--agent", "writer", "--state", "RUNNING")["items"] == []
+    table = cli("list").stdout
+    assert slow in table and "RUNNING" in table and "other" in table and "writer" in table
+    cli("cancel", slow)
+
+
+def test_api_errors_are_one_clear_line_with_exit_1(cli, writer):  # type: ignore[no-untyped-def]
+    for args, status, text in [
+        (["show", str(uuid.uuid4())], 404, "Not Found"),
+        (["agents", "create", "writer"], 409, "Conflict"),
+        (["submit", "writer", "--input", "x", "--simulate", "latency_ms=-5"], 422, "latency_ms"),
+    ]:
+        proc = cli.process(*args, code=1)
+        assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith("error: ") and f"(HTTP {status})" in proc.stderr and text in proc.stderr
+    unknown = cli("submit", "nobody", "--input", "x", code=1)
+    assert "error: no agent named 'nobody'" in unknown.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["submit", "writer"],
+    ["submit", "writer", "--input", "x", "--params", "p.json"],
+    ["submit", "writer", "--input", "x", "--type", "pipeline"],
+    ["submit", "writer", "--input", "x", "--step", "no-equals-sign"],
+    ["list", "--state", "SLEEPING"],
+    ["submit", "writer", "--input", "x", "--priority", "11"],
+    ["frobnicate"],
+])
+def test_bad_usage_exits_2_without_calling_the_api(cli, args):  # type: ignore[no-untyped-def]
+    result = cli(*args, code=2)
+    assert "Usage" in result.output
+
+
+def test_the_installed_command_reports_an_unreachable_api_in_one_line():
+    port = free_port()
+    proc = subprocess.run([AGENTEXEC, "--api-url",
+                           f"http://127.0.0.1:{port}", "list"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"error: cannot connect to the agentexec API at http://127.0.0.1:{port} "
+                                   "(is it running? set --api-url or AGENTEXEC_API_URL)")
+    assert proc.stdout == ""
+
+
+class DroppingProxy:
+    """A TCP proxy to the API that cuts the first event stream right after its first event."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.requests: list[bytes] = []
+        self.cut = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        with client, upstream:
+            request = client.recv(65536)
+            self.requests.append(request)
+            upstream.sendall(request)
+            cut_this = b"text/event-stream" in request and not self.cut
+            self.cut = self.cut or cut_this
+            seen, sent = b"", 0
+            while True:
+                data = upstream.recv(65536)
+                if not data:
+                    return
+                seen += data
+                frame = FIRST_FRAME.search(seen) if cut_this else None
+                end = frame.end() if frame else len(seen)
+                client.sendall(seen[sent:end])
+                sent = end
+                if frame:
+                    return  # closes both sockets mid-response
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_dropped_event_stream_is_resumed_with_last_event_id_without_gaps_or_repeats(cli, writer):  # type: ignore[no-untyped-def]
+    execution_id = cli("submit", "writer", "--input", "resume", "--simulate", "latency_ms=800").stdout.strip()
+    proxy = DroppingProxy(int(cli.url.rsplit(":", 1)[1]))
+    try:
+        client = ApiClient(f"http://127.0.0.1:{proxy.port}")
+        events = list(client.follow_events(execution_id))
+        client.close()
+    finally:
+        proxy.close()
+    streams = [r for r in proxy.requests if b"text/event-stream" in r]
+    assert len(streams) >= 2, "the stream was not cut and reopened"
+    first_id = events[0].id
+    assert f"last-event-id: {first_id}".encode() in streams[1].lower()
+    ids = [int(e.id) for e in events]
+    assert ids == sorted(set(ids))
+    direct = httpx.get(f"{cli.url}/v1/executions/{execution_id}/events", params={"limit": 1000}).json()
+    assert ids == [e["id"] for e in direct["items"]]
+    assert events[-1].type == "agent.execution.completed"
