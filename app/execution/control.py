@@ -21,12 +21,13 @@ import structlog
 from app.errors import ExecutionInterrupted
 from app.events import EventBus
 from app.execution.repository import ExecutionRepository
-from app.schemas import ExecutionState
+from app.schemas import HELD_BY_WORKER, ExecutionState
 
 log = structlog.get_logger(__name__)
 CONTROL_CHANNEL = "agentexec.control"
 CANCEL, PAUSE, TIMEOUT, LOST = "cancel", "pause", "timeout", "lost"
 _PRIORITY = {PAUSE: 1, TIMEOUT: 2, CANCEL: 3, LOST: 4}
+_HELD = frozenset(s.value for s in HELD_BY_WORKER)
 
 
 class RunControl:
@@ -191,7 +192,9 @@ class ControlHub:
             return
         for eid in held:
             state = states.get(eid)
-            if state is None:
+            if state not in _HELD:
+                # Another attempt took over, or the reaper or a user moved it on (PAUSED, FAILED,
+                # TIMED_OUT...) while this process was stalled: stop now, writing nothing.
                 self.deliver(eid, LOST)
             elif state == ExecutionState.CANCELLING.value:
                 self.deliver(eid, CANCEL)

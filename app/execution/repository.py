@@ -285,13 +285,20 @@ class ExecutionRepository:
     def heartbeat(
         self, held: dict[uuid.UUID, int], *, session: Session | None = None
     ) -> dict[uuid.UUID, str]:
-        """Refresh heartbeat_at of the executions this worker holds; their current states."""
+        """Refresh heartbeat_at of the executions this worker still holds; their current states.
+
+        An execution of another attempt or no longer RUNNING/PAUSING/CANCELLING is left
+        alone and missing from the answer (its run has lost the lease).
+        """
         if not held:
             return {}
         pairs = list(held.items())
         stmt = (
             update(Execution)
-            .where(tuple_(Execution.id, Execution.attempt).in_(pairs))
+            .where(
+                tuple_(Execution.id, Execution.attempt).in_(pairs),
+                Execution.state.in_([s.value for s in HELD_BY_WORKER]),
+            )
             .values(heartbeat_at=func.now())
             .returning(Execution.id, Execution.state)
         )
