@@ -70,9 +70,15 @@ def _shared_processors() -> list[Any]:
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.stdlib.ExtraAdder(),
         redact_sensitive,
     ]
+
+
+def bind_log_context(**ids: Any) -> None:
+    """Start a unit of work (a request, a task) with a clean log context holding these ids."""
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        **{k: v if isinstance(v, int | float) else str(v) for k, v in ids.items() if v is not None})
 
 
 def _renderer(log_format: str, stream: TextIO) -> Any:

@@ -78,9 +78,10 @@ def _run_script(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 _SCRIPT = """
 import logging, structlog
 from app.config import Settings
-from app.logging import configure_logging
+from app.logging import bind_log_context, configure_logging
 configure_logging(Settings())
-structlog.contextvars.bind_contextvars(execution_id="e-1", attempt=2, agent_id="a-1")
+structlog.contextvars.bind_contextvars(stale="from an earlier request")
+bind_log_context(execution_id="e-1", attempt=2, agent_id="a-1", task_id=None)
 log = structlog.get_logger("agentexec.test")
 log.info("model called", api_key="sk-canary", prompt="prompt-canary", result="result-canary", tokens=3)
 logging.getLogger("celery.worker").warning("a stdlib line")
@@ -95,6 +96,7 @@ def test_json_logs_carry_the_bound_run_context_and_redact_keys_prompts_and_resul
     for line in lines:
         assert (line["execution_id"], line["attempt"], line["agent_id"]) == ("e-1", 2, "a-1")
         assert line["timestamp"] and line["level"] in ("info", "warning")
+        assert "stale" not in line and "task_id" not in line
     assert lines[0]["tokens"] == 3
     assert lines[0]["api_key"] == lines[0]["prompt"] == lines[0]["result"] == "[redacted]"
     assert "canary" not in proc.stderr
