@@ -102,13 +102,10 @@ def show_execution(item: dict[str, Any], agent_name: str | None = None) -> None:
     ]
     if item.get("task_id"):
         rows.insert(2, ("task", item.get("task_id")))
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
     for key, value in rows:
         if value not in (None, "", "None s"):
-            table.add_row(key, str(value) if key in ("state", "progress") else escape(str(value)))
-    out.print(table)
+            text = str(value) if key in ("state", "progress") else escape(str(value))
+            out.print(f"[bold]{key:<10}[/bold] {text}")
     if item.get("error_message"):
         out.print(f"[bold red]error[/bold red]  {escape(str(item['error_message']))}")
     if item.get("result") is not None:
