@@ -4,7 +4,8 @@ One reaper runs at a time across the cluster (a transaction-level advisory lock)
 re-queues RUNNING executions whose worker stopped heartbeating (or fails them when
 their retries are spent), times out those past their deadline, finishes stale
 CANCELLING and PAUSING ones, and re-sends QUEUED executions no worker claimed in
-time (a lost message, a flushed Redis).
+time (a lost message, a flushed Redis). Within one lease of a PostgreSQL restart no
+heartbeat counts as stale: the workers could not write them while it was down.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class Reaper:
             .where(
                 Execution.state.in_([S.RUNNING.value, S.PAUSING.value, S.CANCELLING.value]),
                 Execution.heartbeat_at < lease_edge,
+                # No worker could heartbeat while PostgreSQL was down: right after a restart
+                # every heartbeat looks stale, so give live workers a full lease to beat again.
+                func.pg_postmaster_start_time() < lease_edge,
             )
             .limit(_BATCH)
         ).all()

@@ -4,23 +4,29 @@ Every write of a run is fenced by its attempt number, so a worker that lost its 
 (the reaper re-queued the execution) can never change the execution again. Pipeline
 steps are checkpointed in `context.steps.<name>` as they finish; a later attempt skips
 them. Between steps and between streamed chunks the run checks for cancel, pause and
-its deadline.
+its deadline. A PostgreSQL outage (a restart, a failover) is waited out: each database
+call of a run is retried with backoff for up to `db_retry_seconds`, after which the run
+gives up without writing and the reaper takes over once the database is back.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.commands import MODEL_GENERATE, CommandBus, ModelRequest
 from app.config import Settings
 from app.errors import (
     AgentNotFoundError,
+    DatabaseUnavailableError,
     ExecutionInterrupted,
     ExecutionNotFoundError,
     InvalidExecutionStateError,
@@ -37,6 +43,8 @@ from app.schemas import ExecutionProgressUpdate, ExecutionState
 log = structlog.get_logger(__name__)
 S = ExecutionState
 _PLACEHOLDER = re.compile(r"\{(input|steps\.[A-Za-z0-9_.-]+)\}")
+T = TypeVar("T")
+_DB_DOWN = (DatabaseUnavailableError, OperationalError, InterfaceError)
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -60,6 +68,10 @@ def render_prompt(template: str, task_input: str, step_outputs: dict[str, str]) 
 class ExecutionTaskRunner:
     """Handles the execution of tasks, communicating with model services."""
 
+    # How long one database call of a run waits out an unavailable PostgreSQL.
+    db_retry_seconds = 120.0
+    db_retry_max_delay = 2.0
+
     def __init__(
         self,
         repository: ExecutionRepository,
@@ -81,13 +93,17 @@ class ExecutionTaskRunner:
     def run(self, execution_id: uuid.UUID, attempt: int, worker: str = "local") -> str:
         """Claim (QUEUED -> RUNNING at this attempt) and run; 'skipped' when the claim fails."""
         try:
-            execution = self.state_manager.change_state(
+            execution = self._db(
+                "claim",
                 execution_id,
-                S.RUNNING,
-                f"claimed by {worker}",
-                expected_state=S.QUEUED,
-                expected_attempt=attempt,
-                values={"worker": worker},
+                lambda: self.state_manager.change_state(
+                    execution_id,
+                    S.RUNNING,
+                    f"claimed by {worker}",
+                    expected_state=S.QUEUED,
+                    expected_attempt=attempt,
+                    values={"worker": worker},
+                ),
             )
         except (InvalidExecutionStateError, ExecutionNotFoundError) as exc:
             log.info("claim refused; nothing to run", execution_id=str(execution_id), attempt=attempt,
@@ -120,6 +136,11 @@ class ExecutionTaskRunner:
             return self._stop(execution, stop.kind)
         except InvalidExecutionStateError:
             return self._stop(execution, self._stop_kind_from_db(execution))
+        except _DB_DOWN:
+            # Still down after db_retry_seconds: write nothing; once PostgreSQL is back the
+            # reaper finds the stale heartbeat and re-queues (or fails) the execution.
+            bound.error("database unavailable for too long; leaving the execution to the reaper")
+            return "lost"
         except AgentNotFoundError as exc:
             bound.warning("agent not found")
             return self._finish(execution, S.FAILED, "agent not found", error=str(exc))
@@ -135,7 +156,7 @@ class ExecutionTaskRunner:
 
     def prepare_task_input(self, execution: Execution) -> dict[str, Any]:
         """The agent and the inputs of the task; raises AgentNotFoundError."""
-        agent = self.repository.get_agent(execution.agent_id)
+        agent = self._db("get_agent", execution.id, lambda: self.repository.get_agent(execution.agent_id))
         if agent is None:
             raise AgentNotFoundError(execution.agent_id)
         params = execution.parameters or {}
@@ -185,7 +206,9 @@ class ExecutionTaskRunner:
                 "finished_at": datetime.now(UTC).isoformat(),
             }
             outputs[name] = response["output"]
-            if not self.repository.save_checkpoint(execution.id, execution.attempt, {"steps": done}):
+            saved = self._db("save_checkpoint", execution.id, lambda: self.repository.save_checkpoint(
+                execution.id, execution.attempt, {"steps": done}))
+            if not saved:
                 raise ExecutionInterrupted(self._stop_kind_from_db(execution))
         control.check()
         return {"steps": [(s["name"], done[s["name"]]) for s in steps], "responses": None}
@@ -234,13 +257,37 @@ class ExecutionTaskRunner:
 
     # ------------------------------------------------------------ endings
 
+    def _db(self, operation: str, execution_id: uuid.UUID, call: Callable[[], T]) -> T:
+        """`call()`, retried with capped exponential backoff while PostgreSQL is unavailable.
+
+        Every write of a run is idempotent or guarded (attempt fencing, expected state), so
+        repeating one whose commit went through but whose answer was lost is harmless.
+        """
+        give_up = time.monotonic() + self.db_retry_seconds
+        delay = 0.1
+        while True:
+            try:
+                return call()
+            except _DB_DOWN:
+                if time.monotonic() + delay > give_up:
+                    raise
+                log.warning("database unavailable; retrying", operation=operation,
+                            execution_id=str(execution_id), retry_in=round(delay, 2))
+                time.sleep(delay)
+                delay = min(delay * 2, self.db_retry_max_delay)
+
+    def _change_state(self, execution: Execution, target: ExecutionState, reason: str,
+                      **kwargs: Any) -> Execution:
+        return self._db(f"change_state:{target.value}", execution.id, lambda: self.state_manager.change_state(
+            execution.id, target, reason, **kwargs))
+
     def _progress(self, execution: Execution, percentage: float, message: str) -> None:
         try:
-            self.progress_tracker.update_progress(
+            self._db("update_progress", execution.id, lambda: self.progress_tracker.update_progress(
                 execution.id,
                 ExecutionProgressUpdate(percentage=round(percentage, 2), message=message),
                 expected_attempt=execution.attempt,
-            )
+            ))
         except InvalidProgressError:
             log.debug("progress already further", execution_id=str(execution.id))
 
@@ -260,8 +307,8 @@ class ExecutionTaskRunner:
             progress_event = True
         for _ in range(3):
             try:
-                self.state_manager.change_state(
-                    execution.id,
+                self._change_state(
+                    execution,
                     target,
                     reason,
                     expected_attempt=execution.attempt,
@@ -289,8 +336,8 @@ class ExecutionTaskRunner:
             TIMEOUT: (S.TIMED_OUT, None),
         }[kind]
         try:
-            self.state_manager.change_state(
-                execution.id,
+            self._change_state(
+                execution,
                 target,
                 {CANCEL: "cancelled while running", PAUSE: "paused at a step boundary",
                  TIMEOUT: f"timed out after {execution.timeout_seconds} s"}[kind],
@@ -309,7 +356,7 @@ class ExecutionTaskRunner:
             return current.value
 
     def _stop_kind_from_db(self, execution: Execution) -> str:
-        row = self.repository.get_by_id(execution.id)
+        row = self._db("get_by_id", execution.id, lambda: self.repository.get_by_id(execution.id))
         if row is None or row.attempt != execution.attempt:
             return LOST
         return {S.CANCELLING.value: CANCEL, S.PAUSING.value: PAUSE}.get(row.state, LOST)
@@ -321,8 +368,8 @@ class ExecutionTaskRunner:
                 execution.attempt, self.settings.retry_backoff_base, self.settings.retry_backoff_cap
             )
             try:
-                self.state_manager.change_state(
-                    execution.id,
+                self._change_state(
+                    execution,
                     S.QUEUED,
                     f"retry {retries_used + 1} of {execution.max_retries} in {delay:.2f} s: {exc}",
                     expected_state=S.RUNNING,
