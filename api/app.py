@@ -1,19 +1,25 @@
-"""Flask app factory: builds the service, registers blueprints and the error mapping."""
+"""Flask app factory: builds the service, registers the blueprints, the guards and the error mapping."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify
-from sqlalchemy import text
+from flask import Response, redirect
+from flask_openapi3 import OpenAPI
 
-from api.problems import problem
+from api import agents, events, executions, operations
+from api.deps import SERVICE_KEY, SETTINGS_KEY
+from api.errors import register_error_handlers
+from api.guards import check_json_body
+from api.openapi import extensions, info, register_components
+from api.problems import validation_problem
 from app.bootstrap import build_service
 from app.config import Settings, get_settings
+from app.metrics import api_metrics, prepare_multiprocess_dir
 
 
-def create_app(**overrides: Any) -> Flask:
-    """The WSGI app; overrides go to build_service (settings, session_factory, ...)."""
+def create_app(**overrides: Any) -> OpenAPI:
+    """The WSGI app; overrides go to build_service (settings, session_factory, background_tasks, ...)."""
     settings: Settings = overrides.get("settings") or get_settings()
     background_tasks = overrides.pop("background_tasks", None)
     if background_tasks is None:
@@ -24,27 +30,36 @@ def create_app(**overrides: Any) -> Flask:
     service = build_service(background_tasks=background_tasks, **overrides)
     if getattr(background_tasks, "control_hub", "absent") is None:
         background_tasks.control_hub = service.control_hub
-    app = Flask("agentexec")
+
+    prepare_multiprocess_dir()
+    api_metrics()
+    app = OpenAPI(
+        "agentexec",
+        info=info(),
+        openapi_extensions=extensions(),
+        security_schemes={},  # None would be written as `securitySchemes: null`, which is invalid
+        validation_error_status=422,
+        validation_error_callback=validation_problem,
+        doc_prefix="/docs",
+        doc_url="/openapi.json",
+    )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.extensions["agentexec.service"] = service
-    app.extensions["agentexec.settings"] = settings
+    app.extensions[SERVICE_KEY] = service
+    app.extensions[SETTINGS_KEY] = settings
 
-    @app.get("/healthz")
-    def healthz() -> Any:
-        return jsonify(status="ok")
+    operations.init_operations(app, service.repository.session_factory)
+    app.before_request(check_json_body)
+    register_error_handlers(app)
+    register_components(app)
+    for blueprint in (operations.bp, agents.bp, executions.bp, events.bp):
+        app.register_api(blueprint)
 
-    @app.get("/readyz")
-    def readyz() -> Any:
-        down = []
-        try:
-            with service.repository.session_factory() as s:
-                s.execute(text("SELECT 1"))
-        except Exception:
-            down.append("postgresql")
-        if service.event_bus is None or not service.event_bus.ping():
-            down.append("redis")
-        if down:
-            return problem(503, "Service Unavailable", f"not ready: {', '.join(down)} down", down=down)
-        return jsonify(status="ready")
+    @app.route("/openapi.json")
+    def openapi_json() -> Response:
+        return app.response_class(app.json.dumps(app.api_doc), mimetype="application/json")
+
+    @app.route("/docs")
+    def docs() -> Response:
+        return redirect("/docs/swagger", code=302)  # type: ignore[return-value]
 
     return app

@@ -1,0 +1,118 @@
+"""/v1/executions: create (idempotently), list, read, delete, control, and read the history."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Response
+from flask_openapi3 import APIBlueprint, Tag
+
+from api.deps import answer, service, tenant
+from api.guards import strict_body
+from api.models import (
+    ControlBody,
+    ExecutionCreateBody,
+    ExecutionListQuery,
+    ExecutionOut,
+    ExecutionPage,
+    ExecutionPath,
+    HistoryItem,
+    HistoryOut,
+    HistoryQuery,
+    IdempotencyHeader,
+)
+from api.openapi import BODY_ERRORS, optional_control_body, problems
+from app.models import Execution
+from app.schemas import ExecutionFilters, ExecutionState, Pagination
+
+bp = APIBlueprint("executions", __name__, url_prefix="/v1/executions",
+                  abp_tags=[Tag(name="executions", description="Runs of an agent on a task")])
+INTERMEDIATE = frozenset({ExecutionState.CANCELLING, ExecutionState.PAUSING})
+
+
+@bp.post("", responses={201: ExecutionOut, 200: ExecutionOut, **problems(409, *BODY_ERRORS)})
+def create_execution(header: IdempotencyHeader, body: ExecutionCreateBody) -> Response:
+    """Create an execution and, unless `start` is false, queue it.
+
+    201 with the new execution. With an `Idempotency-Key`: the same key and body again
+    answer 200 with the first execution; the same key with another body answers 409.
+    An unknown `agent_id` or bad `parameters` answer 422.
+    """
+    row, created = service().create_execution(body, idempotency_key=header.idempotency_key,
+                                              tenant=tenant())
+    return answer(ExecutionOut.of(row), 201 if created else 200,
+                  headers={"Location": f"/v1/executions/{row.id}"})
+
+
+@bp.get("", responses={200: ExecutionPage, **problems()})
+def list_executions(query: ExecutionListQuery) -> Response:
+    """A page of executions, newest first; `state` may repeat; unknown filters are 422."""
+    filters = ExecutionFilters(state=query.state, agent_id=query.agent_id, task_id=query.task_id,
+                               created_after=query.created_after, created_before=query.created_before)
+    rows, total = service().list_executions(
+        filters, Pagination(page=query.page, page_size=query.page_size), tenant=tenant()
+    )
+    return answer(ExecutionPage(items=[ExecutionOut.of(r) for r in rows], total=total, page=query.page,
+                                page_size=query.page_size))
+
+
+@bp.get("/<execution_id>", responses={200: ExecutionOut, **problems(404)})
+def get_execution(path: ExecutionPath) -> Response:
+    """One execution."""
+    return answer(ExecutionOut.of(service().get_execution(path.execution_id, tenant=tenant())))
+
+
+@bp.delete("/<execution_id>", responses={204: None, **problems(404, 409)})
+def delete_execution(path: ExecutionPath) -> Response:
+    """Delete a finished execution with its history and events (409 while it is active)."""
+    service().delete_execution(path.execution_id, tenant=tenant())
+    return Response(status=204)
+
+
+@bp.get("/<execution_id>/history", responses={200: HistoryOut, **problems(404)})
+def get_history(path: ExecutionPath, query: HistoryQuery) -> Response:
+    """The last `limit` state transitions, oldest first."""
+    rows = service().get_state_history(path.execution_id, query.limit, tenant=tenant())
+    return answer(HistoryOut(items=[HistoryItem.of(r) for r in rows]))
+
+
+# ----------------------------------------------------------------- control
+
+ControlCall = Callable[..., Execution]
+CONTROL_RESPONSES = {200: ExecutionOut, 202: ExecutionOut, **problems(404, 409, *BODY_ERRORS)}
+
+
+def _control(call: ControlCall, path: ExecutionPath) -> Response:
+    body = strict_body(ControlBody)
+    row = call(path.execution_id, tenant=tenant(), reason=body.reason)
+    return answer(ExecutionOut.of(row), 202 if ExecutionState(row.state) in INTERMEDIATE else 200)
+
+
+@bp.post("/<execution_id>/start", responses=CONTROL_RESPONSES, openapi_extensions=optional_control_body())
+def start_execution(path: ExecutionPath) -> Response:
+    """Queue a PENDING execution (200; 409 from any other state)."""
+    return _control(service().start_execution, path)
+
+
+@bp.post("/<execution_id>/cancel", responses=CONTROL_RESPONSES, openapi_extensions=optional_control_body())
+def cancel_execution(path: ExecutionPath) -> Response:
+    """Cancel: 200 CANCELLED at once when not running; 202 CANCELLING while a worker stops it."""
+    return _control(service().cancel_execution, path)
+
+
+@bp.post("/<execution_id>/pause", responses=CONTROL_RESPONSES, openapi_extensions=optional_control_body())
+def pause_execution(path: ExecutionPath) -> Response:
+    """Pause a RUNNING execution: 202 PAUSING; the worker stops at the next step boundary."""
+    return _control(service().pause_execution, path)
+
+
+@bp.post("/<execution_id>/resume", responses=CONTROL_RESPONSES, openapi_extensions=optional_control_body())
+def resume_execution(path: ExecutionPath) -> Response:
+    """Queue a PAUSED execution again; it continues after its last finished step (200)."""
+    return _control(service().resume_execution, path)
+
+
+@bp.post("/<execution_id>/retry", responses=CONTROL_RESPONSES, openapi_extensions=optional_control_body())
+def retry_execution(path: ExecutionPath) -> Response:
+    """Queue a FAILED or TIMED_OUT execution again with a new attempt (200)."""
+    return _control(service().retry_execution, path)

@@ -1,0 +1,285 @@
+"""The pydantic models of the HTTP API: path, query and header parameters, bodies and answers.
+
+Request bodies reuse the domain models of `app.schemas`; everything here only shapes
+what crosses HTTP, and feeds the generated OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from app.models import Agent, Execution, ExecutionEvent, ExecutionStateHistory
+from app.schemas import AgentCreate, AgentUpdate, ExecutionCreate, ExecutionState
+
+MAX_PAGE_SIZE = 200
+_NUMBER = re.compile(r"\s*[-+]?[0-9.eE+-]+\s*")
+
+
+def _iso_only(value: Any) -> Any:
+    """A query timestamp is an ISO 8601 string, not a number of seconds."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("must be an ISO 8601 date-time, such as 2025-01-31T12:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
+
+
+class _Params(BaseModel):
+    """Query parameters: unknown names are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ------------------------------------------------------------------ parameters
+
+
+class AgentPath(BaseModel):
+    """The agent named in the path."""
+
+    agent_id: uuid.UUID
+
+
+class ExecutionPath(BaseModel):
+    """The execution named in the path."""
+
+    execution_id: uuid.UUID
+
+
+class PageQuery(_Params):
+    """A page of a list."""
+
+    page: int = Field(1, ge=1, le=1_000_000)
+    page_size: int = Field(50, ge=1, le=MAX_PAGE_SIZE)
+
+
+class ExecutionListQuery(PageQuery):
+    """Filters of GET /v1/executions (`state` may repeat); newest first."""
+
+    state: list[ExecutionState] | None = None
+    agent_id: uuid.UUID | None = None
+    task_id: uuid.UUID | None = None
+    created_after: IsoDateTime | None = None
+    created_before: IsoDateTime | None = None
+
+
+class HistoryQuery(_Params):
+    """How many of the last transitions to return."""
+
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class EventsQuery(_Params):
+    """Events after an event id (exclusive); `limit` applies to the JSON answer."""
+
+    after: int = Field(0, ge=0, le=2**63 - 1)
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class IdempotencyHeader(BaseModel):
+    """A client-chosen key: the same key with the same body returns the first execution."""
+
+    idempotency_key: str | None = Field(
+        None, alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"
+    )
+
+
+class LastEventIdHeader(BaseModel):
+    """The id of the last event an SSE client received (sent again on reconnect)."""
+
+    last_event_id: int | None = Field(None, alias="Last-Event-ID", ge=0, le=2**63 - 1)
+
+
+# ---------------------------------------------------------------------- bodies
+
+
+class AgentCreateBody(AgentCreate):
+    """The body of POST /v1/agents."""
+
+
+class AgentUpdateBody(AgentUpdate):
+    """The body of PATCH /v1/agents/{agent_id}: any subset of the fields."""
+
+
+class ExecutionCreateBody(ExecutionCreate):
+    """The body of POST /v1/executions."""
+
+
+class ControlBody(BaseModel):
+    """The optional body of the control routes (start, cancel, pause, resume, retry)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=1000)
+
+
+# --------------------------------------------------------------------- answers
+
+
+class AgentOut(BaseModel):
+    """An agent."""
+
+    id: uuid.UUID
+    name: str
+    model: str
+    system_prompt: str
+    parameters: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Agent) -> AgentOut:
+        """The answer for an agent row."""
+        return cls(id=row.id, name=row.name, model=row.model, system_prompt=row.system_prompt or "",
+                   parameters=row.parameters or {}, created_at=row.created_at, updated_at=row.updated_at)
+
+
+class AgentPage(BaseModel):
+    """A page of agents, by name."""
+
+    items: list[AgentOut]
+    total: int
+    page: int
+    page_size: int
+
+
+class Progress(BaseModel):
+    """How far the current attempt is."""
+
+    percentage: float
+    message: str | None
+
+
+class ExecutionOut(BaseModel):
+    """An execution."""
+
+    id: uuid.UUID
+    agent_id: uuid.UUID
+    task_id: uuid.UUID | None
+    parameters: dict[str, Any]
+    state: ExecutionState
+    progress: Progress
+    context: dict[str, Any]
+    result: dict[str, Any] | None
+    error_message: str | None
+    attempt: int
+    max_retries: int
+    timeout_seconds: int
+    queue: str
+    priority: int
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+
+    @classmethod
+    def of(cls, row: Execution) -> ExecutionOut:
+        """The answer for an execution row."""
+        return cls(
+            id=row.id, agent_id=row.agent_id, task_id=row.task_id, parameters=row.parameters or {},
+            state=ExecutionState(row.state),
+            progress=Progress(percentage=float(row.progress_percentage or 0), message=row.progress_message),
+            context=row.context or {}, result=row.result, error_message=row.error_message,
+            attempt=row.attempt, max_retries=row.max_retries, timeout_seconds=row.timeout_seconds,
+            queue=row.queue, priority=row.priority, metadata=row.metadata_ or {},
+            created_at=row.created_at, updated_at=row.updated_at, queued_at=row.queued_at,
+            started_at=row.started_at, completed_at=row.completed_at,
+        )
+
+
+class ExecutionPage(BaseModel):
+    """A page of executions, newest first."""
+
+    items: list[ExecutionOut]
+    total: int
+    page: int
+    page_size: int
+
+
+class HistoryItem(BaseModel):
+    """One accepted state transition (no from_state for the creation)."""
+
+    from_state: ExecutionState | None
+    to_state: ExecutionState
+    reason: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: ExecutionStateHistory) -> HistoryItem:
+        """The answer for a history row."""
+        return cls(from_state=row.from_state, to_state=row.to_state, reason=row.reason,
+                   created_at=row.created_at)
+
+
+class HistoryOut(BaseModel):
+    """The last transitions of an execution, oldest first."""
+
+    items: list[HistoryItem]
+
+
+class EventOut(BaseModel):
+    """One logged event, as published on Redis and sent over SSE."""
+
+    id: int
+    type: str
+    execution_id: uuid.UUID
+    created_at: datetime | None
+    payload: dict[str, Any]
+
+    @classmethod
+    def of(cls, row: ExecutionEvent) -> EventOut:
+        """The answer for an event row."""
+        return cls(id=row.id, type=row.type, execution_id=row.execution_id, created_at=row.created_at,
+                   payload=row.payload or {})
+
+
+class EventsOut(BaseModel):
+    """Events after `after`, in order; with Accept: text/event-stream the route streams instead."""
+
+    model_config = ConfigDict(
+        openapi_extra={
+            "content": {
+                "text/event-stream": {
+                    "schema": {
+                        "type": "string",
+                        "description": "SSE: `id:` event id, `event:` type, `data:` an EventOut as JSON",
+                    }
+                }
+            }
+        }
+    )
+
+    items: list[EventOut]
+
+
+class Status(BaseModel):
+    """A health answer."""
+
+    status: str
+
+
+class FieldError(BaseModel):
+    """One invalid field of a request."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: every error answer of this API."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None

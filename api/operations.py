@@ -1,0 +1,72 @@
+"""Operations routes (/healthz, /readyz, /metrics) and the request metrics of every route."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask, Response, current_app, g, request
+from flask_openapi3 import APIBlueprint, Tag
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.deps import answer, service
+from api.models import Status
+from api.openapi import problems
+from api.problems import problem
+from app.metrics import ExecutionStatsCollector, api_metrics, render
+
+bp = APIBlueprint("operations", __name__, abp_tags=[Tag(name="operations", description="Health and metrics")])
+COLLECTOR_KEY = "agentexec.metrics_collector"
+UNMATCHED = "<unmatched>"
+
+
+@bp.get("/healthz", responses={200: Status})
+def healthz() -> Response:
+    """Liveness: the process answers."""
+    return answer(Status(status="ok"))
+
+
+@bp.get("/readyz", responses={200: Status, **problems()})
+def readyz() -> Response:
+    """Readiness: 503 while PostgreSQL or Redis is down."""
+    svc = service()
+    down = []
+    try:
+        with svc.repository.session_factory() as s:
+            s.execute(text("SELECT 1"))
+    except Exception:
+        down.append("postgresql")
+    if svc.event_bus is None or not svc.event_bus.ping():
+        down.append("redis")
+    if down:
+        return problem(503, "Service Unavailable", f"not ready: {', '.join(down)} down", down=down,
+                       headers={"Retry-After": "2"})
+    return answer(Status(status="ready"))
+
+
+@bp.get("/metrics", responses={200: {"description": "Prometheus text exposition format",
+                                     "content": {"text/plain": {"schema": {"type": "string"}}}}})
+def metrics() -> Response:
+    """Prometheus metrics: API requests of all web processes, and execution figures from PostgreSQL."""
+    return Response(render(current_app.extensions[COLLECTOR_KEY]), mimetype=None,
+                    content_type=CONTENT_TYPE_LATEST)
+
+
+def _start_timer() -> None:
+    g.request_started = time.perf_counter()
+
+
+def _observe(response: Response) -> Response:
+    started = g.pop("request_started", None)
+    if started is not None:
+        route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+        api_metrics().observe(request.method, route, response.status_code, time.perf_counter() - started)
+    return response
+
+
+def init_operations(app: Flask, session_factory: sessionmaker[Session]) -> None:
+    """Count and time every request (register first), and keep the scrape-time execution collector."""
+    app.extensions[COLLECTOR_KEY] = ExecutionStatsCollector(session_factory)
+    app.before_request(_start_timer)
+    app.after_request(_observe)
