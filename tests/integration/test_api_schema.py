@@ -1,0 +1,115 @@
+"""The generated OpenAPI document, the offline docs UI, and schemathesis against the app's own schema."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from app.execution.transitions import as_table
+
+ROUTES = {
+    ("/v1/agents", "post"), ("/v1/agents", "get"), ("/v1/agents/{agent_id}", "get"),
+    ("/v1/agents/{agent_id}", "patch"), ("/v1/agents/{agent_id}", "delete"),
+    ("/v1/executions", "post"), ("/v1/executions", "get"), ("/v1/executions/{execution_id}", "get"),
+    ("/v1/executions/{execution_id}", "delete"), ("/v1/executions/{execution_id}/history", "get"),
+    ("/v1/executions/{execution_id}/events", "get"),
+    ("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get"),
+    *((f"/v1/executions/{{execution_id}}/{action}", "post")
+      for action in ("start", "cancel", "pause", "resume", "retry")),
+}
+
+
+def negative_data_is_rejected(ctx, response, case):  # type: ignore[no-untyped-def]
+    """schemathesis' negative_data_rejection, also accepting 413 for a body over MAX_REQUEST_BYTES."""
+    return True if response.status_code == 413 else negative_data_rejection(ctx, response, case)
+
+
+CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance,
+          response_headers_conformance]
+
+
+def test_the_openapi_document_is_3_1_covers_every_route_and_carries_the_transition_table(api):
+    doc = api.get("/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.1")
+    documented = {(path, method) for path, item in doc["paths"].items() for method in item}
+    assert documented >= ROUTES
+    assert doc["x-state-transitions"] == as_table()
+    running_row = "| RUNNING | CANCELLING, COMPLETED, FAILED, PAUSING, QUEUED, TIMED_OUT |"
+    assert running_row in doc["info"]["description"]
+    create = doc["paths"]["/v1/executions"]["post"]
+    assert {p["name"] for p in create["parameters"]} == {"Idempotency-Key"}
+    assert {"200", "201", "409", "413", "415", "422", "503"} <= set(create["responses"])
+    assert list(create["responses"]["422"]["content"]) == ["application/problem+json"]
+    assert "ExecutionOut" in doc["components"]["schemas"] and "Problem" in doc["components"]["schemas"]
+    listing = {p["name"] for p in doc["paths"]["/v1/executions"]["get"]["parameters"]}
+    assert listing == {"state", "agent_id", "task_id", "created_after", "created_before", "page", "page_size"}
+    events = doc["paths"]["/v1/executions/{execution_id}/events"]["get"]["responses"]["200"]["content"]
+    assert {"application/json", "text/event-stream"} <= set(events)
+
+
+def test_the_docs_ui_is_served_with_local_assets_only(api):  # type: ignore[no-untyped-def]
+    first = api.get("/docs")
+    assert first.status_code in (301, 302, 308)
+    page = api.get(first.headers["Location"])
+    assert page.status_code == 200 and b"swagger-ui" in page.data
+    html = page.get_data(as_text=True)
+    assert not re.search(r"""(src|href)=["']https?://""", html), "the docs page loads internet assets"
+    assets = re.findall(r"""(?:src|href)=["'](swagger/[^"']+)["']""", html)
+    assert any(a.endswith(".js") for a in assets) and any(a.endswith(".css") for a in assets)
+    for asset in assets:
+        assert api.get(f"/docs/{asset}").status_code == 200, asset
+    assert api.get("/docs/openapi.json").get_json() == api.get("/openapi.json").get_json()
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(api_app, api, mode):
+    # Known ids: half of the positive cases aim at an existing agent and execution instead of random ids.
+    agent_id = api.post("/v1/agents", json={"name": "fuzzed"}).get_json()["id"]
+    known = {"agent_id": agent_id, "execution_id": api.post("/v1/executions", json={
+        "agent_id": agent_id, "parameters": {"input": "fuzz"}, "start": False}).get_json()["id"]}
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", api_app)
+    checks = CHECKS + ([negative_data_is_rejected] if mode is GenerationMode.NEGATIVE else [])
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= len(ROUTES)
+    calls = itertools.count()
+
+    def aim_at_known_resources(case):  # type: ignore[no-untyped-def]
+        if mode is not GenerationMode.POSITIVE:
+            return
+        if case.path_parameters and next(calls) % 2 == 0:
+            case.path_parameters = {k: known.get(k, v) for k, v in case.path_parameters.items()}
+        if case.operation.label == "POST /v1/executions" and isinstance(case.body, dict):
+            # An existing agent, left PENDING: fuzzed simulate knobs must not occupy the worker.
+            case.body = {**case.body, "agent_id": agent_id, "start": False}
+
+    for operation in operations:
+        negatable = any((operation.path_parameters, operation.query, operation.headers, operation.body))
+        if mode is GenerationMode.NEGATIVE and not negatable:
+            continue  # nothing in the request can be made invalid
+
+        @settings(max_examples=15, derandomize=True, deadline=None, database=None,
+                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def check(case):  # type: ignore[no-untyped-def]
+            aim_at_known_resources(case)
+            if case.path.endswith("/events"):
+                case.headers = {**(case.headers or {}), "Accept": "application/json"}
+            case.call_and_validate(checks=checks)
+
+        try:
+            check()
+        except Exception as exc:
+            raise AssertionError(f"{operation.label} ({mode.value}): {exc}") from exc
