@@ -31,7 +31,8 @@ from tests.integration.test_logging import free_port
 
 AGENTEXEC = str(Path(sys.executable).parent / "agentexec")
 FIRST_FRAME = re.compile(rb"id: \d+\n.*?\n\n", re.S)
-SLOW = ["--simulate", "latency_ms=1500", "--simulate", "chunks=30"]
+# Long enough never to finish during a test (a cancel stops it within a second).
+SLOW = ["--simulate", "latency_ms=20000", "--simulate", "chunks=40"]
 
 
 class QuietRequestHandler(WSGIRequestHandler):
@@ -172,6 +173,7 @@ def test_list_filters_by_state_and_by_agent_name(cli, writer):  # type: ignore[n
     table = cli("list").stdout
     assert slow in table and "RUNNING" in table and "other" in table and "writer" in table
     cli("cancel", slow)
+    wait_for(lambda: cli.execution(slow)["state"] == "CANCELLED", what="the slow run to be cancelled")
 
 
 def test_api_errors_are_one_clear_line_with_exit_1(cli, writer):  # type: ignore[no-untyped-def]

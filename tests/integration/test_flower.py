@@ -73,8 +73,13 @@ def test_flower_lists_the_worker_and_its_run_execution_tasks_with_credentials_on
 
     name = wait_for(lambda: _alive(stack), timeout=30, interval=0.3,
                     what="Flower to see the Procfile worker alive")
-    workers = _get(stack, "/api/workers", refresh="true").json()
-    assert name in workers
+
+    def inspected() -> dict[str, Any] | None:
+        # One inspect broadcast may miss a busy worker's reply (Flower waits 1 s): ask again.
+        response = _get(stack, "/api/workers", refresh="true")
+        return response.json() if response.status_code == 200 and name in response.json() else None
+
+    workers = wait_for(inspected, timeout=30, interval=0.3, what="Flower's inspect to reach the worker")
     assert stack["queue"] in [q["name"] for q in workers[name]["active_queues"]]
     assert "agentexec.run_execution" in workers[name]["registered"]
 
