@@ -24,7 +24,7 @@ import pytest
 from typer.testing import CliRunner
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from cli.client import ApiClient
+from cli.client import ApiClient, CliError
 from cli.main import app as cli_app
 from tests.conftest import wait_for
 from tests.integration.test_logging import free_port
@@ -275,3 +275,21 @@ def test_a_dropped_event_stream_is_resumed_with_last_event_id_without_gaps_or_re
     direct = httpx.get(f"{cli.url}/v1/executions/{execution_id}/events", params={"limit": 1000}).json()
     assert ids == [e["id"] for e in direct["items"]]
     assert events[-1].type == "agent.execution.completed"
+
+
+def test_the_api_key_is_sent_as_a_bearer_token_and_validation_problems_name_their_fields():
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(422, headers={"content-type": "application/problem+json"}, json={
+            "type": "about:blank", "title": "Unprocessable Content", "status": 422,
+            "detail": "the request body is invalid",
+            "errors": [{"loc": ["body", "parameters", "steps"], "msg": "a pipeline needs 1 to 50 steps"}]})
+
+    client = ApiClient("http://api.invalid", api_key="k-123", transport=httpx.MockTransport(answer))
+    with pytest.raises(CliError) as caught:
+        client.post("/v1/executions", {"agent_id": "x"})
+    assert seen[0].headers["authorization"] == "Bearer k-123"
+    assert str(caught.value) == ("Unprocessable Content: the request body is invalid "
+                                 "[body.parameters.steps: a pipeline needs 1 to 50 steps] (HTTP 422)")
