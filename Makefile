@@ -29,6 +29,7 @@ run: db
 	@echo "API      http://127.0.0.1:$(PORT)  (docs: /docs)"
 	@echo "Flower   http://127.0.0.1:$(FLOWER_PORT)  (basic auth $(FLOWER_BASIC_AUTH); set FLOWER_BASIC_AUTH=user:pass to change)"
 	@echo "CLI      $(VENV)/bin/agentexec --help  (talks to http://127.0.0.1:$(PORT); see docs/operate.md)"
+	@key=$$($(PY) scripts/devkey.py) && echo "API key  $$key  (export AGENTEXEC_API_KEY=$$key; curl -H 'Authorization: Bearer $$key')"
 	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
 
 test: install services

@@ -59,9 +59,10 @@ def main(
 
 
 def _register() -> None:
-    from cli import agents, executions
+    from cli import agents, executions, keys
 
     app.add_typer(agents.app, name="agents")
+    app.add_typer(keys.app, name="keys")
     executions.register(app)
 
 
