@@ -15,6 +15,7 @@ from flask import Flask, Response, request
 from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.sansio.response import Response as WerkzeugResponse
 
 from api.problems import problem, validation_problem
 from app.errors import (
@@ -79,7 +80,7 @@ def handle_domain_error(exc: Exception) -> Response:
     return problem(status, TITLES.get(status, "Error"), _detail(exc, status), headers=headers)
 
 
-def handle_http_error(exc: HTTPException) -> Response:
+def handle_http_error(exc: HTTPException) -> WerkzeugResponse:
     """Flask's and Werkzeug's own errors (404, 405, 413, 415, ...) as problem+json."""
     status = exc.code or 500
     headers: dict[str, str] = {}

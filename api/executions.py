@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
+from flask_openapi3.types import ResponseDict
 
 from api.deps import answer, service, tenant
 from api.guards import strict_body
@@ -79,7 +80,7 @@ def get_history(path: ExecutionPath, query: HistoryQuery) -> Response:
 # ----------------------------------------------------------------- control
 
 ControlCall = Callable[..., Execution]
-CONTROL_RESPONSES = {200: ExecutionOut, 202: ExecutionOut, **problems(404, 409, *BODY_ERRORS)}
+CONTROL_RESPONSES: ResponseDict = {200: ExecutionOut, 202: ExecutionOut, **problems(404, 409, *BODY_ERRORS)}
 
 
 def _control(call: ControlCall, path: ExecutionPath) -> Response:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, get_type_hints
 
 from flask import Response, current_app, request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.problems import problem, validation_problem
 
@@ -73,7 +74,10 @@ def check_json_body() -> Response | None:
     """before_request: refuse a body that is not a storable JSON object; None lets the view run."""
     if request.method not in _BODY_METHODS or request.endpoint is None:
         return None
-    data = request.get_data(cache=True)  # raises 413 beyond MAX_CONTENT_LENGTH
+    data = request.get_data(cache=True)  # raises 413 when Content-Length is beyond MAX_CONTENT_LENGTH
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        raise RequestEntityTooLarge()  # a chunked body is cut at the limit, not refused, by Werkzeug
     if not data:
         return None
     if not _is_json(request.mimetype):

@@ -243,7 +243,7 @@ class EventOut(BaseModel):
 class EventsOut(BaseModel):
     """Events after `after`, in order; with Accept: text/event-stream the route streams instead."""
 
-    model_config = ConfigDict(
+    model_config = ConfigDict(  # type: ignore[typeddict-unknown-key]  # read by flask-openapi3
         openapi_extra={
             "content": {
                 "text/event-stream": {

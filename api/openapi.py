@@ -11,6 +11,7 @@ from typing import Any
 
 from flask_openapi3 import Info, OpenAPI
 from flask_openapi3.models import Schema
+from flask_openapi3.types import ResponseDict
 from flask_openapi3.utils import get_model_schema
 
 from api.models import ControlBody, Problem
@@ -23,9 +24,9 @@ PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 BODY_ERRORS = (400, 413, 415)
 
 
-def problems(*codes: int) -> dict[int, dict[str, Any]]:
+def problems(*codes: int) -> ResponseDict:
     """Documented problem+json answers: the given codes plus 422, 500 and 503 every route can give."""
-    answer: dict[int, dict[str, Any]] = {}
+    answer: ResponseDict = {}
     for code in sorted({*codes, 422, 500, 503}):
         doc: dict[str, Any] = {"description": TITLES[code],
                                "content": {"application/problem+json": {"schema": PROBLEM_REF}}}
