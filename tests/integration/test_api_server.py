@@ -227,3 +227,16 @@ def test_metrics_parse_and_move_when_executions_run_summed_over_gunicorn_workers
     assert moved("agentexec_model_tokens_total", kind="completion") > 0
     assert _value(after, "agentexec_execution_duration_seconds_bucket", state="COMPLETED", le="+Inf") == \
         _value(after, "agentexec_execution_duration_seconds_count", state="COMPLETED")
+
+
+def test_a_body_over_max_request_bytes_is_413_with_content_length_or_chunked(api_server: Server) -> None:
+    too_big = b'{"agent_id": "' + b"x" * (1024 * 1024) + b'"}'
+
+    def chunked() -> Iterator[bytes]:
+        for start in range(0, len(too_big), 64 * 1024):
+            yield too_big[start:start + 64 * 1024]
+
+    for content in (too_big, chunked()):
+        with api_server.client() as c:  # a new connection: the server closes one whose body it did not read
+            resp = c.post("/v1/executions", content=content, headers={"Content-Type": "application/json"})
+        assert resp.status_code == 413 and resp.headers["content-type"] == "application/problem+json"
