@@ -8,9 +8,10 @@ from flask_openapi3 import APIBlueprint, Tag
 from api.deps import answer, service, tenant
 from api.models import AgentCreateBody, AgentOut, AgentPage, AgentPath, AgentUpdateBody, PageQuery
 from api.openapi import BODY_ERRORS, problems
+from api.security import SECURITY
 from app.schemas import Pagination
 
-bp = APIBlueprint("agents", __name__, url_prefix="/v1/agents",
+bp = APIBlueprint("agents", __name__, url_prefix="/v1/agents", abp_security=SECURITY,
                   abp_tags=[Tag(name="agents", description="Named model configurations")])
 
 

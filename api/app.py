@@ -13,6 +13,7 @@ from api.errors import register_error_handlers
 from api.guards import check_json_body
 from api.openapi import extensions, info, register_components
 from api.problems import validation_problem
+from api.security import BEARER_SCHEME, document_security, init_security
 from app.bootstrap import build_service
 from app.config import Settings, get_settings
 from app.metrics import api_metrics, prepare_multiprocess_dir
@@ -37,7 +38,7 @@ def create_app(**overrides: Any) -> OpenAPI:
         "agentexec",
         info=info(),
         openapi_extensions=extensions(),
-        security_schemes={},  # None would be written as `securitySchemes: null`, which is invalid
+        security_schemes=BEARER_SCHEME,
         validation_error_status=422,
         validation_error_callback=validation_problem,
         doc_prefix="/docs",
@@ -48,11 +49,13 @@ def create_app(**overrides: Any) -> OpenAPI:
     app.extensions[SETTINGS_KEY] = settings
 
     operations.init_operations(app, service.repository.session_factory)
+    init_security(app, service, settings)  # before the body guard: 401 comes before 415/422
     app.before_request(check_json_body)
     register_error_handlers(app)
     register_components(app)
     for blueprint in (operations.bp, agents.bp, executions.bp, events.bp):
         app.register_api(blueprint)
+    document_security(app, settings.auth_enabled)
 
     @app.route("/openapi.json")
     def openapi_json() -> Response:

@@ -8,9 +8,10 @@ from flask_openapi3 import APIBlueprint, Tag
 from api.deps import answer, service, settings, tenant
 from api.models import EventOut, EventsOut, EventsQuery, ExecutionPath, LastEventIdHeader
 from api.openapi import problems
+from api.security import SECURITY
 from api.sse import EventStream
 
-bp = APIBlueprint("events", __name__, url_prefix="/v1/executions",
+bp = APIBlueprint("events", __name__, url_prefix="/v1/executions", abp_security=SECURITY,
                   abp_tags=[Tag(name="events", description="State changes, progress and completion")])
 SSE = "text/event-stream"
 

@@ -23,10 +23,11 @@ from api.models import (
     IdempotencyHeader,
 )
 from api.openapi import BODY_ERRORS, optional_control_body, problems
+from api.security import SECURITY
 from app.models import Execution
 from app.schemas import ExecutionFilters, ExecutionState, Pagination
 
-bp = APIBlueprint("executions", __name__, url_prefix="/v1/executions",
+bp = APIBlueprint("executions", __name__, url_prefix="/v1/executions", abp_security=SECURITY,
                   abp_tags=[Tag(name="executions", description="Runs of an agent on a task")])
 INTERMEDIATE = frozenset({ExecutionState.CANCELLING, ExecutionState.PAUSING})
 

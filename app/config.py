@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     sse_heartbeat_seconds: float = Field(15.0, gt=0)
     auth_enabled: bool = True
     rate_limit: int = Field(600, ge=0)
+    rate_limit_window: int = Field(60, ge=1)
     cors_origins: str = ""
 
     # Logs.

@@ -1,4 +1,4 @@
-"""A per-key rate limit in Redis: a fixed one-minute window per key, shared by all API processes."""
+"""A per-key rate limit in Redis: a fixed window (a minute by default) per key, shared by all processes."""
 
 from __future__ import annotations
 
@@ -21,27 +21,28 @@ class RateDecision:
 
 
 class RateLimiter:
-    """`limit` requests per minute per key; fails open (logged) when Redis is unreachable."""
+    """`limit` requests per `window` seconds per key; fails open (logged) when Redis is unreachable."""
 
-    def __init__(self, client: redis.Redis, limit: int, prefix: str = "agentexec:rate:"):
+    def __init__(self, client: redis.Redis, limit: int, prefix: str = "agentexec:rate:", window: int = 60):
         self.client = client
         self.limit = limit
         self.prefix = prefix
+        self.window = max(1, window)
 
     def hit(self, key_id: str) -> RateDecision:
         """Count one request of `key_id` in the current window."""
         if self.limit <= 0:
             return RateDecision(True, 0, 0)
         now = time.time()
-        window = int(now // 60)
+        window = int(now // self.window)
         name = f"{self.prefix}{key_id}:{window}"
         try:
             pipe = self.client.pipeline(transaction=True)
             pipe.incr(name)
-            pipe.expire(name, 61)
+            pipe.expire(name, self.window + 1)
             count = int(pipe.execute()[0])
         except redis.RedisError as exc:
             log.warning("rate limiter unavailable; letting the request through", error=str(exc))
             return RateDecision(True, self.limit, 0)
-        retry_after = max(1, int(60 - (now % 60)) + 1)
+        retry_after = max(1, int(self.window - (now % self.window)) + 1)
         return RateDecision(count <= self.limit, max(0, self.limit - count), retry_after)
