@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, redirect
+from flask import Response, redirect, request
 from flask_openapi3 import OpenAPI
 
 from api import agents, events, executions, operations
@@ -16,12 +16,20 @@ from api.problems import validation_problem
 from api.security import BEARER_SCHEME, document_security, init_security
 from app.bootstrap import build_service
 from app.config import Settings, get_settings
+from app.logging import bind_log_context, configure_logging
 from app.metrics import api_metrics, prepare_multiprocess_dir
+
+
+def _bind_request_ids() -> None:
+    """Every log line of a request carries the execution and agent it is about."""
+    args = request.view_args or {}
+    bind_log_context(execution_id=args.get("execution_id"), agent_id=args.get("agent_id"))
 
 
 def create_app(**overrides: Any) -> OpenAPI:
     """The WSGI app; overrides go to build_service (settings, session_factory, background_tasks, ...)."""
     settings: Settings = overrides.get("settings") or get_settings()
+    configure_logging(settings)
     background_tasks = overrides.pop("background_tasks", None)
     if background_tasks is None:
         from workers.background import BackgroundTaskManager
@@ -49,6 +57,7 @@ def create_app(**overrides: Any) -> OpenAPI:
     app.extensions[SETTINGS_KEY] = settings
 
     operations.init_operations(app, service.repository.session_factory)
+    app.before_request(_bind_request_ids)
     init_security(app, service, settings)  # before the body guard: 401 comes before 415/422
     app.before_request(check_json_body)
     register_error_handlers(app)
