@@ -92,7 +92,7 @@ def test_an_execution_whose_agent_vanished_fails_with_a_clear_error(worker_servi
     execution, _ = svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"},
                                                         start=False))
     with session_factory() as s:  # bypass the foreign key, as a restore from an old backup could
-        s.execute(text("SET session_replication_role = replica"))
+        s.execute(text("SET LOCAL session_replication_role = replica"))
         s.execute(text("DELETE FROM agents WHERE id = :id"), {"id": agent.id})
         s.commit()
     svc.start_execution(execution.id)
