@@ -3,11 +3,16 @@
 Each `emit_*` call adds an `execution_events` row to the caller's transaction and
 returns it; `publish` sends the committed rows over the EventBus. So an event is
 in the log exactly when the change it describes is committed.
+
+The `*_spec` methods describe the same events for the repository's one-statement
+writes (UPDATE, history and event rows in one SQL statement): the part of the payload
+known beforehand, and the payload keys read from the updated row (ROW_FIELDS).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,12 +28,39 @@ def _state(value: Any) -> str | None:
     return None if value is None else getattr(value, "value", value)
 
 
+# Payload key -> executions column, for the keys that come from the row itself.
+BASE_ROW_FIELDS = {"execution_id": "id", "agent_id": "agent_id", "task_id": "task_id"}
+ROW_FIELDS = {
+    events.STATE_CHANGED: BASE_ROW_FIELDS | {"new_state": "state"},
+    events.PROGRESS: BASE_ROW_FIELDS | {"percentage": "progress_percentage", "message": "progress_message"},
+    events.COMPLETED: BASE_ROW_FIELDS
+    | {"state": "state", "result": "result", "error_message": "error_message"},
+}
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """An event to log in the same statement as a row update: type, known payload, row fields."""
+
+    type: str
+    static: dict[str, Any]
+
+    @property
+    def from_row(self) -> dict[str, str]:
+        """Payload key -> column of the updated executions row."""
+        return ROW_FIELDS[self.type]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
 def _base_payload(execution: Execution) -> dict[str, Any]:
     return {
         "execution_id": str(execution.id),
         "agent_id": str(execution.agent_id),
         "task_id": None if execution.task_id is None else str(execution.task_id),
-        "timestamp": datetime.now(UTC).isoformat(),
+        "timestamp": _now(),
     }
 
 
@@ -81,6 +113,21 @@ class ExecutionEventEmitter:
             "error_message": execution.error_message,
         }
         return self._record(session, events.COMPLETED, execution, payload)
+
+    def state_changed_spec(
+        self, previous_state: ExecutionState | str | None, reason: str | None
+    ) -> EventSpec:
+        """`agent.execution.state_changed` for a one-statement transition."""
+        return EventSpec(events.STATE_CHANGED,
+                         {"timestamp": _now(), "previous_state": _state(previous_state), "reason": reason})
+
+    def progress_spec(self) -> EventSpec:
+        """`agent.execution.progress`, percentage and message read from the updated row."""
+        return EventSpec(events.PROGRESS, {"timestamp": _now()})
+
+    def completed_spec(self) -> EventSpec:
+        """`agent.execution.completed`, final state, result and error read from the updated row."""
+        return EventSpec(events.COMPLETED, {"timestamp": _now()})
 
     def publish(self, rows: Iterable[ExecutionEvent]) -> bool:
         """Send committed event rows over Redis, in order, in one round trip."""

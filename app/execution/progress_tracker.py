@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from app.errors import ExecutionNotFoundError, InvalidExecutionStateError, InvalidProgressError
 from app.execution.event_emitter import ExecutionEventEmitter
-from app.execution.repository import ExecutionRepository, commit
+from app.execution.repository import ExecutionRepository
 from app.models import Execution
 from app.schemas import ExecutionProgressUpdate, ExecutionState
 
@@ -33,22 +33,20 @@ class ExecutionProgressTracker:
         not RUNNING (its `current_state` tells a runner it was paused or cancelled) or
         belongs to another attempt; InvalidProgressError when the percentage would drop.
         """
-        with self.repository.session_factory() as session:
-            row = self.repository.update_progress(
+        with self.repository.autocommit() as session:  # the UPDATE and its event: ONE statement
+            row, logged = self.repository.record_progress(
                 execution_id,
                 progress_data.percentage,
                 progress_data.message,
                 progress_data.context_update,
+                event=self.event_emitter.progress_spec(),
                 expected_attempt=expected_attempt,
                 session=session,
             )
             if row is None:
                 self._explain_refusal(session, execution_id, progress_data, expected_attempt)
-            assert row is not None
-            event = self.event_emitter.emit_progress_updated(row, session=session)
-            session.flush()
-            commit(session)
-        self.event_emitter.publish([event])
+        assert row is not None
+        self.event_emitter.publish(logged)
         return row
 
     @staticmethod

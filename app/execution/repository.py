@@ -1,7 +1,11 @@
 """ExecutionRepository: every read and write of executions, their history, events and agents.
 
 Each method runs in the caller's session when one is given (so the state manager can
-put several writes in ONE transaction), or in a transaction of its own otherwise.
+put several writes in ONE transaction), or in a transaction of its own otherwise. A
+method that is one SQL statement runs it in autocommit mode (the statement is its own
+transaction): no BEGIN and COMMIT round trips. `transition` and `record_progress` are
+such statements: the guarded UPDATE, the history row and the event rows are written by
+ONE statement (data-modifying CTEs), so they commit together or not at all.
 Unexpected database failures become DatabaseError after a rollback, logged once here
 with the execution id.
 """
@@ -15,13 +19,25 @@ from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 import structlog
-from sqlalchemy import Select, cast, delete, func, literal, select, tuple_, update
+from sqlalchemy import (
+    Select,
+    bindparam,
+    cast,
+    delete,
+    func,
+    literal,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import ConflictError, DatabaseError, DatabaseUnavailableError
+from app.execution.event_emitter import EventSpec
+from app.execution.statements import logged_update
 from app.models import Agent, Execution, ExecutionEvent, ExecutionStateHistory
 from app.schemas import FINISHED_STATES, HELD_BY_WORKER, ExecutionFilters, ExecutionState, Pagination
 
@@ -68,6 +84,10 @@ def _rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+NOW = func.now()
+_MERGE_CONTEXT = Execution.context.op("||")(bindparam("context_update", type_=JSONB))
+
+
 def _unique_violation(exc: IntegrityError) -> bool:
     return getattr(getattr(exc, "orig", None), "sqlstate", None) == "23505"
 
@@ -91,6 +111,19 @@ class ExecutionRepository:
             except BaseException:
                 own.rollback()
                 raise
+
+    @contextmanager
+    def autocommit(self, session: Session | None = None) -> Iterator[Session]:
+        """The caller's session as is, or a new one in which every statement commits by itself.
+
+        For reads and one-statement writes: no BEGIN, COMMIT or ROLLBACK round trips.
+        """
+        if session is not None:
+            yield session
+            return
+        with self.session_factory() as own:
+            own.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            yield own
 
     # ----------------------------------------------------------------- executions
 
@@ -119,7 +152,7 @@ class ExecutionRepository:
     @_wrap_db_errors
     def get_by_idempotency_key(self, tenant: str, key: str) -> Execution | None:
         """The execution created with this idempotency key, if any."""
-        with self.session_factory() as s:
+        with self.autocommit() as s:
             return s.scalars(
                 select(Execution).where(
                     Execution.tenant == tenant, Execution.idempotency_key == key
@@ -131,7 +164,7 @@ class ExecutionRepository:
         self, execution_id: uuid.UUID, *, tenant: str | None = None, session: Session | None = None
     ) -> Execution | None:
         """The execution, or None when it does not exist (for this tenant)."""
-        with self.transaction(session) as s:
+        with self.autocommit(session) as s:
             stmt = select(Execution).where(Execution.id == execution_id)
             if tenant is not None:
                 stmt = stmt.where(Execution.tenant == tenant)
@@ -149,7 +182,7 @@ class ExecutionRepository:
         f = filters if isinstance(filters, ExecutionFilters) else ExecutionFilters(**filters)
         p = pagination if isinstance(pagination, Pagination) else Pagination(**pagination)
         where = self._filter_clauses(f, tenant)
-        with self.session_factory() as s:
+        with self.autocommit() as s:
             total = s.scalar(select(func.count()).select_from(Execution).where(*where)) or 0
             stmt: Select[Any] = (
                 select(Execution)
@@ -205,7 +238,7 @@ class ExecutionRepository:
         new_values.update(timestamps or {})
         new_values.update(values or {})
         stmt = stmt.values(**new_values).returning(Execution)
-        with self.transaction(session) as s:
+        with self.autocommit(session) as s:
             return s.scalars(stmt, execution_options={"populate_existing": True}).one_or_none()
 
     @_wrap_db_errors
@@ -241,8 +274,69 @@ class ExecutionRepository:
                 cast(literal(context_update, JSONB), JSONB)
             )
         stmt = stmt.values(**values).returning(Execution)
-        with self.transaction(session) as s:
+        with self.autocommit(session) as s:
             return s.scalars(stmt, execution_options={"populate_existing": True}).one_or_none()
+
+    @_wrap_db_errors
+    def transition(
+        self,
+        execution_id: uuid.UUID,
+        target: ExecutionState,
+        *,
+        expected_state: ExecutionState,
+        expected_attempt: int | None = None,
+        tenant: str | None = None,
+        values: dict[str, Any] | None = None,
+        reason: str | None = None,
+        events: list[EventSpec],
+        params: dict[str, Any] | None = None,
+        session: Session | None = None,
+    ) -> tuple[Execution | None, list[ExecutionEvent]]:
+        """ONE statement: the guarded UPDATE, its history row and its event rows.
+
+        (None, []) when the execution is missing (for this tenant) or a guard did not
+        match; then nothing was written. `params` are named parameters of SQL
+        expressions in `values`.
+        """
+        guards: dict[str, Any] = {"state": ExecutionState(expected_state).value}
+        if expected_attempt is not None:
+            guards["attempt"] = expected_attempt
+        if tenant is not None:
+            guards["tenant"] = tenant
+        new_values = {"state": ExecutionState(target).value, "updated_at": NOW} | (values or {})
+        history = (ExecutionState(expected_state).value, ExecutionState(target).value, reason)
+        with self.autocommit(session) as s:
+            return logged_update(s, execution_id, guards=guards, values=new_values, events=events,
+                                 history=history, params=params)
+
+    @_wrap_db_errors
+    def record_progress(
+        self,
+        execution_id: uuid.UUID,
+        percentage: float,
+        message: str | None,
+        context_update: dict[str, Any] | None = None,
+        *,
+        event: EventSpec,
+        expected_attempt: int | None = None,
+        session: Session | None = None,
+    ) -> tuple[Execution | None, list[ExecutionEvent]]:
+        """ONE statement: update_progress's guarded UPDATE (RUNNING, never lower) and its event row."""
+        guards: dict[str, Any] = {"state": ExecutionState.RUNNING.value, "progress_percentage": percentage}
+        if expected_attempt is not None:
+            guards["attempt"] = expected_attempt
+        values: dict[str, Any] = {
+            "progress_percentage": percentage,
+            "progress_message": message,
+            "updated_at": NOW,
+        }
+        params = None
+        if context_update:
+            values["context"] = _MERGE_CONTEXT
+            params = {"context_update": context_update}
+        with self.autocommit(session) as s:
+            return logged_update(s, execution_id, guards=guards, values=values, events=[event],
+                                 params=params)
 
     @_wrap_db_errors
     def update_result(
@@ -260,7 +354,7 @@ class ExecutionRepository:
             .values(result=result, error_message=error_message, updated_at=func.now())
             .returning(Execution)
         )
-        with self.transaction(session) as s:
+        with self.autocommit(session) as s:
             return s.scalars(stmt, execution_options={"populate_existing": True}).one_or_none()
 
     @_wrap_db_errors
@@ -278,7 +372,7 @@ class ExecutionRepository:
                 updated_at=func.now(),
             )
         )
-        with self.transaction() as s:
+        with self.autocommit() as s:
             return _rowcount(s.execute(stmt)) > 0
 
     @_wrap_db_errors
@@ -302,7 +396,7 @@ class ExecutionRepository:
             .values(heartbeat_at=func.now())
             .returning(Execution.id, Execution.state)
         )
-        with self.transaction(session) as s:
+        with self.autocommit(session) as s:
             return {row.id: row.state for row in s.execute(stmt)}
 
     @_wrap_db_errors
@@ -319,7 +413,7 @@ class ExecutionRepository:
             stmt = stmt.where(Execution.tenant == tenant)
         if only_states is not None:
             stmt = stmt.where(Execution.state.in_([s.value for s in only_states]))
-        with self.transaction() as s:
+        with self.autocommit() as s:
             return _rowcount(s.execute(stmt)) > 0
 
     # ----------------------------------------------------------- history and events
@@ -339,7 +433,7 @@ class ExecutionRepository:
         self, execution_id: uuid.UUID, limit: int = 10
     ) -> list[ExecutionStateHistory]:
         """The last `limit` transitions of an execution, oldest first."""
-        with self.session_factory() as s:
+        with self.autocommit() as s:
             rows = list(
                 s.scalars(
                     select(ExecutionStateHistory)
@@ -356,7 +450,7 @@ class ExecutionRepository:
         self, execution_id: uuid.UUID, after_id: int = 0, limit: int = 1000
     ) -> list[ExecutionEvent]:
         """Events of an execution with id greater than `after_id`, in order."""
-        with self.session_factory() as s:
+        with self.autocommit() as s:
             return list(
                 s.scalars(
                     select(ExecutionEvent)
@@ -386,7 +480,7 @@ class ExecutionRepository:
     @_wrap_db_errors
     def get_agent(self, agent_id: uuid.UUID, *, tenant: str | None = None) -> Agent | None:
         """The agent, or None."""
-        with self.session_factory() as s:
+        with self.autocommit() as s:
             stmt = select(Agent).where(Agent.id == agent_id)
             if tenant is not None:
                 stmt = stmt.where(Agent.tenant == tenant)
@@ -395,7 +489,7 @@ class ExecutionRepository:
     @_wrap_db_errors
     def get_agent_by_name(self, name: str, *, tenant: str) -> Agent | None:
         """The agent of that name in the tenant, or None."""
-        with self.session_factory() as s:
+        with self.autocommit() as s:
             return s.scalars(
                 select(Agent).where(Agent.tenant == tenant, Agent.name == name)
             ).one_or_none()
@@ -407,7 +501,7 @@ class ExecutionRepository:
         """A page of agents by name, and their total."""
         p = pagination if isinstance(pagination, Pagination) else Pagination(**pagination)
         where = [] if tenant is None else [Agent.tenant == tenant]
-        with self.session_factory() as s:
+        with self.autocommit() as s:
             total = s.scalar(select(func.count()).select_from(Agent).where(*where)) or 0
             items = list(
                 s.scalars(
@@ -430,7 +524,7 @@ class ExecutionRepository:
             stmt = stmt.where(Agent.tenant == tenant)
         stmt = stmt.values(**changes, updated_at=func.now()).returning(Agent)
         try:
-            with self.transaction() as s:
+            with self.autocommit() as s:
                 return s.scalars(stmt).one_or_none()
         except IntegrityError as exc:
             if _unique_violation(exc):
@@ -452,7 +546,7 @@ class ExecutionRepository:
     @_wrap_db_errors
     def agent_has_active_executions(self, agent_id: uuid.UUID) -> bool:
         """True while any execution of the agent is not finished."""
-        with self.session_factory() as s:
+        with self.autocommit() as s:
             return (
                 s.scalar(
                     select(Execution.id)

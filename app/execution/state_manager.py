@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 from app.errors import ExecutionNotFoundError, InvalidExecutionStateError
 from app.execution.event_emitter import ExecutionEventEmitter
 from app.execution.repository import ExecutionRepository, _wrap_db_errors, commit
+from app.execution.statements import DELAY_SECONDS
 from app.execution.transitions import validate_transition
-from app.models import Execution, ExecutionEvent, ExecutionStateHistory
+from app.models import Execution, ExecutionEvent
 from app.schemas import FINISHED_STATES, ExecutionState
 
 log = structlog.get_logger(__name__)
@@ -41,41 +42,50 @@ class TaskDispatcher(Protocol):
     def signal_task(self, execution_id: uuid.UUID, command: str) -> None: ...
 
 
-def _entering_queued(delay: float) -> dict[str, Any]:
-    queued_at = func.now() if not delay else func.now() + func.make_interval(0, 0, 0, 0, 0, 0, delay)
-    return {
-        "attempt": Execution.attempt + 1,
-        "queued_at": queued_at,
-        "celery_task_id": func.concat(cast(Execution.id, String), "-", Execution.attempt + 1),
-        "progress_percentage": 0,
-        "progress_message": "Queued",
-        "worker": None,
-        "heartbeat_at": None,
-        "deadline_at": None,
-        "completed_at": None,
-        "result": None,
-        "error_message": None,
-    }
-
-
-def _entering_running() -> dict[str, Any]:
-    return {
-        "started_at": func.coalesce(Execution.started_at, func.now()),
-        "heartbeat_at": func.now(),
-        "deadline_at": func.now() + Execution.timeout_seconds * literal_column("interval '1 second'"),
-        "progress_message": "Initialize",
-    }
+_NOW = func.now()
+_NEXT_ATTEMPT = Execution.attempt + 1
+_ENTERING_QUEUED: dict[str, Any] = {
+    "attempt": _NEXT_ATTEMPT,
+    "queued_at": _NOW,
+    "celery_task_id": func.concat(cast(Execution.id, String), "-", _NEXT_ATTEMPT),
+    "progress_percentage": 0,
+    "progress_message": "Queued",
+    "worker": None,
+    "heartbeat_at": None,
+    "deadline_at": None,
+    "completed_at": None,
+    "result": None,
+    "error_message": None,
+}
+_ENTERING_QUEUED_LATER = _ENTERING_QUEUED | {
+    "queued_at": _NOW + func.make_interval(0, 0, 0, 0, 0, 0, DELAY_SECONDS),
+}
+_ENTERING_RUNNING: dict[str, Any] = {
+    "started_at": func.coalesce(Execution.started_at, _NOW),
+    "heartbeat_at": _NOW,
+    "deadline_at": _NOW + Execution.timeout_seconds * literal_column("interval '1 second'"),
+    "progress_message": "Initialize",
+}
+_ENTERING_FINISHED: dict[str, Any] = {"completed_at": _NOW}
 
 
 def entry_values(target: ExecutionState, *, delay: float = 0) -> dict[str, Any]:
-    """Columns set in the same UPDATE when `target` is entered (DESIGN.md 'Side effects')."""
+    """Columns set in the same UPDATE when `target` is entered (DESIGN.md 'Side effects').
+
+    A delayed QUEUED reads the named parameter `delay_seconds` (see `entry_params`).
+    """
     if target is S.QUEUED:
-        return _entering_queued(delay)
+        return dict(_ENTERING_QUEUED_LATER if delay else _ENTERING_QUEUED)
     if target is S.RUNNING:
-        return _entering_running()
+        return dict(_ENTERING_RUNNING)
     if target in FINISHED_STATES:
-        return {"completed_at": func.now()}
+        return dict(_ENTERING_FINISHED)
     return {}
+
+
+def entry_params(target: ExecutionState, *, delay: float = 0) -> dict[str, Any]:
+    """The named parameters of `entry_values(target, delay=delay)`."""
+    return {"delay_seconds": float(delay)} if target is S.QUEUED and delay else {}
 
 
 @dataclass
@@ -126,7 +136,7 @@ class ExecutionStateManager:
 
         Raises ExecutionNotFoundError, InvalidExecutionStateError, DatabaseError.
         """
-        with self.repository.session_factory() as session:
+        with self.repository.autocommit() as session:  # the transition is ONE statement
             tr = self.transition_in(
                 session,
                 execution_id,
@@ -158,38 +168,36 @@ class ExecutionStateManager:
         delay: float = 0,
         progress_event: bool = False,
     ) -> Transition:
-        """The transition's writes inside the caller's transaction (the caller commits)."""
+        """The transition's writes inside the caller's transaction (the caller commits).
+
+        The guarded UPDATE, the history row and the event rows are ONE statement.
+        """
         current = ExecutionState(expected_state) if expected_state else None
         if current is None:
             current = self._current_state(session, execution_id, tenant)
         if not validate_transition(current, target):
             raise InvalidExecutionStateError(execution_id, current, target)
-        if tenant is not None and expected_state is not None:
-            self._current_state(session, execution_id, tenant)
-        row = self.repository.update_state(
+        emitter = self.event_emitter
+        specs = [emitter.progress_spec()] if progress_event else []
+        specs.append(emitter.state_changed_spec(current, reason))
+        if target in FINISHED_STATES:
+            specs.append(emitter.completed_spec())
+        row, logged = self.repository.transition(
             execution_id,
             target,
             expected_state=current,
             expected_attempt=expected_attempt,
+            tenant=tenant,
             values=entry_values(target, delay=delay) | (values or {}),
+            reason=reason,
+            events=specs,
+            params=entry_params(target, delay=delay),
             session=session,
         )
         if row is None:
             self._explain_refusal(session, execution_id, current, target, expected_attempt, tenant)
         assert row is not None
-        session.add(
-            ExecutionStateHistory(
-                execution_id=execution_id, from_state=current.value, to_state=target.value, reason=reason
-            )
-        )
-        tr = Transition(row, current, target, reason, delay=delay)
-        if progress_event:
-            tr.events.append(self.event_emitter.emit_progress_updated(row, session=session))
-        tr.events.append(self.event_emitter.emit_state_changed(row, current, reason, session=session))
-        if target in FINISHED_STATES:
-            tr.events.append(self.event_emitter.emit_execution_completed(row, session=session))
-        session.flush()
-        return tr
+        return Transition(row, current, target, reason, events=logged, delay=delay)
 
     def after_commit(self, transitions: list[Transition]) -> None:
         """Publish the committed events, then run each entered state's side effects."""
@@ -256,9 +264,10 @@ class ExecutionStateManager:
         expected_attempt: int | None,
         tenant: str | None,
     ) -> None:
-        row = session.execute(
-            select(Execution.state, Execution.attempt).where(Execution.id == execution_id)
-        ).one_or_none()
+        stmt = select(Execution.state, Execution.attempt).where(Execution.id == execution_id)
+        if tenant is not None:
+            stmt = stmt.where(Execution.tenant == tenant)
+        row = session.execute(stmt).one_or_none()
         if row is None:
             raise ExecutionNotFoundError(execution_id)
         if expected_attempt is not None and row.attempt != expected_attempt:
