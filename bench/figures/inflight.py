@@ -1,0 +1,101 @@
+"""N executions in flight at once on one worker host, each a 1 s simulated model call.
+
+The ideal is N x 1 s / concurrency. Two measurements:
+- drain (the goal): all N are QUEUED with their messages in the broker before the
+  worker starts consuming (`add_consumer`); the clock runs from there to the last
+  completion. This is the worker holding N executions in flight.
+- end to end (reported): the same, but submitted while the worker consumes, so the
+  submission rate of one producer process is included.
+The worker's resident memory (all its processes) is sampled throughout.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from bench.common import Ctx, count_in_state, create_request, make_agent, service
+from bench.env import RUN_ID, redis_url, rss_mb
+from bench.results import Figure
+
+LATENCY_MS = 1000
+
+
+class _RssSampler:
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, rss_mb(self.pid))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(2)
+        return self.peak
+
+
+def _submit_all(svc: Any, agent_id: Any, n: int, queue: str, producers: int) -> None:
+    request = create_request(agent_id, latency_ms=LATENCY_MS, queue=queue)
+    with ThreadPoolExecutor(producers) as pool:
+        list(pool.map(lambda _: svc.create_execution(request), range(n)))
+
+
+def _wait_done(svc: Any, agent_id: Any, n: int, t0: float, timeout: float) -> float:
+    while count_in_state(svc, agent_id, ("COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED")) < n:
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError("in-flight round did not finish")
+        time.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    failed = n - count_in_state(svc, agent_id, ("COMPLETED",))
+    if failed:
+        raise RuntimeError(f"{failed} in-flight executions did not complete")
+    return elapsed
+
+
+def run(ctx: Ctx) -> None:
+    """Start a worker with concurrency >= 200, measure drain and end to end, report RSS."""
+    from celery import Celery
+
+    n, conc = ctx.sizes["inflight"], ctx.sizes["inflight_concurrency"]
+    ideal = n * LATENCY_MS / 1000 / conc
+    svc = service()
+    queue = f"bench-inflight-{RUN_ID}"
+    worker = ctx.env.start_worker("inflight", queue=f"bench-idle-{RUN_ID}", concurrency=conc)
+    control = Celery(broker=redis_url())
+    try:
+        idle_rss = rss_mb(worker.pid)
+        agent = make_agent(svc, "inflight")
+        t_sub = time.monotonic()
+        _submit_all(svc, agent.id, n, queue, ctx.sizes["producers"])
+        submit_s = time.monotonic() - t_sub
+        sampler = _RssSampler(worker.pid)
+        t0 = time.monotonic()
+        control.control.add_consumer(queue, destination=[worker.info["node"]], reply=True, timeout=5)
+        drain = _wait_done(svc, agent.id, n, t0, timeout=max(120, 20 * ideal))
+        peak = sampler.stop()
+
+        agent2 = make_agent(svc, "inflight-e2e")
+        sampler = _RssSampler(worker.pid)
+        t0 = time.monotonic()
+        _submit_all(svc, agent2.id, n, queue, ctx.sizes["producers"])
+        e2e = _wait_done(svc, agent2.id, n, t0, timeout=max(120, 20 * ideal))
+        peak = max(peak, sampler.stop())
+    finally:
+        control.close()
+        ctx.env.stop(worker)
+    fig = Figure(f"inflight_{n}_drain_seconds", drain, "s", baseline=ideal, goal="ratio <= 1.5",
+                 note=f"{n} x {LATENCY_MS} ms at concurrency {conc} (threads); all {n} queued first "
+                      f"(submitting took {submit_s:.1f} s), then add_consumer")
+    fig.met = fig.ratio is not None and fig.ratio <= 1.5
+    ctx.add(fig)
+    ctx.add(Figure(f"inflight_{n}_end_to_end_seconds", e2e, "s", baseline=ideal,
+                   note="submitted by 4 producer threads while the worker consumes"))
+    ctx.add(Figure("inflight_worker_rss_mb", peak, "MB",
+                   note=f"peak resident memory of the worker (idle: {idle_rss:.0f} MB)"))
