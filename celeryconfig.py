@@ -34,5 +34,7 @@ worker_concurrency = _s.worker_concurrency
 worker_hijack_root_logger = False
 worker_cancel_long_running_tasks_on_connection_loss = False
 beat_schedule = {
-    "reap-executions": {"task": "agentexec.reap", "schedule": _s.reaper_interval},
+    # A reap that waited longer than a few intervals (no worker was up) is dropped, not run in a burst.
+    "reap-executions": {"task": "agentexec.reap", "schedule": _s.reaper_interval,
+                        "options": {"expires": max(3 * _s.reaper_interval, 5.0)}},
 }

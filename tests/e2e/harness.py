@@ -293,7 +293,10 @@ class Stack:
         def ready() -> bool:
             if not proc.alive():
                 raise AssertionError(f"{proc.name} exited:\n{proc.tail()}")
-            return bool(self.celery.control.ping(destination=[hostname], timeout=0.5))
+            try:
+                return bool(self.celery.control.ping(destination=[hostname], timeout=0.5))
+            except Exception:  # this process's broker connection died with a restarted Redis
+                return False
 
         wait_for(ready, timeout=timeout, interval=0.1, what=f"{proc.name} to be ready")
 

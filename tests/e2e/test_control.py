@@ -229,6 +229,7 @@ def test_retry_requeues_a_failed_or_timed_out_execution_under_a_new_attempt(stac
         svc.retry_execution(failed.id)
 
 
+@pytest.mark.timeout(60)
 def test_the_harness_reads_celery_task_ids_from_the_worker_log(stack: Stack) -> None:
     # Guards the log-based checks above: Celery logs the task id and the return value.
     execution = stack.submit(standard(0))
