@@ -17,12 +17,12 @@ import time
 import urllib.parse
 
 
-def sse(url: str) -> None:
+def sse(url: str, headers: dict[str, str]) -> None:
     """Read an SSE stream; print each event's id with the time its blank line arrived."""
     parsed = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=120)
     conn.request("GET", parsed.path + (f"?{parsed.query}" if parsed.query else ""),
-                 headers={"Accept": "text/event-stream"})
+                 headers={"Accept": "text/event-stream"} | headers)
     resp = conn.getresponse()
     if resp.status != 200:
         print(f"ERROR {resp.status} {resp.read()[:300]!r}", flush=True)
@@ -70,9 +70,11 @@ def main() -> None:
     ap.add_argument("kind", choices=["sse", "redis"])
     ap.add_argument("--url", required=True)
     ap.add_argument("--channel")
+    ap.add_argument("--header", action="append", default=[])
     args = ap.parse_args()
     if args.kind == "sse":
-        sse(args.url)
+        headers = dict((k.strip(), v.strip()) for k, _, v in (h.partition(":") for h in args.header))
+        sse(args.url, headers)
     else:
         redis_subscriber(args.url, args.channel)
     sys.stdout.flush()

@@ -24,6 +24,7 @@ class _ConnState:
     def __init__(self) -> None:
         self.started = False
         self.last_parse = b""
+        self.in_transaction = False
 
 
 class CountingProxy:
@@ -42,7 +43,7 @@ class CountingProxy:
         threading.Thread(target=self._accept, name="pgproxy-accept", daemon=True).start()
 
     def snapshot(self) -> Counter[str]:
-        """A copy of the counters: round_trips, statements, begin, commit, rollback, ping."""
+        """A copy of the counters: round_trips, statements, begin, commit, rollback, ping, autocommit."""
         with self._lock:
             return Counter(self.counts)
 
@@ -110,20 +111,25 @@ class CountingProxy:
         conn.last_parse = b""
         with self._lock:
             self.counts["round_trips"] += 1
-            self._classify(sql)
+            self._classify(sql, conn)
 
-    def _classify(self, sql: bytes) -> None:
+    def _classify(self, sql: bytes, conn: _ConnState) -> None:
         sql = sql.strip().upper()
         if sql.startswith(b"BEGIN"):
             self.counts["begin"] += 1
+            conn.in_transaction = True
         elif sql.startswith(b"COMMIT"):
             self.counts["commit"] += 1
+            conn.in_transaction = False
         elif sql.startswith(b"ROLLBACK"):
             self.counts["rollback"] += 1
+            conn.in_transaction = False
         elif sql in (b";", b"SELECT 1"):
             self.counts["ping"] += 1
         else:
             self.counts["statements"] += 1
+            if not conn.in_transaction:  # autocommit: the statement is a transaction of its own
+                self.counts["autocommit"] += 1
 
 
 def _pipe(src: socket.socket, dst: socket.socket) -> None:

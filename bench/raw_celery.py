@@ -31,6 +31,14 @@ def noop(counter: str | None = None) -> None:
         _redis().incr(counter)
 
 
+@app.task(name="bench.sleep", ignore_result=True)
+def sleep(seconds: float, chunks: int, counter: str) -> None:
+    """A stand-in model call: sleep in chunks (as the simulated provider streams), then count."""
+    for _ in range(chunks):
+        time.sleep(seconds / chunks)
+    _redis().incr(counter)
+
+
 @app.task(name="bench.started", ignore_result=True)
 def started(channel: str) -> None:
     """Announce that the task body started (the raw 'submit -> RUNNING')."""

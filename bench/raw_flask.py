@@ -1,7 +1,7 @@
 """The raw Flask baseline: one endpoint that inserts one row and calls apply_async.
 
 Served by the Procfile's gunicorn line with `bench.raw_flask:create_app()`. It uses a
-plain SQLAlchemy engine (library defaults, a pool as large as gunicorn's thread count)
+plain SQLAlchemy engine (library defaults, with the pool sizes of agentexec's settings)
 and the raw Celery app, sending to a queue nobody consumes, like agentexec's API does
 during the HTTP benchmark.
 """
@@ -28,9 +28,10 @@ INSERT = text(
 
 def create_app() -> Flask:
     """The WSGI app of the raw baseline."""
-    threads = int(os.environ.get("WEB_THREADS", "32"))
     engine = create_engine(
-        os.environ["DATABASE_URL"], pool_size=threads, max_overflow=0
+        os.environ["DATABASE_URL"],
+        pool_size=int(os.environ.get("DATABASE_POOL_SIZE", "10")),
+        max_overflow=int(os.environ.get("DATABASE_MAX_OVERFLOW", "20")),
     )
     queue = os.environ.get("BENCH_SINK_QUEUE", "bench-sink")
     app = Flask("bench_raw")

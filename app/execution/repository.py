@@ -13,6 +13,7 @@ with the execution id.
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +27,9 @@ from sqlalchemy import (
     delete,
     func,
     literal,
+    literal_column,
     select,
+    text,
     tuple_,
     update,
 )
@@ -85,6 +88,8 @@ def _rowcount(result: Any) -> int:
 
 
 NOW = func.now()
+EXACT_COUNT_UP_TO = 10_000
+COUNT_TIMEOUT_MS = 20
 _MERGE_CONTEXT = Execution.context.op("||")(bindparam("context_update", type_=JSONB))
 
 
@@ -184,14 +189,68 @@ class ExecutionRepository:
         where = self._filter_clauses(f, tenant)
         with self.autocommit() as s:
             total = s.scalar(select(func.count()).select_from(Execution).where(*where)) or 0
-            stmt: Select[Any] = (
-                select(Execution)
-                .where(*where)
-                .order_by(Execution.created_at.desc(), Execution.id.desc())
-                .offset((p.page - 1) * p.page_size)
-                .limit(p.page_size)
-            )
-            return list(s.scalars(stmt)), int(total)
+            return self._page(s, where, p), int(total)
+
+    @_wrap_db_errors
+    def list_executions_page(
+        self,
+        filters: ExecutionFilters | dict[str, Any],
+        pagination: Pagination | dict[str, int],
+        *,
+        tenant: str | None = None,
+        exact_up_to: int = EXACT_COUNT_UP_TO,
+        count_timeout_ms: int = COUNT_TIMEOUT_MS,
+    ) -> tuple[list[Execution], int, bool]:
+        """A page, newest first, the total and whether the total is exact.
+
+        Counting every match of a broad filter over millions of rows takes far longer
+        than reading the page, so the total is exact only when it is cheap: at most
+        `exact_up_to` matches, counted within `count_timeout_ms`. Otherwise it is
+        PostgreSQL's planner estimate (at least `exact_up_to` + 1 when the cap was
+        reached) and `exact` is False.
+        """
+        f = filters if isinstance(filters, ExecutionFilters) else ExecutionFilters(**filters)
+        p = pagination if isinstance(pagination, Pagination) else Pagination(**pagination)
+        where = self._filter_clauses(f, tenant)
+        matching: Select[Any] = select(literal_column("1")).select_from(Execution).where(*where)
+        capped = select(func.count()).select_from(matching.limit(exact_up_to + 1).subquery())
+        with self.session_factory() as s:
+            s.execute(text(f"SET LOCAL statement_timeout = {int(count_timeout_ms)}"))
+            try:
+                counted: int | None = int(s.scalar(capped) or 0)
+            except OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "57014":  # query_canceled: took too long
+                    raise
+                counted = None
+            s.rollback()  # ends the timeout's transaction (and an aborted one)
+        with self.autocommit() as s:
+            if counted is not None and counted <= exact_up_to:
+                return self._page(s, where, p), counted, True
+            estimate = self._estimate(s, matching)
+            if counted is not None:
+                estimate = max(estimate, exact_up_to + 1)
+            return self._page(s, where, p), estimate, False
+
+    @staticmethod
+    def _page(s: Session, where: list[Any], p: Pagination) -> list[Execution]:
+        stmt: Select[Any] = (
+            select(Execution)
+            .where(*where)
+            .order_by(Execution.created_at.desc(), Execution.id.desc())
+            .offset((p.page - 1) * p.page_size)
+            .limit(p.page_size)
+        )
+        return list(s.scalars(stmt))
+
+    @staticmethod
+    def _estimate(s: Session, matching: Select[Any]) -> int:
+        """The planner's row estimate for `matching` (EXPLAIN, nothing is read)."""
+        compiled = matching.compile(dialect=s.get_bind().dialect, compile_kwargs={"render_postcompile": True})
+        plan = s.connection().exec_driver_sql(
+            "EXPLAIN (FORMAT JSON) " + compiled.string, compiled.params
+        ).scalar()
+        data: Any = json.loads(plan) if isinstance(plan, str) else plan
+        return int(data[0]["Plan"]["Plan Rows"])
 
     @staticmethod
     def _filter_clauses(f: ExecutionFilters, tenant: str | None) -> list[Any]:

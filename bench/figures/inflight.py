@@ -59,6 +59,54 @@ def _wait_done(svc: Any, agent_id: Any, n: int, t0: float, timeout: float) -> fl
     return elapsed
 
 
+def _timeline(svc: Any, agent_id: Any) -> str:
+    """When executions started (after the first start) and how long each ran, from the database."""
+    from sqlalchemy import text
+
+    sql = text(
+        "SELECT percentile_cont(ARRAY[0.5, 0.9, 1.0]) WITHIN GROUP (ORDER BY extract(epoch FROM "
+        "  started_at - first)) AS starts, "
+        "percentile_cont(ARRAY[0.5, 0.9, 1.0]) WITHIN GROUP (ORDER BY extract(epoch FROM "
+        "  completed_at - started_at)) AS runs "
+        "FROM executions, (SELECT min(started_at) AS first FROM executions WHERE agent_id = :a) f "
+        "WHERE agent_id = :a"
+    )
+    with svc.repository.session_factory() as s:
+        row = s.execute(sql, {"a": agent_id}).one()
+    starts = "/".join(f"{x:.1f}" for x in row.starts)
+    runs = "/".join(f"{x:.2f}" for x in row.runs)
+    return f"started after the first start p50/p90/max {starts} s; each ran p50/p90/max {runs} s"
+
+
+def raw_drain(ctx: Ctx, n: int, conc: int) -> float:
+    """The same shape on raw Celery: n tasks sleeping 1 s in 10 chunks, queued first, then consumed."""
+    import redis
+    from celery import Celery
+
+    from bench.raw_celery import sleep
+
+    queue, counter = f"bench-raw-inflight-{RUN_ID}", f"bench-raw-inflight-count-{RUN_ID}"
+    client = redis.Redis.from_url(redis_url())
+    client.delete(counter)
+    worker = ctx.env.start_worker("raw-inflight", app="bench.raw_celery", queue=f"bench-raw-idle-{RUN_ID}",
+                                  concurrency=conc)
+    control = Celery(broker=redis_url())
+    try:
+        for _ in range(n):
+            sleep.apply_async(args=[LATENCY_MS / 1000, 10, counter], queue=queue)
+        t0 = time.monotonic()
+        control.control.add_consumer(queue, destination=[worker.info["node"]], reply=True, timeout=5)
+        while int(client.get(counter) or 0) < n:
+            if time.monotonic() - t0 > 300:
+                raise TimeoutError("raw in-flight round did not finish")
+            time.sleep(0.02)
+        return time.monotonic() - t0
+    finally:
+        control.close()
+        client.close()
+        ctx.env.stop(worker)
+
+
 def run(ctx: Ctx) -> None:
     """Start a worker with concurrency >= 200, measure drain and end to end, report RSS."""
     from celery import Celery
@@ -76,10 +124,12 @@ def run(ctx: Ctx) -> None:
         _submit_all(svc, agent.id, n, queue, ctx.sizes["producers"])
         submit_s = time.monotonic() - t_sub
         sampler = _RssSampler(worker.pid)
-        t0 = time.monotonic()
-        control.control.add_consumer(queue, destination=[worker.info["node"]], reply=True, timeout=5)
-        drain = _wait_done(svc, agent.id, n, t0, timeout=max(120, 20 * ideal))
+        with ctx.env.profiled(worker, "worker-inflight"):
+            t0 = time.monotonic()
+            control.control.add_consumer(queue, destination=[worker.info["node"]], reply=True, timeout=5)
+            drain = _wait_done(svc, agent.id, n, t0, timeout=max(120, 20 * ideal))
         peak = sampler.stop()
+        drain_timeline = _timeline(svc, agent.id)
 
         agent2 = make_agent(svc, "inflight-e2e")
         sampler = _RssSampler(worker.pid)
@@ -87,15 +137,21 @@ def run(ctx: Ctx) -> None:
         _submit_all(svc, agent2.id, n, queue, ctx.sizes["producers"])
         e2e = _wait_done(svc, agent2.id, n, t0, timeout=max(120, 20 * ideal))
         peak = max(peak, sampler.stop())
+        e2e_timeline = _timeline(svc, agent2.id)
     finally:
         control.close()
         ctx.env.stop(worker)
+    raw = raw_drain(ctx, n, conc)
     fig = Figure(f"inflight_{n}_drain_seconds", drain, "s", baseline=ideal, goal="ratio <= 1.5",
                  note=f"{n} x {LATENCY_MS} ms at concurrency {conc} (threads); all {n} queued first "
-                      f"(submitting took {submit_s:.1f} s), then add_consumer")
+                      f"(submitting took {submit_s:.1f} s), then add_consumer; {drain_timeline}")
     fig.met = fig.ratio is not None and fig.ratio <= 1.5
     ctx.add(fig)
+    ctx.add(Figure(f"inflight_{n}_raw_celery_drain_seconds", raw, "s", baseline=ideal,
+                   note="the same shape on raw Celery (a task sleeping 1 s in 10 chunks), same pool and "
+                        "concurrency: the floor the engine beneath sets"))
     ctx.add(Figure(f"inflight_{n}_end_to_end_seconds", e2e, "s", baseline=ideal,
-                   note="submitted by 4 producer threads while the worker consumes"))
+                   note=f"submitted by {ctx.sizes['producers']} producer threads while the worker consumes; "
+                        f"{e2e_timeline}"))
     ctx.add(Figure("inflight_worker_rss_mb", peak, "MB",
                    note=f"peak resident memory of the worker (idle: {idle_rss:.0f} MB)"))
