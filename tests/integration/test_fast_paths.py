@@ -1,0 +1,116 @@
+"""The hot path's shortcuts on real PostgreSQL: one-statement writes, cached statement shapes,
+time-boxed list totals and pinging only idle pooled connections."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import event, func, select, text
+
+from app.models import Execution, ExecutionEvent, ExecutionStateHistory
+from app.schemas import ExecutionCreate, ExecutionProgressUpdate
+from app.schemas import ExecutionState as S
+
+
+class _Statements:
+    """Counts the SQL statements an engine sends while the block runs."""
+
+    def __init__(self, engine):  # type: ignore[no-untyped-def]
+        self.engine = engine
+        self.sql: list[str] = []
+
+    def _on(self, conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        self.sql.append(statement)
+
+    def __enter__(self) -> _Statements:
+        event.listen(self.engine, "before_cursor_execute", self._on)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._on)
+
+
+def _engine(service):  # type: ignore[no-untyped-def]
+    return service.repository.session_factory.kw["bind"]
+
+
+def test_a_transition_and_a_progress_report_are_each_one_statement(service, agent):  # type: ignore[no-untyped-def]
+    ex, _ = service.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"}))
+    with _Statements(_engine(service)) as seen:
+        running = service.state_manager.change_state(ex.id, S.RUNNING, "claim", expected_state=S.QUEUED,
+                                                     expected_attempt=1)
+    assert len(seen.sql) == 1 and running.state == "RUNNING" and running.started_at is not None
+    with _Statements(_engine(service)) as seen:
+        row = service.progress_tracker.update_progress(ex.id, ExecutionProgressUpdate(percentage=40))
+    assert len(seen.sql) == 1 and row.progress_percentage == 40
+    done = service.state_manager.change_state(ex.id, S.COMPLETED, "done", values={"result": {"output": "o"}},
+                                              progress_event=True)
+    events = service.get_events(ex.id)
+    assert [e.type for e in events][-3:] == ["agent.execution.progress", "agent.execution.state_changed",
+                                             "agent.execution.completed"]
+    assert events[-1].payload["result"] == {"output": "o"} and events[-1].payload["state"] == "COMPLETED"
+    assert events[-1].payload["agent_id"] == str(agent.id) and done.completed_at is not None
+    assert [h.to_state for h in service.get_state_history(ex.id, 10)] == ["PENDING", "QUEUED", "RUNNING",
+                                                                        "COMPLETED"]
+
+
+def test_a_transition_refused_by_its_guard_writes_no_history_and_no_event(service, agent, session_factory):  # type: ignore[no-untyped-def]
+    from app.errors import InvalidExecutionStateError
+
+    ex, _ = service.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"}))
+    with pytest.raises(InvalidExecutionStateError):
+        service.state_manager.change_state(ex.id, S.RUNNING, "stale", expected_state=S.QUEUED,
+                                           expected_attempt=7)
+    with session_factory() as s:
+        assert s.scalar(select(func.count()).select_from(ExecutionStateHistory)
+                        .where(ExecutionStateHistory.execution_id == ex.id)) == 2
+        assert s.scalar(select(func.count()).select_from(ExecutionEvent)
+                        .where(ExecutionEvent.execution_id == ex.id)) == 2
+        assert s.scalar(select(Execution.state).where(Execution.id == ex.id)) == "QUEUED"
+
+
+def test_each_retry_delay_is_applied_although_the_statement_shape_is_reused(service, agent, session_factory):  # type: ignore[no-untyped-def]
+    delays = {}
+    for delay in (5.0, 120.0):
+        ex, _ = service.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"}))
+        service.state_manager.change_state(ex.id, S.RUNNING, expected_state=S.QUEUED)
+        service.state_manager.change_state(ex.id, S.QUEUED, "retry", expected_state=S.RUNNING, delay=delay)
+        with session_factory() as s:
+            delays[delay] = s.scalar(select(func.extract("epoch", Execution.queued_at - func.now()))
+                                     .where(Execution.id == ex.id))
+    assert 3 < delays[5.0] <= 5.5
+    assert 115 < delays[120.0] <= 120.5
+
+
+def test_the_list_total_is_exact_when_few_match_and_a_flagged_estimate_beyond_the_cap(service, agent):  # type: ignore[no-untyped-def]
+    for _ in range(30):
+        service.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"}, start=False))
+    rows, total, exact = service.repository.list_executions_page({}, {"page": 1, "page_size": 5},
+                                                                 exact_up_to=100)
+    assert (len(rows), total, exact) == (5, 30, True)
+    rows, total, exact = service.repository.list_executions_page({}, {"page": 1, "page_size": 5},
+                                                                 exact_up_to=10)
+    assert len(rows) == 5 and exact is False and total >= 11
+    rows, total, exact = service.repository.list_executions_page({"state": ["RUNNING"]},
+                                                                 {"page": 1, "page_size": 5}, exact_up_to=10)
+    assert (rows, total, exact) == ([], 0, True)
+
+
+def test_a_pooled_connection_killed_while_idle_is_replaced_before_use(settings, monkeypatch):  # type: ignore[no-untyped-def]
+    from app import db
+
+    monkeypatch.setattr(db, "PING_AFTER_IDLE", 0.0)
+    url = settings.database_url + ("&" if "?" in settings.database_url else "?") + \
+        f"application_name=pingtest-{uuid.uuid4().hex[:8]}"
+    engine = db.get_engine(url, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        with db.get_engine(settings.database_url).connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            other.commit()
+        with engine.connect() as conn:  # the dead connection is pinged, dropped and replaced
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+    finally:
+        engine.dispose()
