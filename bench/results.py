@@ -93,7 +93,7 @@ class Figure:
         ratio = "—" if self.ratio is None else f"{self.ratio:.2f}"
         met = {True: "MET", False: "NOT MET", None: ""}[self.met]
         goal = self.goal or "—"
-        text = (f"  {self.figure:<44} {_fmt(self.value):>10} {self.unit:<9} baseline {base:>10}  "
+        text = (f"  {self.figure:<50} {_fmt(self.value):>8} {self.unit:<6} baseline {base:>8}  "
                 f"ratio {ratio:>5}  goal {goal:<22} {met}")
         return text + (f"\n      {self.note}" if self.note else "")
 

@@ -53,6 +53,7 @@ def submit_to_running(ctx: Ctx, svc: Any, watcher: StateWatcher) -> None:
     agent = make_agent(svc, "latency")
     raw_ms: list[float] = []
     our_ms: list[float] = []
+    call_ms: list[float] = []
     n = ctx.sizes["latency_samples"]
     try:
         for i in range(n + 3):
@@ -61,18 +62,21 @@ def submit_to_running(ctx: Ctx, svc: Any, watcher: StateWatcher) -> None:
             t1 = raw.arrivals.get(timeout=30)
             t2 = time.time()
             ex, _ = svc.create_execution(create_request(agent.id))
+            t_call = time.time()
             t3 = watcher.wait(ex.id, "RUNNING")
             watcher.wait(ex.id, "COMPLETED")
             if i >= 3:  # the first few warm up connections and threads
                 raw_ms.append((t1 - t0) * 1000)
                 our_ms.append((t3 - t2) * 1000)
+                call_ms.append((t_call - t2) * 1000)
             time.sleep(0.01)
     finally:
         raw.close()
     p50, p99 = percentile(our_ms, 50), percentile(our_ms, 99)
     b50, b99 = percentile(raw_ms, 50), percentile(raw_ms, 99)
     fig = Figure("submit_to_running_p50_ms", p50, "ms", baseline=b50, goal="ratio <= 2",
-                 note=f"{n} samples each; ours = create_execution (transaction + send_task) -> RUNNING event")
+                 note=f"{n} samples each; ours = create_execution (transaction + send_task) -> RUNNING event; "
+                      f"the create_execution call itself took p50 {percentile(call_ms, 50):.1f} ms")
     fig.met = fig.ratio is not None and fig.ratio <= 2
     ctx.add(fig)
     ctx.add(Figure("submit_to_running_p99_ms", p99, "ms", baseline=b99))
