@@ -14,7 +14,10 @@ broker_transport_options = {
     "priority_steps": list(range(10)),
     "socket_timeout": 5,
     "socket_connect_timeout": 5,
-    "retry_on_timeout": True,
+    # No "retry_on_timeout": it makes redis-py retry a failed read once, reconnecting first.
+    # On the worker's pub/sub (remote control) connection that retry reconnects to a Redis
+    # restarted meanwhile and then blocks forever waiting for a message: the worker stops
+    # consuming and never notices. Without it the error reaches kombu and Celery reconnects.
 }
 # The state lives in PostgreSQL; Celery's results are not needed.
 task_ignore_result = True
