@@ -115,11 +115,16 @@ class ExecutionEventEmitter:
         return self._record(session, events.COMPLETED, execution, payload)
 
     def state_changed_spec(
-        self, previous_state: ExecutionState | str | None, reason: str | None
+        self,
+        previous_state: ExecutionState | str | None,
+        reason: str | None,
+        new_state: ExecutionState | str | None = None,
     ) -> EventSpec:
-        """`agent.execution.state_changed` for a one-statement transition."""
-        return EventSpec(events.STATE_CHANGED,
-                         {"timestamp": _now(), "previous_state": _state(previous_state), "reason": reason})
+        """`agent.execution.state_changed` for a one-statement write; `new_state` overrides the row's."""
+        static = {"timestamp": _now(), "previous_state": _state(previous_state), "reason": reason}
+        if new_state is not None:
+            static["new_state"] = _state(new_state)
+        return EventSpec(events.STATE_CHANGED, static)
 
     def progress_spec(self) -> EventSpec:
         """`agent.execution.progress`, percentage and message read from the updated row."""

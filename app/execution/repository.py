@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import ConflictError, DatabaseError, DatabaseUnavailableError
 from app.execution.event_emitter import EventSpec
-from app.execution.statements import logged_update
+from app.execution.statements import logged_insert, logged_update
 from app.models import Agent, Execution, ExecutionEvent, ExecutionStateHistory
 from app.schemas import FINISHED_STATES, HELD_BY_WORKER, ExecutionFilters, ExecutionState, Pagination
 
@@ -363,10 +363,28 @@ class ExecutionRepository:
         if tenant is not None:
             guards["tenant"] = tenant
         new_values = {"state": ExecutionState(target).value, "updated_at": NOW} | (values or {})
-        history = (ExecutionState(expected_state).value, ExecutionState(target).value, reason)
+        history: list[tuple[str | None, str, str | None]] = [
+            (ExecutionState(expected_state).value, ExecutionState(target).value, reason)
+        ]
         with self.autocommit(session) as s:
             return logged_update(s, execution_id, guards=guards, values=new_values, events=events,
                                  history=history, params=params)
+
+    @_wrap_db_errors
+    def create_logged(
+        self,
+        values: dict[str, Any],
+        *,
+        history: list[tuple[str | None, str, str | None]],
+        events: list[EventSpec],
+        agent_tenant: str | None = None,
+        session: Session | None = None,
+    ) -> tuple[Execution | None, list[ExecutionEvent]]:
+        """ONE statement: insert the execution (if its agent exists in `agent_tenant`), its
+        history rows and its event rows. (None, []) when the agent does not exist."""
+        with self.autocommit(session) as s:
+            return logged_insert(s, values, agent_id=values["agent_id"], agent_tenant=agent_tenant,
+                                 events=events, history=history)
 
     @_wrap_db_errors
     def record_progress(

@@ -91,8 +91,6 @@ class ExecutionService:
             AgentNotFoundError: unknown agent (for this tenant).
             ConflictError: the key was used with another body.
         """
-        if self.repository.get_agent(data.agent_id, tenant=tenant) is None:
-            raise AgentNotFoundError(data.agent_id)
         fingerprint = request_fingerprint(data) if idempotency_key else None
         values: dict[str, Any] = {
             "id": uuid.uuid4(),
@@ -114,6 +112,13 @@ class ExecutionService:
             "created_at": func.now(),
             "updated_at": func.now(),
         }
+        if not idempotency_key:  # the hot path: ONE statement (agent check, rows, history, events)
+            created = self.state_manager.create(values, start=data.start, tenant=tenant)
+            if created is None:
+                raise AgentNotFoundError(data.agent_id)
+            return created, True
+        if self.repository.get_agent(data.agent_id, tenant=tenant) is None:
+            raise AgentNotFoundError(data.agent_id)
         transitions: list[Transition] = []
         with self.repository.session_factory() as session:
             if idempotency_key:

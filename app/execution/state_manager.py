@@ -60,6 +60,14 @@ _ENTERING_QUEUED: dict[str, Any] = {
 _ENTERING_QUEUED_LATER = _ENTERING_QUEUED | {
     "queued_at": _NOW + func.make_interval(0, 0, 0, 0, 0, 0, DELAY_SECONDS),
 }
+# A new execution inserted already QUEUED (the row has no earlier attempt to read).
+_FIRST_QUEUED: dict[str, Any] = {
+    "state": S.QUEUED.value,
+    "attempt": 1,
+    "queued_at": _NOW,
+    "progress_percentage": 0,
+    "progress_message": "Queued",
+}
 _ENTERING_RUNNING: dict[str, Any] = {
     "started_at": func.coalesce(Execution.started_at, _NOW),
     "heartbeat_at": _NOW,
@@ -198,6 +206,30 @@ class ExecutionStateManager:
             self._explain_refusal(session, execution_id, current, target, expected_attempt, tenant)
         assert row is not None
         return Transition(row, current, target, reason, events=logged, delay=delay)
+
+    def create(
+        self, values: dict[str, Any], *, start: bool = True, tenant: str | None = None
+    ) -> Execution | None:
+        """Insert a new execution PENDING and, when `start`, QUEUED (attempt 1): ONE statement
+        writes the row, both history rows and both state_changed events; then publish and
+        send the task. None (nothing written) when the agent does not exist in `tenant`."""
+        emitter = self.event_emitter
+        history: list[tuple[str | None, str, str | None]] = [(None, S.PENDING.value, "created")]
+        specs = [emitter.state_changed_spec(None, "created", new_state=S.PENDING)]
+        row_values = dict(values) | {"state": S.PENDING.value}
+        if start:
+            history.append((S.PENDING.value, S.QUEUED.value, "submitted"))
+            specs.append(emitter.state_changed_spec(S.PENDING, "submitted"))
+            row_values |= _FIRST_QUEUED | {"celery_task_id": f"{values['id']}-1"}
+        row, logged = self.repository.create_logged(row_values, history=history, events=specs,
+                                                    agent_tenant=tenant)
+        if row is None:
+            return None
+        if start:
+            self.after_commit([Transition(row, S.PENDING, S.QUEUED, "submitted", events=logged)])
+        else:
+            emitter.publish(logged)
+        return row
 
     def after_commit(self, transitions: list[Transition]) -> None:
         """Publish the committed events, then run each entered state's side effects."""

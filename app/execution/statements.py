@@ -1,14 +1,15 @@
-"""Logged updates: a guarded UPDATE of an execution, its history row and its event rows in ONE statement.
+"""Logged writes: an execution row, its history rows and its event rows in ONE statement.
 
-    WITH u AS (UPDATE executions SET .. WHERE <guards> RETURNING *),
+    WITH u AS (UPDATE executions SET .. WHERE <guards> RETURNING *      -- logged_update
+               | INSERT INTO executions SELECT .. FROM <agent> RETURNING *),  -- logged_insert
          h AS (INSERT INTO execution_state_history .. SELECT .. FROM u),
          e AS (INSERT INTO execution_events .. SELECT .. FROM u ORDER BY .. RETURNING ..)
     SELECT u.*, e.* FROM u CROSS JOIN e ORDER BY e.id
 
-Data-modifying CTEs run to completion exactly once, so the three writes commit together
-or not at all; when a guard does not match, `u` is empty and nothing is written. Event
-payloads are the emitter's EventSpec: the known part as a JSONB parameter, merged with
-fields of the updated row (`jsonb_build_object`).
+Data-modifying CTEs run to completion exactly once, so the writes commit together or
+not at all; when a guard does not match (or the agent does not exist), `u` is empty and
+nothing is written. Event payloads are the emitter's EventSpec: fields of the written
+row (`jsonb_build_object`) merged with the part known beforehand (a JSONB parameter).
 
 Building such a statement with SQLAlchemy costs far more CPU than running it, so each
 shape (which columns are set and how, which guards, which events) is built once per
@@ -44,11 +45,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ClauseElement
 
 from app.execution.event_emitter import EventSpec
-from app.models import Execution, ExecutionEvent, ExecutionStateHistory
+from app.models import Agent, Execution, ExecutionEvent, ExecutionStateHistory
 
 EXECUTIONS: Table = Execution.__table__  # type: ignore[assignment]
 HISTORY: Table = ExecutionStateHistory.__table__  # type: ignore[assignment]
 EVENTS: Table = ExecutionEvent.__table__  # type: ignore[assignment]
+AGENTS: Table = Agent.__table__  # type: ignore[assignment]
 # ORM attribute -> column name of executions (they differ for metadata_), and back.
 COLUMN_OF = {attr.key: attr.columns[0].key for attr in sa_inspect(Execution).column_attrs}
 ATTRIBUTE_OF = {column: attr for attr, column in COLUMN_OF.items()}
@@ -61,6 +63,7 @@ DELAY_SECONDS = bindparam("delay_seconds", type_=Float)
 
 _shapes: dict[Any, Select[Any]] = {}
 _lock = threading.Lock()
+History = tuple[str | None, str, str | None]  # from_state, to_state, reason
 
 
 def execution_from_row(mapping: Any) -> Execution:
@@ -75,38 +78,79 @@ def logged_update(
     guards: dict[str, Any],
     values: dict[str, Any],
     events: list[EventSpec],
-    history: tuple[str, str, str | None] | None = None,
+    history: list[History] | None = None,
     params: dict[str, Any] | None = None,
 ) -> tuple[Execution | None, list[ExecutionEvent]]:
-    """Run the one-statement write; (None, []) when no row matched the guards.
+    """UPDATE the execution, log history and events; (None, []) when no row matched the guards.
 
     `guards` are column -> required value (`progress_percentage` means "at most");
     `values` are attribute -> new value, a plain value or a SQL expression whose named
     parameters are given in `params`.
     """
-    plain = {k: v for k, v in values.items() if not isinstance(v, ClauseElement)}
-    exprs = {k: v for k, v in values.items() if isinstance(v, ClauseElement)}
-    key = (
-        tuple(sorted(guards)),
-        tuple(sorted(plain)),
-        tuple(sorted((k, _expression_key(v)) for k, v in exprs.items())),
-        tuple(spec.type for spec in events),
-        history is not None,
-    )
+    plain, exprs = _split(values)
+    history = history or []
+    key = ("update", tuple(sorted(guards)), _values_key(plain, exprs), tuple(e.type for e in events),
+           len(history))
+    stmt = _cached(key, lambda: _with_log(_update_cte(guards, plain, exprs), events, len(history)))
+    bound = {"p_id": execution_id} | {f"g_{k}": v for k, v in guards.items()}
+    return _run(session, stmt, bound | _value_params(plain, events, history) | (params or {}))
+
+
+def logged_insert(
+    session: Session,
+    values: dict[str, Any],
+    *,
+    agent_id: uuid.UUID,
+    agent_tenant: str | None,
+    events: list[EventSpec],
+    history: list[History],
+) -> tuple[Execution | None, list[ExecutionEvent]]:
+    """INSERT the execution if its agent exists (in the tenant), log history and events.
+
+    (None, []) when the agent does not exist: then nothing was written. `values` may use
+    SQL expressions that do not read a row (func.now()).
+    """
+    plain, exprs = _split(values)
+    key = ("insert", agent_tenant is None, _values_key(plain, exprs), tuple(e.type for e in events),
+           len(history))
+    stmt = _cached(key, lambda: _with_log(_insert_cte(plain, exprs, agent_tenant is not None), events,
+                                          len(history)))
+    bound = {"p_agent_id": agent_id, "p_agent_tenant": agent_tenant}
+    return _run(session, stmt, bound | _value_params(plain, events, history))
+
+
+def _split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    plain = {COLUMN_OF.get(k, k): v for k, v in values.items() if not isinstance(v, ClauseElement)}
+    exprs = {COLUMN_OF.get(k, k): v for k, v in values.items() if isinstance(v, ClauseElement)}
+    return plain, exprs
+
+
+def _values_key(plain: dict[str, Any], exprs: dict[str, Any]) -> Any:
+    return tuple(sorted(plain)), tuple(sorted((k, _expression_key(v)) for k, v in exprs.items()))
+
+
+def _value_params(plain: dict[str, Any], events: list[EventSpec], history: list[History]) -> dict[str, Any]:
+    bound = {f"v_{k}": v for k, v in plain.items()}
+    bound.update({f"p_static_{i}": spec.static for i, spec in enumerate(events)})
+    for i, (from_state, to_state, reason) in enumerate(history):
+        bound.update({f"p_from_{i}": from_state, f"p_to_{i}": to_state, f"p_reason_{i}": reason})
+    return bound
+
+
+def _cached(key: Any, build: Any) -> Select[Any]:
     stmt = _shapes.get(key)
     if stmt is None:
-        stmt = _build(guards, plain, exprs, events, history is not None)
+        stmt = build()
         with _lock:
             if len(_shapes) >= _MAX_SHAPES:
                 _shapes.clear()
             _shapes[key] = stmt
-    bound: dict[str, Any] = {"p_id": execution_id}
-    bound.update({f"g_{k}": v for k, v in guards.items()})
-    bound.update({f"v_{COLUMN_OF.get(k, k)}": v for k, v in plain.items()})
-    bound.update({f"p_static_{i}": spec.static for i, spec in enumerate(events)})
-    if history is not None:
-        bound.update(p_from=history[0], p_to=history[1], p_reason=history[2])
-    bound.update(params or {})
+    return stmt
+
+
+def _run(
+    session: Session, stmt: Select[Any], bound: dict[str, Any]
+) -> tuple[Execution | None, list[ExecutionEvent]]:
     rows = session.connection().execute(stmt, bound).mappings().all()
     if not rows:
         return None, []
@@ -132,32 +176,44 @@ def _expression_key(expr: ClauseElement) -> Any:
     return cache_key.key, anonymous
 
 
-def _build(
-    guards: dict[str, Any],
-    plain: dict[str, Any],
-    exprs: dict[str, Any],
-    events: list[EventSpec],
-    with_history: bool,
-) -> Select[Any]:
+def _column_values(plain: dict[str, Any], exprs: dict[str, Any]) -> dict[str, Any]:
+    table = EXECUTIONS
+    new_values: dict[str, Any] = {k: bindparam(f"v_{k}", type_=table.c[k].type) for k in plain}
+    new_values.update(exprs)
+    return new_values
+
+
+def _update_cte(guards: dict[str, Any], plain: dict[str, Any], exprs: dict[str, Any]) -> Any:
     table = EXECUTIONS
     where: list[Any] = [table.c.id == bindparam("p_id", type_=table.c.id.type)]
     for column in guards:
         col, param = table.c[column], bindparam(f"g_{column}", type_=table.c[column].type)
         where.append(col <= param if column == "progress_percentage" else col == param)
-    new_values: dict[str, Any] = {
-        COLUMN_OF.get(k, k): bindparam(f"v_{COLUMN_OF.get(k, k)}", type_=table.c[COLUMN_OF.get(k, k)].type)
-        for k in plain
-    }
-    new_values.update({COLUMN_OF.get(k, k): v for k, v in exprs.items()})
-    u = update(table).where(*where).values(new_values).returning(*table.c).cte("u")
+    return update(table).where(*where).values(_column_values(plain, exprs)).returning(*table.c).cte("u")
+
+
+def _insert_cte(plain: dict[str, Any], exprs: dict[str, Any], tenant_guard: bool) -> Any:
+    agent = select(AGENTS.c.id).where(AGENTS.c.id == bindparam("p_agent_id", type_=AGENTS.c.id.type))
+    if tenant_guard:
+        agent = agent.where(AGENTS.c.tenant == bindparam("p_agent_tenant", type_=AGENTS.c.tenant.type))
+    found = agent.cte("a")
+    values = _column_values(plain, exprs)
+    columns = list(values)
+    source = select(*[values[c].label(c) for c in columns]).select_from(found)
+    return insert(EXECUTIONS).from_select(columns, source).returning(*EXECUTIONS.c).cte("u")
+
+
+def _with_log(u: Any, events: list[EventSpec], history_rows: int) -> Select[Any]:
+    """SELECT u.*, e.* with the event rows (and history rows) inserted from u."""
     sources = []
     for order, spec in enumerate(events):
         fields: list[Any] = []
         for key, column in spec.from_row.items():
             fields.append(literal_column(f"'{key}'"))
             fields.append(cast(u.c[column], Text) if column in _UUID_COLUMNS else u.c[column])
-        payload = bindparam(f"p_static_{order}", type_=JSONB).op("||", return_type=JSONB)(
-            func.jsonb_build_object(*fields, type_=JSONB)
+        # Known parts win over row fields (a creation event says PENDING for a row already QUEUED).
+        payload = func.jsonb_build_object(*fields, type_=JSONB).op("||", return_type=JSONB)(
+            bindparam(f"p_static_{order}", type_=JSONB)
         )
         sources.append(select(
             literal(order).label("ord"),
@@ -186,13 +242,21 @@ def _build(
         .select_from(u.join(e, true()))
         .order_by(e.c.id)
     )
-    if with_history:
+    if history_rows:
+        rows = [
+            select(literal(i).label("ord"), u.c.id.label("execution_id"),
+                   bindparam(f"p_from_{i}", type_=String).label("from_state"),
+                   bindparam(f"p_to_{i}", type_=String).label("to_state"),
+                   bindparam(f"p_reason_{i}", type_=Text).label("reason"))
+            for i in range(history_rows)
+        ]
+        hsrc = (rows[0] if len(rows) == 1 else union_all(*rows)).subquery("hsrc")
         stmt = stmt.add_cte(
             insert(HISTORY)
             .from_select(
                 ["execution_id", "from_state", "to_state", "reason"],
-                select(u.c.id, bindparam("p_from", type_=String), bindparam("p_to", type_=String),
-                       bindparam("p_reason", type_=Text)),
+                select(hsrc.c.execution_id, hsrc.c.from_state, hsrc.c.to_state, hsrc.c.reason)
+                .order_by(hsrc.c.ord),
             )
             .cte("h")
         )

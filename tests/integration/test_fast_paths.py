@@ -114,3 +114,35 @@ def test_a_pooled_connection_killed_while_idle_is_replaced_before_use(settings, 
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
     finally:
         engine.dispose()
+
+
+def test_creating_and_queueing_an_execution_is_one_statement_with_both_history_rows_and_events(  # type: ignore[no-untyped-def]
+        service, agent, dispatcher):
+    with _Statements(_engine(service)) as seen:
+        ex, created = service.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"}))
+    assert len(seen.sql) == 1 and created
+    assert (ex.state, ex.attempt, ex.celery_task_id) == ("QUEUED", 1, f"{ex.id}-1")
+    assert ex.queued_at is not None and ex.progress_message == "Queued"
+    assert dispatcher.started[-1][:2] == (ex.id, 1)
+    events = service.get_events(ex.id)
+    assert [(e.payload["previous_state"], e.payload["new_state"], e.payload["reason"]) for e in events] == [
+        (None, "PENDING", "created"), ("PENDING", "QUEUED", "submitted")]
+    assert [(h.from_state, h.to_state) for h in service.get_state_history(ex.id, 10)] == [
+        (None, "PENDING"), ("PENDING", "QUEUED")]
+    pending, _ = service.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"},
+                                                          start=False))
+    assert (pending.state, pending.attempt) == ("PENDING", 0)
+    assert [e.payload["new_state"] for e in service.get_events(pending.id)] == ["PENDING"]
+
+
+def test_an_execution_for_an_unknown_agent_or_another_tenants_agent_writes_nothing(service, agent,  # type: ignore[no-untyped-def]
+                                                                                 session_factory):
+    from app.errors import AgentNotFoundError
+
+    for agent_id, tenant in ((uuid.uuid4(), "default"), (agent.id, "someone-else")):
+        with pytest.raises(AgentNotFoundError):
+            service.create_execution(ExecutionCreate(agent_id=agent_id, parameters={"input": "x"}),
+                                     tenant=tenant)
+    with session_factory() as s:
+        assert s.scalar(select(func.count()).select_from(Execution)) == 0
+        assert s.scalar(select(func.count()).select_from(ExecutionEvent)) == 0
