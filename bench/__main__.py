@@ -61,9 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         print(report.summary())
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
+        failures.append("interrupted")
         return 130
+    except Exception:
+        failures.append("setup")
+        raise
     finally:
-        env.close()
+        env.close(keep_logs=bool(failures))
         print(f"total {time.monotonic() - started:.0f} s", flush=True)
     if failures:
         print(f"benchmarks that did not run to the end: {', '.join(failures)}", file=sys.stderr)

@@ -349,8 +349,11 @@ class BenchEnv:
         finally:
             client.close()
 
-    def close(self) -> None:
-        """Stop processes, delete queues, drop the database: always, whatever happened."""
+    def close(self, keep_logs: bool = False) -> None:
+        """Stop processes, delete queues, drop the database: always, whatever happened.
+
+        The logs directory goes too, unless asked to keep it (failures, profiles).
+        """
         errors: list[str] = []
         for step in (self.delete_queues, self.stop_all, self.drop_database):
             try:
@@ -359,6 +362,10 @@ class BenchEnv:
                 errors.append(f"{step.__name__}: {exc}")
         if errors:
             print("cleanup problems: " + "; ".join(errors), file=sys.stderr)
+        if not keep_logs and not errors and not os.environ.get("BENCH_PROFILE"):
+            shutil.rmtree(LOG_DIR, ignore_errors=True)
+        else:
+            print(f"logs kept in {LOG_DIR}", file=sys.stderr)
 
 
 def rss_mb(pid: int) -> float:
