@@ -132,7 +132,7 @@ def test_cancel_while_pausing_wins_and_ends_cancelled(stack: Stack) -> None:
 @pytest.mark.timeout(60)
 def test_pause_after_step_two_and_resume_does_not_run_steps_one_and_two_again(stack: Stack) -> None:
     svc = stack.service
-    execution = stack.submit(pipeline(5, 800))
+    execution = stack.submit(pipeline(5, 1200))
     wait_for(lambda: "s1" in ((r := svc.get_execution(execution.id)).context.get("steps") or {})
              and r.progress_message == "Step s2", timeout=20, interval=0.02, what="step 2 to start")
     assert svc.pause_execution(execution.id, reason="e2e: pause").state == "PAUSING"

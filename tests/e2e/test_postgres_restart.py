@@ -88,7 +88,7 @@ def test_a_postgres_restart_mid_run_gives_503_then_recovers_and_every_execution_
     own_postgres.start()
 
     wait_for(lambda: get(f"{base}/readyz").status_code == 200, timeout=30, what="/readyz to recover")
-    assert get(one).status_code == 200
+    wait_for(lambda: get(one).status_code == 200, timeout=10, what="GET /v1/executions/{id} to recover")
     stack.wait_states(ids, timeout=60, what="all 20 to finish after the restart")
     audits = [audit(svc, eid) for eid in ids]
     summarize("PostgreSQL down 4 s mid-run (20 x 3-step pipelines, 500 ms/step, max_retries 0)", audits,

@@ -50,8 +50,9 @@ def test_killing_a_worker_mid_run_loses_nothing_and_runs_nothing_twice(stack: St
     ids = [stack.submit(pipeline(3, 300)).id for _ in range(20)]
 
     def victim_mid_pipeline() -> list[Any]:
-        return [r for r in stack.rows(ids).values()
-                if r.worker == victim.hostname and r.state == "RUNNING" and (r.context or {}).get("steps")]
+        # Exactly one step done: two more to go (~600 ms), so these cannot finish before the kill.
+        return [r for r in stack.rows(ids).values() if r.worker == victim.hostname
+                and r.state == "RUNNING" and len((r.context or {}).get("steps") or {}) == 1]
 
     held = wait_for(victim_mid_pipeline, timeout=30, interval=0.01,
                     what="the victim worker to be in the middle of a pipeline")
