@@ -107,6 +107,32 @@ def raw_drain(ctx: Ctx, n: int, conc: int) -> float:
         ctx.env.stop(worker)
 
 
+def split_drain(ctx: Ctx, svc: Any, n: int, conc: int, processes: int = 2) -> tuple[float, str, float]:
+    """The drain with the same total concurrency split over `processes` worker processes on this host:
+    (seconds, timeline, peak RSS of all of them)."""
+    from celery import Celery
+
+    queue = f"bench-inflight-split-{RUN_ID}"
+    idle = f"bench-idle-{RUN_ID}"
+    workers = [ctx.env.start_worker(f"inflight-{i}", queue=idle, concurrency=conc // processes)
+               for i in range(processes)]
+    control = Celery(broker=redis_url())
+    try:
+        agent = make_agent(svc, "inflight-split")
+        _submit_all(svc, agent.id, n, queue, ctx.sizes["producers"])
+        samplers = [_RssSampler(w.pid) for w in workers]
+        t0 = time.monotonic()
+        control.control.add_consumer(queue, destination=[w.info["node"] for w in workers], reply=True,
+                                     timeout=5)
+        elapsed = _wait_done(svc, agent.id, n, t0, timeout=max(120, 20 * n / conc))
+        peak = sum(s.stop() for s in samplers)
+        return elapsed, _timeline(svc, agent.id), peak
+    finally:
+        control.close()
+        for w in workers:
+            ctx.env.stop(w)
+
+
 def run(ctx: Ctx) -> None:
     """Start a worker with concurrency >= 200, measure drain and end to end, report RSS."""
     from celery import Celery
@@ -142,6 +168,7 @@ def run(ctx: Ctx) -> None:
         control.close()
         ctx.env.stop(worker)
     raw = raw_drain(ctx, n, conc)
+    split, split_timeline, split_rss = split_drain(ctx, svc, n, conc)
     fig = Figure(f"inflight_{n}_drain_seconds", drain, "s", baseline=ideal, goal="ratio <= 1.5",
                  note=f"{n} x {LATENCY_MS} ms at concurrency {conc} (threads); all {n} queued first "
                       f"(submitting took {submit_s:.1f} s), then add_consumer; {drain_timeline}")
@@ -150,6 +177,9 @@ def run(ctx: Ctx) -> None:
     ctx.add(Figure(f"inflight_{n}_raw_celery_drain_seconds", raw, "s", baseline=ideal,
                    note="the same shape on raw Celery (a task sleeping 1 s in 10 chunks), same pool and "
                         "concurrency: the floor the engine beneath sets"))
+    ctx.add(Figure(f"inflight_{n}_drain_2x{conc // 2}_seconds", split, "s", baseline=ideal,
+                   note=f"the same concurrency as 2 worker processes of {conc // 2} threads on this host "
+                        f"(peak RSS of both {split_rss:.0f} MB); {split_timeline}"))
     ctx.add(Figure(f"inflight_{n}_end_to_end_seconds", e2e, "s", baseline=ideal,
                    note=f"submitted by {ctx.sizes['producers']} producer threads while the worker consumes; "
                         f"{e2e_timeline}"))
