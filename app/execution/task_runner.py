@@ -123,6 +123,7 @@ class ExecutionTaskRunner:
         control = control or RunControl(execution.id, execution.attempt, execution.timeout_seconds)
         bound = log.bind(execution_id=str(execution.id), attempt=execution.attempt,
                          agent_id=str(execution.agent_id))
+        structlog.contextvars.bind_contextvars(agent_id=str(execution.agent_id))  # the worker clears it
         try:
             task_input = self.prepare_task_input(execution)
             task_type = execution.parameters.get("type", "standard")
