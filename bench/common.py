@@ -25,7 +25,7 @@ SIZES: dict[str, dict[str, Any]] = {
     },
     "full": {
         "roundtrip_executions": 100,
-        "throughput_raw": 5000, "throughput_ours": 2000, "throughput_rounds": 3, "producers": 4,
+        "throughput_raw": 5000, "throughput_ours": 2000, "throughput_rounds": 3, "producers": 16,
         "http_duration": 15.0, "http_warmup": 3.0, "http_rounds": 3, "http_connections": 64,
         "latency_samples": 300,
         "cancel_samples": 100,

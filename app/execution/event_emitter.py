@@ -44,11 +44,13 @@ class EventSpec:
 
     type: str
     static: dict[str, Any]
+    previous_from_row: bool = False  # previous_state is read from the row (locked) before the update
 
     @property
     def from_row(self) -> dict[str, str]:
         """Payload key -> column of the updated executions row."""
-        return ROW_FIELDS[self.type]
+        fields = ROW_FIELDS[self.type]
+        return fields | {"previous_state": "previous_state"} if self.previous_from_row else fields
 
 
 def _now() -> str:
@@ -119,12 +121,17 @@ class ExecutionEventEmitter:
         previous_state: ExecutionState | str | None,
         reason: str | None,
         new_state: ExecutionState | str | None = None,
+        *,
+        previous_from_row: bool = False,
     ) -> EventSpec:
-        """`agent.execution.state_changed` for a one-statement write; `new_state` overrides the row's."""
-        static = {"timestamp": _now(), "previous_state": _state(previous_state), "reason": reason}
+        """`agent.execution.state_changed` for a one-statement write; `new_state` overrides the
+        row's; with `previous_from_row` the previous state is the one the statement replaced."""
+        static: dict[str, Any] = {"timestamp": _now(), "reason": reason}
+        if not previous_from_row:
+            static["previous_state"] = _state(previous_state)
         if new_state is not None:
             static["new_state"] = _state(new_state)
-        return EventSpec(events.STATE_CHANGED, static)
+        return EventSpec(events.STATE_CHANGED, static, previous_from_row)
 
     def progress_spec(self) -> EventSpec:
         """`agent.execution.progress`, percentage and message read from the updated row."""

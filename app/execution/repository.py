@@ -342,7 +342,8 @@ class ExecutionRepository:
         execution_id: uuid.UUID,
         target: ExecutionState,
         *,
-        expected_state: ExecutionState,
+        expected_state: ExecutionState | None,
+        sources: frozenset[ExecutionState] | None = None,
         expected_attempt: int | None = None,
         tenant: str | None = None,
         values: dict[str, Any] | None = None,
@@ -350,25 +351,37 @@ class ExecutionRepository:
         events: list[EventSpec],
         params: dict[str, Any] | None = None,
         session: Session | None = None,
-    ) -> tuple[Execution | None, list[ExecutionEvent]]:
+    ) -> tuple[Execution | None, list[ExecutionEvent], ExecutionState | None]:
         """ONE statement: the guarded UPDATE, its history row and its event rows.
 
-        (None, []) when the execution is missing (for this tenant) or a guard did not
-        match; then nothing was written. `params` are named parameters of SQL
-        expressions in `values`.
+        Guarded by `expected_state`, or (when it is None) by the row being in one of
+        `sources`: then the row is locked and the state it was in is read by the same
+        statement. Returns (row, events, previous state), or (None, [], None) when the
+        execution is missing (for this tenant) or a guard did not match; then nothing
+        was written. `params` are named parameters of SQL expressions in `values`.
         """
-        guards: dict[str, Any] = {"state": ExecutionState(expected_state).value}
+        guards: dict[str, Any] = {}
+        if expected_state is not None:
+            guards["state"] = ExecutionState(expected_state).value
+        elif not sources:
+            raise ValueError("a transition needs an expected state or the states it may come from")
         if expected_attempt is not None:
             guards["attempt"] = expected_attempt
         if tenant is not None:
             guards["tenant"] = tenant
         new_values = {"state": ExecutionState(target).value, "updated_at": NOW} | (values or {})
-        history: list[tuple[str | None, str, str | None]] = [
-            (ExecutionState(expected_state).value, ExecutionState(target).value, reason)
-        ]
+        from_state = None if expected_state is None else ExecutionState(expected_state).value
+        to_state = ExecutionState(target).value
+        history: list[tuple[str | None, str, str | None]] = [(from_state, to_state, reason)]
+        allowed = None if expected_state is not None else sorted(x.value for x in sources or ())
         with self.autocommit(session) as s:
-            return logged_update(s, execution_id, guards=guards, values=new_values, events=events,
-                                 history=history, params=params)
+            row, logged, previous = logged_update(
+                s, execution_id, guards=guards, values=new_values, events=events, history=history,
+                params=params, sources=allowed,
+            )
+        if row is None:
+            return None, [], None
+        return row, logged, ExecutionState(previous or from_state)
 
     @_wrap_db_errors
     def create_logged(
@@ -412,8 +425,9 @@ class ExecutionRepository:
             values["context"] = _MERGE_CONTEXT
             params = {"context_update": context_update}
         with self.autocommit(session) as s:
-            return logged_update(s, execution_id, guards=guards, values=values, events=[event],
-                                 params=params)
+            row, logged, _ = logged_update(s, execution_id, guards=guards, values=values, events=[event],
+                                           params=params)
+            return row, logged
 
     @_wrap_db_errors
     def update_result(

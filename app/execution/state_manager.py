@@ -22,7 +22,7 @@ from app.errors import ExecutionNotFoundError, InvalidExecutionStateError
 from app.execution.event_emitter import ExecutionEventEmitter
 from app.execution.repository import ExecutionRepository, _wrap_db_errors, commit
 from app.execution.statements import DELAY_SECONDS
-from app.execution.transitions import validate_transition
+from app.execution.transitions import sources_of, validate_transition
 from app.models import Execution, ExecutionEvent
 from app.schemas import FINISHED_STATES, ExecutionState
 
@@ -178,22 +178,26 @@ class ExecutionStateManager:
     ) -> Transition:
         """The transition's writes inside the caller's transaction (the caller commits).
 
-        The guarded UPDATE, the history row and the event rows are ONE statement.
+        The guarded UPDATE, the history row and the event rows are ONE statement. Without
+        `expected_state` the statement accepts any state the table allows into `target`
+        and reads (under the row lock) the state it replaces.
         """
         current = ExecutionState(expected_state) if expected_state else None
-        if current is None:
-            current = self._current_state(session, execution_id, tenant)
-        if not validate_transition(current, target):
+        if current is not None and not validate_transition(current, target):
             raise InvalidExecutionStateError(execution_id, current, target)
+        sources = None if current is not None else sources_of(target)
+        if sources is not None and not sources:  # nothing leads there (PENDING): say from where
+            self._explain_refusal(session, execution_id, current, target, expected_attempt, tenant)
         emitter = self.event_emitter
         specs = [emitter.progress_spec()] if progress_event else []
-        specs.append(emitter.state_changed_spec(current, reason))
+        specs.append(emitter.state_changed_spec(current, reason, previous_from_row=current is None))
         if target in FINISHED_STATES:
             specs.append(emitter.completed_spec())
-        row, logged = self.repository.transition(
+        row, logged, previous = self.repository.transition(
             execution_id,
             target,
             expected_state=current,
+            sources=sources,
             expected_attempt=expected_attempt,
             tenant=tenant,
             values=entry_values(target, delay=delay) | (values or {}),
@@ -204,8 +208,8 @@ class ExecutionStateManager:
         )
         if row is None:
             self._explain_refusal(session, execution_id, current, target, expected_attempt, tenant)
-        assert row is not None
-        return Transition(row, current, target, reason, events=logged, delay=delay)
+        assert row is not None and previous is not None
+        return Transition(row, previous, target, reason, events=logged, delay=delay)
 
     def create(
         self, values: dict[str, Any], *, start: bool = True, tenant: str | None = None
@@ -277,21 +281,11 @@ class ExecutionStateManager:
                 error=str(exc),
             )
 
-    @staticmethod
-    def _current_state(session: Session, execution_id: uuid.UUID, tenant: str | None) -> ExecutionState:
-        stmt = select(Execution.state).where(Execution.id == execution_id)
-        if tenant is not None:
-            stmt = stmt.where(Execution.tenant == tenant)
-        state = session.scalar(stmt)
-        if state is None:
-            raise ExecutionNotFoundError(execution_id)
-        return ExecutionState(state)
-
     def _explain_refusal(
         self,
         session: Session,
         execution_id: uuid.UUID,
-        expected: ExecutionState,
+        expected: ExecutionState | None,
         target: ExecutionState,
         expected_attempt: int | None,
         tenant: str | None,

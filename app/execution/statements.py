@@ -80,19 +80,27 @@ def logged_update(
     events: list[EventSpec],
     history: list[History] | None = None,
     params: dict[str, Any] | None = None,
-) -> tuple[Execution | None, list[ExecutionEvent]]:
-    """UPDATE the execution, log history and events; (None, []) when no row matched the guards.
+    sources: list[str] | None = None,
+) -> tuple[Execution | None, list[ExecutionEvent], str | None]:
+    """UPDATE the execution, log history and events: (row, events, previous state), or
+    (None, [], None) when no row matched the guards.
 
     `guards` are column -> required value (`progress_percentage` means "at most");
     `values` are attribute -> new value, a plain value or a SQL expression whose named
-    parameters are given in `params`.
+    parameters are given in `params`. With `sources` (instead of a `state` guard) the row
+    must be in one of those states; the statement locks it, reads the state it replaces
+    (the previous state of the history row and of events with `previous_from_row`) and
+    returns it.
     """
     plain, exprs = _split(values)
     history = history or []
-    key = ("update", tuple(sorted(guards)), _values_key(plain, exprs), tuple(e.type for e in events),
-           len(history))
-    stmt = _cached(key, lambda: _with_log(_update_cte(guards, plain, exprs), events, len(history)))
+    key = ("update", tuple(sorted(guards)), _values_key(plain, exprs), _events_key(events), len(history),
+           sources is not None)
+    stmt = _cached(key, lambda: _with_log(_update_cte(guards, plain, exprs, sources is not None), events,
+                                          len(history), history_from_row=sources is not None))
     bound = {"p_id": execution_id} | {f"g_{k}": v for k, v in guards.items()}
+    if sources is not None:
+        bound["p_sources"] = list(sources)
     return _run(session, stmt, bound | _value_params(plain, events, history) | (params or {}))
 
 
@@ -111,18 +119,22 @@ def logged_insert(
     SQL expressions that do not read a row (func.now()).
     """
     plain, exprs = _split(values)
-    key = ("insert", agent_tenant is None, _values_key(plain, exprs), tuple(e.type for e in events),
-           len(history))
+    key = ("insert", agent_tenant is None, _values_key(plain, exprs), _events_key(events), len(history))
     stmt = _cached(key, lambda: _with_log(_insert_cte(plain, exprs, agent_tenant is not None), events,
                                           len(history)))
     bound = {"p_agent_id": agent_id, "p_agent_tenant": agent_tenant}
-    return _run(session, stmt, bound | _value_params(plain, events, history))
+    row, logged, _ = _run(session, stmt, bound | _value_params(plain, events, history))
+    return row, logged
 
 
 def _split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     plain = {COLUMN_OF.get(k, k): v for k, v in values.items() if not isinstance(v, ClauseElement)}
     exprs = {COLUMN_OF.get(k, k): v for k, v in values.items() if isinstance(v, ClauseElement)}
     return plain, exprs
+
+
+def _events_key(events: list[EventSpec]) -> Any:
+    return tuple((e.type, e.previous_from_row) for e in events)
 
 
 def _values_key(plain: dict[str, Any], exprs: dict[str, Any]) -> Any:
@@ -150,17 +162,17 @@ def _cached(key: Any, build: Any) -> Select[Any]:
 
 def _run(
     session: Session, stmt: Select[Any], bound: dict[str, Any]
-) -> tuple[Execution | None, list[ExecutionEvent]]:
+) -> tuple[Execution | None, list[ExecutionEvent], str | None]:
     rows = session.connection().execute(stmt, bound).mappings().all()
     if not rows:
-        return None, []
+        return None, [], None
     execution = execution_from_row(rows[0])
     logged = [
         ExecutionEvent(id=r["ev_id"], execution_id=execution.id, type=r["ev_type"], payload=r["ev_payload"],
                        created_at=r["ev_created_at"])
         for r in rows
     ]
-    return execution, logged
+    return execution, logged, rows[0].get("previous_state")
 
 
 def _expression_key(expr: ClauseElement) -> Any:
@@ -183,13 +195,25 @@ def _column_values(plain: dict[str, Any], exprs: dict[str, Any]) -> dict[str, An
     return new_values
 
 
-def _update_cte(guards: dict[str, Any], plain: dict[str, Any], exprs: dict[str, Any]) -> Any:
+def _update_cte(guards: dict[str, Any], plain: dict[str, Any], exprs: dict[str, Any], locked: bool) -> Any:
     table = EXECUTIONS
-    where: list[Any] = [table.c.id == bindparam("p_id", type_=table.c.id.type)]
+    row_id = bindparam("p_id", type_=table.c.id.type)
+    where: list[Any] = [table.c.id == row_id]
     for column in guards:
         col, param = table.c[column], bindparam(f"g_{column}", type_=table.c[column].type)
         where.append(col <= param if column == "progress_percentage" else col == param)
-    return update(table).where(*where).values(_column_values(plain, exprs)).returning(*table.c).cte("u")
+    stmt = update(table).values(_column_values(plain, exprs))
+    if not locked:
+        return stmt.where(*where).returning(*table.c).cte("u")
+    # UPDATE .. FROM (SELECT state .. FOR UPDATE): the state being replaced, read under the row lock.
+    old = select(table.c.id, table.c.state.label("previous_state")).where(table.c.id == row_id)
+    o = old.with_for_update().cte("o")
+    sources = bindparam("p_sources", expanding=True, type_=table.c.state.type)
+    return (
+        stmt.where(*where, table.c.id == o.c.id, table.c.state.in_(sources))
+        .returning(*table.c, o.c.previous_state)
+        .cte("u")
+    )
 
 
 def _insert_cte(plain: dict[str, Any], exprs: dict[str, Any], tenant_guard: bool) -> Any:
@@ -203,7 +227,9 @@ def _insert_cte(plain: dict[str, Any], exprs: dict[str, Any], tenant_guard: bool
     return insert(EXECUTIONS).from_select(columns, source).returning(*EXECUTIONS.c).cte("u")
 
 
-def _with_log(u: Any, events: list[EventSpec], history_rows: int) -> Select[Any]:
+def _with_log(
+    u: Any, events: list[EventSpec], history_rows: int, history_from_row: bool = False
+) -> Select[Any]:
     """SELECT u.*, e.* with the event rows (and history rows) inserted from u."""
     sources = []
     for order, spec in enumerate(events):
@@ -245,7 +271,8 @@ def _with_log(u: Any, events: list[EventSpec], history_rows: int) -> Select[Any]
     if history_rows:
         rows = [
             select(literal(i).label("ord"), u.c.id.label("execution_id"),
-                   bindparam(f"p_from_{i}", type_=String).label("from_state"),
+                   (u.c.previous_state if history_from_row and i == 0
+                    else bindparam(f"p_from_{i}", type_=String)).label("from_state"),
                    bindparam(f"p_to_{i}", type_=String).label("to_state"),
                    bindparam(f"p_reason_{i}", type_=Text).label("reason"))
             for i in range(history_rows)

@@ -25,7 +25,7 @@ def _fmt(per: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.1f}" for k, v in per.items() if k != "round_trips")
 
 
-def measure(ctx: Ctx, n: int, warmup: int = 5) -> tuple[dict[str, float], dict[str, float]]:
+def measure(ctx: Ctx, n: int, warmup: int = 40) -> tuple[dict[str, float], dict[str, float]]:
     """(submit side, worker side) counters per execution."""
     from app.bootstrap import build_service
     from app.config import Settings

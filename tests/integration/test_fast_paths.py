@@ -3,6 +3,8 @@ time-boxed list totals and pinging only idle pooled connections."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import uuid
 
 import pytest
@@ -51,8 +53,47 @@ def test_a_transition_and_a_progress_report_are_each_one_statement(service, agen
                                              "agent.execution.completed"]
     assert events[-1].payload["result"] == {"output": "o"} and events[-1].payload["state"] == "COMPLETED"
     assert events[-1].payload["agent_id"] == str(agent.id) and done.completed_at is not None
-    assert [h.to_state for h in service.get_state_history(ex.id, 10)] == ["PENDING", "QUEUED", "RUNNING",
-                                                                        "COMPLETED"]
+    assert [(h.from_state, h.to_state) for h in service.get_state_history(ex.id, 10)] == [
+        (None, "PENDING"), ("PENDING", "QUEUED"), ("QUEUED", "RUNNING"), ("RUNNING", "COMPLETED")]
+    assert events[-2].payload["previous_state"] == "RUNNING"  # read by the statement itself
+
+
+ROUNDS, THREADS = 60, 6
+
+
+def test_racing_transitions_without_an_expected_state_leave_a_consistent_chain(  # type: ignore[no-untyped-def]
+        service, agent, session_factory):
+    import threading
+
+    targets = [S.PAUSING, S.CANCELLING, S.COMPLETED, S.FAILED, S.PAUSED, S.CANCELLED]
+    ids = []
+    for _ in range(ROUNDS):
+        ex, _ = service.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"}))
+        service.state_manager.change_state(ex.id, S.RUNNING, expected_state=S.QUEUED)
+        ids.append(ex.id)
+    barrier = threading.Barrier(THREADS)
+
+    def contender(k: int) -> None:
+        from app.errors import InvalidExecutionStateError
+
+        for r, eid in enumerate(ids):
+            barrier.wait()
+            with contextlib.suppress(InvalidExecutionStateError):
+                service.state_manager.change_state(eid, targets[(k + r) % THREADS], f"race {r}")
+
+    threads = [threading.Thread(target=contender, args=(k,)) for k in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for eid in ids:
+        chain = [(h.from_state, h.to_state) for h in service.get_state_history(eid, 50)]
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(chain)), chain
+        changed = [(e.payload["previous_state"], e.payload["new_state"]) for e in service.get_events(eid)
+                   if e.type == "agent.execution.state_changed"]
+        assert changed == chain
+        with session_factory() as s:
+            assert s.scalar(select(Execution.state).where(Execution.id == eid)) == chain[-1][1]
 
 
 def test_a_transition_refused_by_its_guard_writes_no_history_and_no_event(service, agent, session_factory):  # type: ignore[no-untyped-def]
