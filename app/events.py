@@ -24,6 +24,7 @@ PROGRESS = "agent.execution.progress"
 COMPLETED = "agent.execution.completed"
 EVENT_TYPES = (STATE_CHANGED, PROGRESS, COMPLETED)
 EXECUTION_CHANNEL_PREFIX = "agent.execution.events."
+MAX_CONNECTIONS = 10_000  # one per thread at most; redis-py's default (100) raises beyond it
 
 
 def execution_channel(execution_id: Any) -> str:
@@ -55,6 +56,9 @@ class EventBus:
                         socket_timeout=self._socket_timeout,
                         socket_connect_timeout=self._socket_timeout,
                         health_check_interval=30,
+                        # redis-py 8 caps a pool at 100 connections and then FAILS the call:
+                        # a worker with 200 threads publishing at once would drop events.
+                        max_connections=MAX_CONNECTIONS,
                     )
         return self._client
 

@@ -21,7 +21,7 @@ app.conf.task_default_queue = os.environ.get("BENCH_RAW_QUEUE", "bench-raw")
 
 @lru_cache(maxsize=1)
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(os.environ["REDIS_URL"])
+    return redis.Redis.from_url(os.environ["REDIS_URL"], max_connections=10_000)
 
 
 @app.task(name="bench.noop", ignore_result=True)

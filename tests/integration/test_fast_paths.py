@@ -187,3 +187,17 @@ def test_an_execution_for_an_unknown_agent_or_another_tenants_agent_writes_nothi
     with session_factory() as s:
         assert s.scalar(select(func.count()).select_from(Execution)) == 0
         assert s.scalar(select(func.count()).select_from(ExecutionEvent)) == 0
+
+
+def test_the_event_bus_publishes_while_more_than_a_hundred_threads_hold_redis_connections(settings):  # type: ignore[no-untyped-def]
+    from app.events import EventBus
+
+    bus = EventBus(settings.redis_url)
+    pool = bus.client.connection_pool
+    held = [pool.get_connection() for _ in range(120)]  # as 120 worker threads publishing at once would
+    try:
+        assert bus.publish_many([("agentexec.test.fast-paths", {"execution_id": str(uuid.uuid4()), "id": 1})])
+    finally:
+        for conn in held:
+            pool.release(conn)
+        pool.disconnect()
