@@ -51,11 +51,11 @@ def list_executions(query: ExecutionListQuery) -> Response:
     """A page of executions, newest first; `state` may repeat; unknown filters are 422."""
     filters = ExecutionFilters(state=query.state, agent_id=query.agent_id, task_id=query.task_id,
                                created_after=query.created_after, created_before=query.created_before)
-    rows, total = service().list_executions(
+    rows, total, exact = service().list_executions_page(
         filters, Pagination(page=query.page, page_size=query.page_size), tenant=tenant()
     )
-    return answer(ExecutionPage(items=[ExecutionOut.of(r) for r in rows], total=total, page=query.page,
-                                page_size=query.page_size))
+    return answer(ExecutionPage(items=[ExecutionOut.of(r) for r in rows], total=total, total_exact=exact,
+                                page=query.page, page_size=query.page_size))
 
 
 @bp.get("/<execution_id>", responses={200: ExecutionOut, **problems(404)})

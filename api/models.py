@@ -198,7 +198,9 @@ class ExecutionPage(BaseModel):
     """A page of executions, newest first."""
 
     items: list[ExecutionOut]
-    total: int
+    total: int = Field(description="matching executions: exact when `total_exact`, else PostgreSQL's "
+                                   "estimate (over 10,000 matches, or a count that would be slow)")
+    total_exact: bool = True
     page: int
     page_size: int
 

@@ -49,10 +49,13 @@ class Execution(Base):
 
     __tablename__ = "executions"
     __table_args__ = (
+        # The list filters: every API query is scoped to a tenant, newest first.
         Index("ix_executions_tenant_created", "tenant", "created_at"),
-        Index("ix_executions_state_created", "state", "created_at"),
+        Index("ix_executions_tenant_state_created", "tenant", "state", "created_at", "id"),
+        Index("ix_executions_tenant_agent_created", "tenant", "agent_id", "created_at", "id"),
+        Index("ix_executions_tenant_task_created", "tenant", "task_id", "created_at", "id"),
+        # Foreign-key checks and "does this agent have active executions".
         Index("ix_executions_agent_created", "agent_id", "created_at"),
-        Index("ix_executions_task_created", "task_id", "created_at"),
         Index(
             "ix_executions_running_heartbeat",
             "state",

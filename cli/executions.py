@@ -155,7 +155,8 @@ def list_executions(
     out.print(executions_table(body.get("items", []), names))
     total = body.get("total", 0)
     shown = len(body.get("items", []))
-    err.print(f"[dim]{shown} of {total} (page {body.get('page', page)})[/dim]")
+    about = "" if body.get("total_exact", True) else "about "
+    err.print(f"[dim]{shown} of {about}{total} (page {body.get('page', page)})[/dim]")
 
 
 def show(

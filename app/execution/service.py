@@ -174,6 +174,13 @@ class ExecutionService:
         """A newest-first page and the total."""
         return self.repository.list_executions(filters, pagination, tenant=tenant)
 
+    def list_executions_page(
+        self, filters: ExecutionFilters, pagination: Pagination, *, tenant: str | None = None
+    ) -> tuple[list[Execution], int, bool]:
+        """A newest-first page, the total and whether it is exact (broad filters over millions
+        of rows get the planner's estimate instead of a slow count)."""
+        return self.repository.list_executions_page(filters, pagination, tenant=tenant)
+
     def delete_execution(self, execution_id: uuid.UUID, *, tenant: str | None = None) -> None:
         """Delete a finished execution; InvalidExecutionStateError while it is active."""
         if self.repository.delete_execution(execution_id, tenant=tenant, only_states=FINISHED_STATES):

@@ -201,3 +201,22 @@ def test_the_event_bus_publishes_while_more_than_a_hundred_threads_hold_redis_co
         for conn in held:
             pool.release(conn)
         pool.disconnect()
+
+
+def test_the_api_flags_an_estimated_total_and_counts_exactly_when_small(service, agent, session_factory):  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    from app.schemas import ExecutionFilters, Pagination
+
+    with session_factory() as s:
+        s.execute(text("INSERT INTO executions (id, agent_id, parameters, state) SELECT gen_random_uuid(), "
+                       ":a, '{}'::jsonb, 'COMPLETED' FROM generate_series(1, 12000)"),
+                  {"a": agent.id})
+        s.execute(text("ANALYZE executions"))
+        s.commit()
+    rows, total, exact = service.list_executions_page(ExecutionFilters(state=["COMPLETED"]),
+                                                      Pagination(page_size=5), tenant="default")
+    assert len(rows) == 5 and not exact and total > 10_000
+    rows, total, exact = service.list_executions_page(ExecutionFilters(state=["RUNNING"]), Pagination(),
+                                                      tenant="default")
+    assert rows == [] and total == 0 and exact
