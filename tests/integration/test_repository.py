@@ -183,7 +183,8 @@ def test_pagination_walks_every_row_once_newest_first(repo, many):  # type: igno
 def test_an_unreachable_database_raises_database_unavailable():
     from sqlalchemy import create_engine
 
-    engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 2})
+    engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none",
+                           connect_args={"connect_timeout": 2})
     repo = ExecutionRepository(make_session_factory(engine))
     with pytest.raises(DatabaseUnavailableError):
         repo.get_by_id(uuid.uuid4())

@@ -85,7 +85,8 @@ def test_a_stale_attempt_changes_nothing(service, agent, session_factory):  # ty
             service.state_manager.change_state(eid, target, expected_attempt=2)
         assert "attempt 3" in str(info.value)
     with pytest.raises(InvalidExecutionStateError):
-        service.progress_tracker.update_progress(eid, ExecutionProgressUpdate(percentage=5), expected_attempt=2)
+        service.progress_tracker.update_progress(eid, ExecutionProgressUpdate(percentage=5),
+                                                 expected_attempt=2)
     row = service.repository.get_by_id(eid)
     assert row.state == "RUNNING" and row.progress_percentage == 0
     assert _counts(session_factory, ExecutionStateHistory, eid) == 0
@@ -141,7 +142,8 @@ def test_racing_transitions_have_exactly_one_winner_per_round(service, agent, se
               f"elapsed={elapsed:.2f}s")
 
 
-def _listen(bus: EventBus, channels: list[str], sink: list, ready: threading.Event, stop: threading.Event) -> None:
+def _listen(bus: EventBus, channels: list[str], sink: list, ready: threading.Event,
+            stop: threading.Event) -> None:
     ps = bus.pubsub()
     ps.subscribe(*channels)
     ready.set()
@@ -172,7 +174,8 @@ def test_a_redis_subscriber_receives_every_event_on_both_channels(service, agent
     try:
         service.start_execution(ex.id)
         service.state_manager.change_state(ex.id, S.RUNNING)
-        service.progress_tracker.update_progress(ex.id, ExecutionProgressUpdate(percentage=50, message="half"))
+        service.progress_tracker.update_progress(ex.id, ExecutionProgressUpdate(percentage=50,
+                                                                                message="half"))
         service.state_manager.change_state(ex.id, S.COMPLETED, values={"result": {"output": "o"}})
         logged = service.get_events(ex.id)[1:]  # the creation event was published before we listened
         wait_for(lambda: len(_of(got, ex.id)) >= 2 * len(logged), timeout=10,
