@@ -241,17 +241,20 @@ class DroppingProxy:
             cut_this = b"text/event-stream" in request and not self.cut
             self.cut = self.cut or cut_this
             seen, sent = b"", 0
-            while True:
-                data = upstream.recv(65536)
-                if not data:
-                    return
-                seen += data
-                frame = FIRST_FRAME.search(seen) if cut_this else None
-                end = frame.end() if frame else len(seen)
-                client.sendall(seen[sent:end])
-                sent = end
-                if frame:
-                    return  # closes both sockets mid-response
+            try:
+                while True:
+                    data = upstream.recv(65536)
+                    if not data:
+                        return
+                    seen += data
+                    frame = FIRST_FRAME.search(seen) if cut_this else None
+                    end = frame.end() if frame else len(seen)
+                    client.sendall(seen[sent:end])
+                    sent = end
+                    if frame:
+                        return  # closes both sockets mid-response
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the CLI hung up first (it had what it needed): nothing left to relay
 
     def close(self) -> None:
         self.listener.close()
