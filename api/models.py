@@ -14,9 +14,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.models import Agent, Execution, ExecutionEvent, ExecutionStateHistory
-from app.schemas import AgentCreate, AgentUpdate, ExecutionCreate, ExecutionState
+from app.schemas import MAX_PAGE, MAX_PAGE_SIZE, AgentCreate, AgentUpdate, ExecutionCreate, ExecutionState
 
-MAX_PAGE_SIZE = 200
 _NUMBER = re.compile(r"\s*[-+]?[0-9.eE+-]+\s*")
 
 
@@ -54,7 +53,7 @@ class ExecutionPath(BaseModel):
 class PageQuery(_Params):
     """A page of a list."""
 
-    page: int = Field(1, ge=1, le=1_000_000)
+    page: int = Field(1, ge=1, le=MAX_PAGE)
     page_size: int = Field(50, ge=1, le=MAX_PAGE_SIZE)
 
 

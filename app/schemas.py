@@ -147,8 +147,12 @@ class ExecutionFilters(BaseModel):
     created_before: datetime | None = None
 
 
+MAX_PAGE = 1_000_000
+MAX_PAGE_SIZE = 200
+
+
 class Pagination(BaseModel):
     """A page of a newest-first list."""
 
-    page: int = Field(1, ge=1, le=1_000_000)
-    page_size: int = Field(50, ge=1, le=200)
+    page: int = Field(1, ge=1, le=MAX_PAGE)
+    page_size: int = Field(50, ge=1, le=MAX_PAGE_SIZE)

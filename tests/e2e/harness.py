@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import redis
 from sqlalchemy import select
 
 from tests.conftest import wait_for
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -51,13 +51,6 @@ RECOVERY_ENV = {
     "DATABASE_POOL_SIZE": "10",
 }
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentile(values: list[float], pct: float) -> float:

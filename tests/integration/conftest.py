@@ -8,8 +8,6 @@ it run to completion. `api_server` is gunicorn started as the Procfile starts it
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import wait_for
+from tests.processes import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
@@ -62,13 +61,6 @@ def wait_finished(client: Any, execution_id: str, timeout: float = 20.0) -> dict
         return body if body["state"] in FINISHED else None
 
     return wait_for(done, timeout=timeout, what=f"execution {execution_id} to finish")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -113,9 +105,4 @@ def api_server(settings, celery_worker, tmp_path_factory) -> Iterator[Server]:  
         wait_for(ready, timeout=30, interval=0.1, what="gunicorn to answer /healthz")
         yield server
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process(process)

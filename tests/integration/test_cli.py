@@ -27,7 +27,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from cli.client import ApiClient, CliError
 from cli.main import app as cli_app
 from tests.conftest import wait_for
-from tests.integration.test_logging import free_port
+from tests.processes import free_port
 
 AGENTEXEC = str(Path(sys.executable).parent / "agentexec")
 FIRST_FRAME = re.compile(rb"id: \d+\n.*?\n\n", re.S)

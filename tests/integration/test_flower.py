@@ -14,7 +14,7 @@ import pytest
 
 from app.schemas import AgentCreate, ExecutionCreate
 from tests.conftest import wait_for
-from tests.integration.test_logging import free_port, procfile_command, start_procfile_process, stop_process
+from tests.processes import free_port, procfile_command, start_procfile_process, stop_process
 
 
 @pytest.fixture

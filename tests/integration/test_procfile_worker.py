@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,15 +10,8 @@ from sqlalchemy import func, select
 
 from app.models import ExecutionStateHistory
 from app.schemas import AgentCreate, ExecutionCreate
-from tests.conftest import ROOT, wait_for
-
-
-def procfile_command(name: str) -> str:
-    """The shell command of a Procfile process."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith(f"{name}:"):
-            return line.split(":", 1)[1].strip()
-    raise LookupError(name)
+from tests.conftest import wait_for
+from tests.processes import start_procfile_process, stop_process
 
 
 def test_the_procfile_worker_runs_100_executions_to_completed(settings, session_factory, clean_db,
@@ -30,11 +20,9 @@ def test_the_procfile_worker_runs_100_executions_to_completed(settings, session_
     from workers.background import BackgroundTaskManager
     from workers.celery_app import celery_app
 
-    log = (tmp_path / "worker.log").open("wb")
-    env = os.environ | {"CELERY_QUEUES": settings.default_queue, "WORKER_CONCURRENCY": "16",
-                        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    worker = subprocess.Popen(["bash", "-c", f"exec {procfile_command('worker')}"], cwd=ROOT, env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = start_procfile_process(
+        "worker", {"CELERY_QUEUES": settings.default_queue, "WORKER_CONCURRENCY": "16"},
+        tmp_path / "worker.log")
     try:
         svc = build_service(background_tasks=BackgroundTaskManager(celery_app), settings=settings,
                             session_factory=session_factory)
@@ -61,11 +49,5 @@ def test_the_procfile_worker_runs_100_executions_to_completed(settings, session_
             print(f"\n[procfile worker] 100 executions submitted and COMPLETED in {elapsed:.2f} s "
                   f"({100 / elapsed:.1f}/s, threads pool, concurrency 16)")
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(5)
-        log.close()
+        stop_process(worker)
     assert worker.returncode in (0, -signal.SIGTERM), (tmp_path / "worker.log").read_text()[-2000:]
