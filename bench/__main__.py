@@ -93,8 +93,9 @@ def _ensure_default_workers(ctx: object) -> None:
 
     assert isinstance(ctx, Ctx)
     if "raw_worker" not in ctx.state:
-        ctx.state["raw_worker"] = ctx.env.start_worker("raw", app="bench.raw_celery",
-                                                       queue=bench_env.RAW_QUEUE)
+        ctx.state["raw_worker"] = ctx.env.start_worker(
+            "raw", app="bench.raw_celery", queue=bench_env.RAW_QUEUE
+        )
         ctx.state["our_worker"] = ctx.env.start_worker("ours")
 
 

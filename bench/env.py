@@ -160,8 +160,10 @@ class BenchEnv:
         if os.environ.get("BENCH_REDIS_URL") or shutil.which("redis-server") is None:
             return
         port = free_port()
-        proc = self.start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                                    "--save", "", "--appendonly", "no"])
+        proc = self.start(
+            "redis",
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        )
         url = f"redis://127.0.0.1:{port}/0"
         import redis
 
@@ -185,7 +187,10 @@ class BenchEnv:
         self.db_created = True
         subprocess.run(
             [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=ROOT, env=os.environ | base_env(), check=True, capture_output=True,
+            cwd=ROOT,
+            env=os.environ | base_env(),
+            check=True,
+            capture_output=True,
         )
 
     def drop_database(self) -> None:
@@ -208,7 +213,11 @@ class BenchEnv:
         log = LOG_DIR / f"{name}.log"
         fh = log.open("ab")
         popen = subprocess.Popen(
-            argv, cwd=ROOT, env=os.environ | base_env() | (env or {}), stdout=fh, stderr=subprocess.STDOUT,
+            argv,
+            cwd=ROOT,
+            env=os.environ | base_env() | (env or {}),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         fh.close()
@@ -239,8 +248,14 @@ class BenchEnv:
             self.stop(proc, timeout=10)
 
     def start_worker(
-        self, name: str, *, app: str = "workers", queue: str = QUEUE, concurrency: int | None = None,
-        pool: str | None = None, env: dict[str, str] | None = None,
+        self,
+        name: str,
+        *,
+        app: str = "workers",
+        queue: str = QUEUE,
+        concurrency: int | None = None,
+        pool: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> Proc:
         """A Celery worker from the Procfile's `worker` line; returns once it answers a ping."""
         penv = base_env() | (env or {}) | {"CELERY_QUEUES": queue}
@@ -275,8 +290,13 @@ class BenchEnv:
         finally:
             control.close()
 
-    def start_web(self, name: str, app_spec: str = "api:create_app()", env: dict[str, str] | None = None,
-                  health: str = "/healthz") -> Proc:
+    def start_web(
+        self,
+        name: str,
+        app_spec: str = "api:create_app()",
+        env: dict[str, str] | None = None,
+        health: str = "/healthz",
+    ) -> Proc:
         """gunicorn from the Procfile's `web` line on a free port; returns once `health` answers."""
         port = free_port()
         penv = base_env() | {"PORT": str(port)} | (env or {})
@@ -308,9 +328,24 @@ class BenchEnv:
             return
         out = LOG_DIR / f"{name}.collapsed"
         rec = subprocess.Popen(
-            [spy, "record", "--pid", str(proc.pid), "--subprocesses", "--rate", "250", "--gil",
-             "--format", "raw", "--nonblocking", "-o", str(out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                spy,
+                "record",
+                "--pid",
+                str(proc.pid),
+                "--subprocesses",
+                "--rate",
+                "250",
+                "--gil",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "-o",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             time.sleep(0.5)

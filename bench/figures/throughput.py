@@ -62,8 +62,11 @@ def ours_round(svc: Any, n: int, producers: int) -> tuple[float, float]:
 
 
 def _meter(ctx: Ctx, worker_pid: int) -> CpuMeter:
-    groups: dict[str, Any] = {"producer": lambda: [os.getpid()], "worker": worker_pid,
-                              "postgres": postgres_backends}
+    groups: dict[str, Any] = {
+        "producer": lambda: [os.getpid()],
+        "worker": worker_pid,
+        "postgres": postgres_backends,
+    }
     redis_proc = next((p for p in ctx.env.procs if p.name == "redis"), None)
     if redis_proc is not None:
         groups["redis"] = redis_proc.pid
@@ -104,12 +107,18 @@ def run(ctx: Ctx) -> None:
     rounds = sizes["throughput_rounds"]
     ours, raw = median(our_rates), median(raw_rates)
     fig = Figure(
-        "executions_per_second", ours, "exec/s", baseline=raw, goal="ratio >= 0.5",
-        note=(f"rounds raw {[round(x) for x in raw_rates]} ours {[round(x) for x in our_rates]}; "
-              f"submit-only raw {median(raw_submit):.0f}/s ours {median(our_submit):.0f}/s "
-              f"({producers} producer threads)\n"
-              f"      CPU ms per task, raw: {_cpu_note(raw_cpu, rounds * sizes['throughput_raw'])}\n"
-              f"      CPU ms per execution, ours: {_cpu_note(our_cpu, rounds * sizes['throughput_ours'])}"),
+        "executions_per_second",
+        ours,
+        "exec/s",
+        baseline=raw,
+        goal="ratio >= 0.5",
+        note=(
+            f"rounds raw {[round(x) for x in raw_rates]} ours {[round(x) for x in our_rates]}; "
+            f"submit-only raw {median(raw_submit):.0f}/s ours {median(our_submit):.0f}/s "
+            f"({producers} producer threads)\n"
+            f"      CPU ms per task, raw: {_cpu_note(raw_cpu, rounds * sizes['throughput_raw'])}\n"
+            f"      CPU ms per execution, ours: {_cpu_note(our_cpu, rounds * sizes['throughput_ours'])}"
+        ),
     )
     fig.met = fig.ratio is not None and fig.ratio >= 0.5
     ctx.add(fig)
