@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     selected = args.only or list(FIGURES)
+    if bench_env.profiling() and bench_env.py_spy() is None:
+        print(bench_env.PY_SPY_MISSING, file=sys.stderr)
+        return 2
 
     env = bench_env.BenchEnv()
     started = time.monotonic()

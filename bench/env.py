@@ -322,11 +322,15 @@ class BenchEnv:
 
         Writes LOG_DIR/<name>.collapsed (folded stacks) for `python -m bench.profile`.
         """
-        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not os.environ.get("BENCH_PROFILE") or not Path(spy).exists():
+        spy = py_spy()
+        if not profiling():
             yield
             return
+        if spy is None:  # python -m bench refuses to start in this case; other callers learn it here
+            raise RuntimeError(PY_SPY_MISSING)
         out = LOG_DIR / f"{name}.collapsed"
+        spy_log = LOG_DIR / f"{name}.py-spy.log"
+        spy_log_fh = spy_log.open("wb")
         rec = subprocess.Popen(
             [
                 spy,
@@ -343,10 +347,11 @@ class BenchEnv:
                 "-o",
                 str(out),
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=spy_log_fh,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        spy_log_fh.close()
         try:
             time.sleep(0.5)
             yield
@@ -356,7 +361,10 @@ class BenchEnv:
                 rec.wait(30)
             except subprocess.TimeoutExpired:
                 rec.kill()
-            print(f"  profile of {proc.name}: {out}", flush=True)
+            if out.exists() and out.stat().st_size:
+                print(f"  profile of {proc.name}: {out}", flush=True)
+            else:  # e.g. no permission to attach (ptrace); say so rather than leave no file
+                print(f"  NO PROFILE of {proc.name}: py-spy wrote nothing, see {spy_log}", flush=True)
 
     # --------------------------------------------------------------- Redis
 
@@ -397,10 +405,30 @@ class BenchEnv:
                 errors.append(f"{step.__name__}: {exc}")
         if errors:
             print("cleanup problems: " + "; ".join(errors), file=sys.stderr)
-        if not keep_logs and not errors and not os.environ.get("BENCH_PROFILE"):
+        if not keep_logs and not errors and not profiling():
             shutil.rmtree(LOG_DIR, ignore_errors=True)
         else:
             print(f"logs kept in {LOG_DIR}", file=sys.stderr)
+
+
+PY_SPY_MISSING = (
+    f"BENCH_PROFILE is set but py-spy is not installed, so nothing would be profiled: "
+    f"pip install py-spy (here: {sys.executable} -m pip install py-spy), or unset BENCH_PROFILE"
+)
+
+
+def profiling() -> bool:
+    """Whether BENCH_PROFILE asks for py-spy profiles (set, and not empty or 0)."""
+    return os.environ.get("BENCH_PROFILE", "") not in ("", "0")
+
+
+def py_spy() -> str | None:
+    """The py-spy executable: on PATH or beside this Python (the virtualenv's bin); None if absent."""
+    found = shutil.which("py-spy")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else None
 
 
 def rss_mb(pid: int) -> float:
