@@ -1,8 +1,9 @@
 """Flat Celery settings, read from the same settings object as everything else."""
 
-from app.config import get_settings
+from app.config import Settings
+from app.execution.dispatch import REAP
 
-_s = get_settings()
+_s = Settings()
 
 broker_url = _s.celery_broker_url
 broker_connection_retry_on_startup = True
@@ -38,6 +39,6 @@ worker_hijack_root_logger = False
 worker_cancel_long_running_tasks_on_connection_loss = False
 beat_schedule = {
     # A reap that waited longer than a few intervals (no worker was up) is dropped, not run in a burst.
-    "reap-executions": {"task": "agentexec.reap", "schedule": _s.reaper_interval,
+    "reap-executions": {"task": REAP, "schedule": _s.reaper_interval,
                         "options": {"expires": max(3 * _s.reaper_interval, 5.0)}},
 }

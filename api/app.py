@@ -15,7 +15,8 @@ from api.openapi import extensions, info, register_components
 from api.problems import validation_problem
 from api.security import BEARER_SCHEME, document_security, init_security
 from app.bootstrap import build_service
-from app.config import Settings, get_settings
+from app.config import Settings
+from app.execution.control import ControlHub
 from app.logging import bind_log_context, configure_logging
 from app.metrics import api_metrics, prepare_multiprocess_dir
 
@@ -27,21 +28,21 @@ def _bind_request_ids() -> None:
 
 
 def create_app(**overrides: Any) -> OpenAPI:
-    """The WSGI app; overrides go to build_service (settings, session_factory, background_tasks, ...)."""
-    settings: Settings = overrides.get("settings") or get_settings()
+    """The WSGI app of one process; overrides go to build_service (settings, session_factory,
+    background_tasks, ...). The service and everything it holds are built here, once."""
+    settings: Settings = overrides.pop("settings", None) or Settings()
     configure_logging(settings)
     background_tasks = overrides.pop("background_tasks", None)
     if background_tasks is None:
         from workers.background import BackgroundTaskManager
         from workers.celery_app import celery_app
 
-        background_tasks = BackgroundTaskManager(celery_app)
-    service = build_service(background_tasks=background_tasks, **overrides)
-    if getattr(background_tasks, "control_hub", "absent") is None:
-        background_tasks.control_hub = service.control_hub
+        def background_tasks(hub: ControlHub) -> BackgroundTaskManager:
+            return BackgroundTaskManager(celery_app, hub)
+
+    service = build_service(background_tasks=background_tasks, settings=settings, **overrides)
 
     prepare_multiprocess_dir()
-    api_metrics()
     app = OpenAPI(
         "agentexec",
         info=info(),
@@ -56,7 +57,7 @@ def create_app(**overrides: Any) -> OpenAPI:
     app.extensions[SERVICE_KEY] = service
     app.extensions[SETTINGS_KEY] = settings
 
-    operations.init_operations(app, service.repository.session_factory)
+    operations.init_operations(app, api_metrics())
     app.before_request(_bind_request_ids)
     init_security(app, service, settings)  # before the body guard: 401 comes before 415/422
     app.before_request(check_json_body)

@@ -7,17 +7,15 @@ import time
 from flask import Flask, Response, current_app, g, request
 from flask_openapi3 import APIBlueprint, Tag
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import text
-from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import answer, service
 from api.models import Status
 from api.openapi import problems
 from api.problems import problem
-from app.metrics import ExecutionStatsCollector, api_metrics, render
+from app.metrics import ApiMetrics, render
 
 bp = APIBlueprint("operations", __name__, abp_tags=[Tag(name="operations", description="Health and metrics")])
-COLLECTOR_KEY = "agentexec.metrics_collector"
+API_METRICS_KEY = "agentexec.api_metrics"
 UNMATCHED = "<unmatched>"
 
 
@@ -33,8 +31,7 @@ def readyz() -> Response:
     svc = service()
     down = []
     try:
-        with svc.repository.session_factory() as s:
-            s.execute(text("SELECT 1"))
+        svc.repository.ping()
     except Exception:
         down.append("postgresql")
     if svc.event_bus is None or not svc.event_bus.ping():
@@ -49,7 +46,7 @@ def readyz() -> Response:
                                      "content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics() -> Response:
     """Prometheus metrics: API requests of all web processes, and execution figures from PostgreSQL."""
-    return Response(render(current_app.extensions[COLLECTOR_KEY]), mimetype=None,
+    return Response(render(service().stats), mimetype=None,
                     content_type=CONTENT_TYPE_LATEST)
 
 
@@ -61,12 +58,13 @@ def _observe(response: Response) -> Response:
     started = g.pop("request_started", None)
     if started is not None:
         route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-        api_metrics().observe(request.method, route, response.status_code, time.perf_counter() - started)
+        metrics: ApiMetrics = current_app.extensions[API_METRICS_KEY]
+        metrics.observe(request.method, route, response.status_code, time.perf_counter() - started)
     return response
 
 
-def init_operations(app: Flask, session_factory: sessionmaker[Session]) -> None:
-    """Count and time every request (register first), and keep the scrape-time execution collector."""
-    app.extensions[COLLECTOR_KEY] = ExecutionStatsCollector(session_factory)
+def init_operations(app: Flask, metrics: ApiMetrics) -> None:
+    """Count and time every request in `metrics` (register first)."""
+    app.extensions[API_METRICS_KEY] = metrics
     app.before_request(_start_timer)
     app.after_request(_observe)

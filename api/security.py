@@ -15,11 +15,9 @@ from flask_cors import CORS
 from flask_openapi3 import OpenAPI
 
 from api.problems import problem
-from app.auth import ApiKeyStore
 from app.config import Settings
 from app.execution.service import ExecutionService
 from app.models import DEFAULT_TENANT
-from app.ratelimit import RateLimiter
 
 REALM = 'Bearer realm="agentexec"'
 BEARER_SCHEME = {"bearerAuth": {"type": "http", "scheme": "bearer", "description": "an agentexec API key"}}
@@ -74,11 +72,9 @@ def document_security(app: OpenAPI, enabled: bool) -> None:
 
 def init_security(app: Flask, service: ExecutionService, settings: Settings) -> None:
     """Register authentication, rate limiting, security headers and (configured) CORS."""
-    store = ApiKeyStore(service.repository.session_factory)
-    limiter = None
-    if service.event_bus is not None and settings.rate_limit > 0:
-        limiter = RateLimiter(service.event_bus.client, settings.rate_limit,
-                              window=settings.rate_limit_window)
+    store = service.keys
+    limiter = service.rate_limiter
+    assert store is not None, "the composition root builds the key store"
     app.extensions["agentexec.keys"] = store
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:

@@ -9,10 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, sessionmaker
-
-from app.execution.repository import _wrap_db_errors
+from app.execution.repository import ExecutionRepository
 from app.models import ApiKey
 
 KEY_PREFIX = "agx_"
@@ -35,20 +32,16 @@ class Principal:
 class ApiKeyStore:
     """Creates, verifies, lists and revokes API keys."""
 
-    def __init__(self, session_factory: sessionmaker[Session]):
-        self.session_factory = session_factory
+    def __init__(self, repository: ExecutionRepository):
+        self.repository = repository
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self._lock = threading.Lock()
 
-    @_wrap_db_errors
     def create(self, tenant: str, name: str | None = None) -> tuple[str, ApiKey]:
         """A new key for `tenant`: (the plaintext, shown once; its row)."""
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         row = ApiKey(tenant=tenant, name=name, prefix=plaintext[:12], key_hash=hash_key(plaintext))
-        with self.session_factory() as s:
-            s.add(row)
-            s.commit()
-        return plaintext, row
+        return plaintext, self.repository.create_api_key(row)
 
     def verify(self, key: str) -> Principal | None:
         """The principal of a valid, unrevoked key; None otherwise. Cached for a few seconds."""
@@ -67,35 +60,18 @@ class ApiKeyStore:
             self._cache[digest] = (now + _CACHE_SECONDS, principal)
         return principal
 
-    @_wrap_db_errors
     def _lookup(self, digest: str) -> Principal | None:
-        with self.session_factory() as s:
-            row = s.execute(
-                select(ApiKey.id, ApiKey.tenant).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
-            ).one_or_none()
-        return None if row is None else Principal(row.id, row.tenant)
+        found = self.repository.find_api_key(digest)
+        return None if found is None else Principal(*found)
 
-    @_wrap_db_errors
     def list(self, tenant: str | None = None) -> list[ApiKey]:
         """Every key (or a tenant's), newest first; no hashes are shown to callers."""
-        with self.session_factory() as s:
-            stmt = select(ApiKey).order_by(ApiKey.created_at.desc())
-            if tenant is not None:
-                stmt = stmt.where(ApiKey.tenant == tenant)
-            return list(s.scalars(stmt))
+        return self.repository.list_api_keys(tenant)
 
-    @_wrap_db_errors
     def revoke(self, key_id: uuid.UUID) -> bool:
         """Revoke a key by id; False when unknown or already revoked."""
-        with self.session_factory() as s:
-            done = s.execute(
-                update(ApiKey)
-                .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-                .values(revoked_at=func.now())
-                .returning(ApiKey.key_hash)
-            ).one_or_none()
-            s.commit()
-        if done is not None:
+        key_hash = self.repository.revoke_api_key(key_id)
+        if key_hash is not None:
             with self._lock:
-                self._cache.pop(done.key_hash, None)
-        return done is not None
+                self._cache.pop(key_hash, None)
+        return key_hash is not None

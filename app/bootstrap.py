@@ -1,26 +1,42 @@
-"""The composition root: builds ExecutionService from its parts, for API, worker and tests."""
+"""The composition root: builds ExecutionService and every part it needs, for API, worker, CLI and tests.
+
+Nothing else in the tree creates a component that holds a connection, a thread or a
+cache: the API builds one service per process in its app factory, the worker one per
+process when it starts (see workers/tasks.py), the CLI one per command. Keyword
+overrides replace parts (settings, session_factory, event_bus, command_bus,
+control_hub, on_transition). Building opens no connection.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from app.auth import ApiKeyStore
 from app.commands import CommandBus, build_command_bus
-from app.config import Settings, get_settings
+from app.config import Settings
 from app.db import get_engine, make_session_factory
 from app.events import EventBus
 from app.execution.control import ControlHub
+from app.execution.dispatch import TaskDispatcher
 from app.execution.event_emitter import ExecutionEventEmitter
 from app.execution.progress_tracker import ExecutionProgressTracker
+from app.execution.reaper import Reaper
 from app.execution.repository import ExecutionRepository
 from app.execution.service import ExecutionService
-from app.execution.state_manager import ExecutionStateManager, TaskDispatcher
+from app.execution.state_manager import ExecutionStateManager
 from app.execution.task_runner import ExecutionTaskRunner
+from app.metrics import ExecutionStatsCollector
+from app.ratelimit import RateLimiter
+
+# The dispatcher, or a factory that makes it from the process's ControlHub (the Celery bridge
+# signals running executions through it).
+Dispatcher = TaskDispatcher | Callable[[ControlHub], TaskDispatcher] | None
 
 
-def build_service(background_tasks: TaskDispatcher | None = None, **overrides: Any) -> ExecutionService:
-    """Wire every component; keyword overrides replace parts (settings, session_factory,
-    event_bus, command_bus, control_hub, on_transition). Opens no connection."""
-    settings: Settings = overrides.get("settings") or get_settings()
+def build_service(background_tasks: Dispatcher = None, **overrides: Any) -> ExecutionService:
+    """Wire every component of one process; see the module docstring for the overrides."""
+    settings: Settings = overrides.get("settings") or Settings()
     session_factory = overrides.get("session_factory") or make_session_factory(
         get_engine(settings.database_url, settings.database_pool_size, settings.database_max_overflow)
     )
@@ -28,13 +44,14 @@ def build_service(background_tasks: TaskDispatcher | None = None, **overrides: A
     command_bus: CommandBus = overrides.get("command_bus") or build_command_bus(settings)
     repository = ExecutionRepository(session_factory)
     event_emitter = ExecutionEventEmitter(event_bus)
+    control_hub: ControlHub = overrides.get("control_hub") or ControlHub(
+        repository, event_bus, settings.heartbeat_interval
+    )
+    dispatcher = _dispatcher(background_tasks, control_hub)
     state_manager = ExecutionStateManager(
-        repository, event_emitter, background_tasks, on_transition=overrides.get("on_transition")
+        repository, event_emitter, dispatcher, on_transition=overrides.get("on_transition")
     )
     progress_tracker = ExecutionProgressTracker(repository, event_emitter)
-    control_hub = overrides.get("control_hub")
-    if control_hub is None:
-        control_hub = ControlHub(repository, event_bus, settings.heartbeat_interval)
     task_runner = ExecutionTaskRunner(
         repository, state_manager, progress_tracker, command_bus, settings, control_hub
     )
@@ -44,9 +61,23 @@ def build_service(background_tasks: TaskDispatcher | None = None, **overrides: A
         progress_tracker,
         event_emitter,
         task_runner,
-        background_tasks,
+        dispatcher,
         settings,
         event_bus=event_bus,
         control_hub=control_hub,
+        reaper=Reaper(repository, state_manager, dispatcher, settings),
     )
+    service.keys = ApiKeyStore(repository)
+    service.rate_limiter = (
+        RateLimiter(event_bus.client, settings.rate_limit, window=settings.rate_limit_window)
+        if settings.rate_limit > 0
+        else None
+    )
+    service.stats = ExecutionStatsCollector(repository.execution_stats)
     return service
+
+
+def _dispatcher(background_tasks: Dispatcher, control_hub: ControlHub) -> TaskDispatcher | None:
+    if background_tasks is None or hasattr(background_tasks, "start_task"):
+        return background_tasks  # type: ignore[return-value]
+    return background_tasks(control_hub)

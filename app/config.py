@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -63,7 +61,6 @@ class Settings(BaseSettings):
         return "agent.execution.events."
 
 
-@lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
+    """Settings read from the environment now (the composition root keeps the process's own)."""
     return Settings()

@@ -20,14 +20,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 PING_AFTER_IDLE = 1.0
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, int, int], Engine] = {}
 _lock = threading.Lock()
 
 
 def get_engine(url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine:
-    """One engine per database URL in this process."""
+    """One engine per database URL and pool size in this process (disposed after a fork)."""
+    key = (url, pool_size, max_overflow)
     with _lock:
-        engine = _engines.get(url)
+        engine = _engines.get(key)
         if engine is None:
             engine = create_engine(
                 url,
@@ -37,7 +38,7 @@ def get_engine(url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine:
                 connect_args={"connect_timeout": 5},
             )
             _ping_idle_connections(engine)
-            _engines[url] = engine
+            _engines[key] = engine
         return engine
 
 

@@ -62,10 +62,6 @@ class EventBus:
                     )
         return self._client
 
-    def publish_event(self, event_type: str, message: dict[str, Any]) -> bool:
-        """Publish one message on its type's channel and its execution's channel."""
-        return self.publish_many([(event_type, message)])
-
     def publish_many(self, messages: Iterable[tuple[str, dict[str, Any]]]) -> bool:
         """Publish several messages in one round trip; False (and logged) when Redis failed."""
         batch = list(messages)

@@ -26,25 +26,21 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import text
-from sqlalchemy.orm import Session, sessionmaker
 
+from app.execution.repository.stats import DURATION_BUCKETS, MODEL_BUCKETS
 from app.schemas import ExecutionState
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _OWNER_ENV = "AGENTEXEC_METRICS_DIR_OWNER"
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-MODEL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 # ----------------------------------------------------------- multiprocess mode
@@ -139,9 +135,9 @@ class ApiMetrics:
         self.latency.labels(*labels).observe(seconds)
 
 
-@lru_cache(maxsize=1)
 def api_metrics() -> ApiMetrics:
-    """The process's API metrics, created once (after `prepare_multiprocess_dir`)."""
+    """The API metrics of a web process (the app factory makes them once, after
+    `prepare_multiprocess_dir`)."""
     labels = ("method", "route", "status")
     return ApiMetrics(
         requests=Counter("agentexec_http_requests", "HTTP requests answered.", labels, registry=None),
@@ -151,59 +147,6 @@ def api_metrics() -> ApiMetrics:
 
 
 # --------------------------------------------------------- execution figures
-
-
-def _bucket_columns(expr: str, buckets: Sequence[float], weight: str = "1") -> str:
-    return ", ".join(
-        f"coalesce(sum({weight}) FILTER (WHERE {expr} <= {float(b)!r}), 0) AS b{i}"
-        for i, b in enumerate(buckets)
-    )
-
-
-def _histogram_sql(source: str, expr: str, buckets: Sequence[float], *, label: str = "''",
-                   weight: str = "1", total: str | None = None) -> str:
-    return (
-        f"SELECT {label} AS label, coalesce(sum({weight}), 0) AS n, coalesce(sum({total or expr}), 0) AS s, "
-        f"{_bucket_columns(expr, buckets, weight)} FROM ({source}) t GROUP BY 1"
-    )
-
-
-_NUMBER = (
-    "CASE WHEN jsonb_typeof(result->'usage'->'{key}') = 'number'"
-    " THEN (result->'usage'->>'{key}')::numeric END"
-)
-_CALLS = _NUMBER.format(key="model_calls")
-QUERIES = {
-    "by_state": "SELECT state, count(*) FROM executions GROUP BY state",
-    "transitions": (
-        "SELECT coalesce(from_state, ''), to_state, count(*) FROM execution_state_history GROUP BY 1, 2"
-    ),
-    "duration": _histogram_sql(
-        "SELECT state, extract(epoch FROM completed_at - started_at)::float8 AS d FROM executions "
-        "WHERE completed_at IS NOT NULL AND started_at IS NOT NULL AND completed_at >= started_at",
-        "d", DURATION_BUCKETS, label="state"),
-    "queue_wait": _histogram_sql(
-        "SELECT extract(epoch FROM created_at - prev_at)::float8 AS w FROM ("
-        " SELECT to_state, created_at,"
-        " lag(created_at) OVER (PARTITION BY execution_id ORDER BY id) AS prev_at,"
-        " lag(to_state) OVER (PARTITION BY execution_id ORDER BY id) AS prev_state"
-        " FROM execution_state_history WHERE to_state IN ('QUEUED', 'RUNNING')) h"
-        " WHERE to_state = 'RUNNING' AND prev_state = 'QUEUED'",
-        "w", DURATION_BUCKETS),
-    "model_call": _histogram_sql(
-        f"SELECT calls, extract(epoch FROM completed_at - started_at)::float8 AS d,"
-        f" extract(epoch FROM completed_at - started_at)::float8 / calls AS per_call FROM ("
-        f" SELECT {_CALLS} AS calls, completed_at, started_at FROM executions"
-        f" WHERE state = 'COMPLETED' AND attempt = 1 AND started_at IS NOT NULL"
-        f" AND completed_at >= started_at) c WHERE calls > 0",
-        "per_call", MODEL_BUCKETS, weight="calls", total="d"),
-    "tokens": (
-        "SELECT coalesce(sum(" + _NUMBER.format(key="prompt_tokens") + "), 0),"
-        " coalesce(sum(" + _NUMBER.format(key="completion_tokens") + "), 0),"
-        " coalesce(sum(" + _CALLS + "), 0)"
-        " FROM executions WHERE state = 'COMPLETED' AND result IS NOT NULL"
-    ),
-}
 
 
 def _histogram(name: str, doc: str, label: str | None, rows: Iterable[Any],
@@ -223,8 +166,8 @@ def _histogram(name: str, doc: str, label: str | None, rows: Iterable[Any],
 class ExecutionStatsCollector:
     """Execution figures computed from PostgreSQL at scrape time (see the module docstring)."""
 
-    def __init__(self, session_factory: sessionmaker[Session], cache_seconds: float = 2.0):
-        self.session_factory = session_factory
+    def __init__(self, stats: Callable[[], dict[str, Sequence[Any]]], cache_seconds: float = 2.0):
+        self.stats = stats
         self.cache_seconds = cache_seconds
         self._lock = threading.Lock()
         self._cached: tuple[float, list[Metric]] | None = None
@@ -246,8 +189,7 @@ class ExecutionStatsCollector:
             yield from self._cached[1]
 
     def _read(self) -> list[Metric]:
-        with self.session_factory() as s:
-            rows = {name: s.execute(text(sql)).all() for name, sql in QUERIES.items()}
+        rows = self.stats()
         up = GaugeMetricFamily("agentexec_metrics_database_up",
                                "1 when the execution figures could be read from PostgreSQL.")
         up.add_metric([], 1)

@@ -20,11 +20,9 @@ app = typer.Typer(help="Create, list and revoke API keys (needs DATABASE_URL).",
 
 
 def _store():  # type: ignore[no-untyped-def]
-    from app.auth import ApiKeyStore
-    from app.config import get_settings
-    from app.db import get_engine, make_session_factory
+    from app.bootstrap import build_service
 
-    return ApiKeyStore(make_session_factory(get_engine(get_settings().database_url)))
+    return build_service().keys
 
 
 def _guard(fn):  # type: ignore[no-untyped-def]

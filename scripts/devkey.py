@@ -10,15 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from app.auth import ApiKeyStore
-from app.config import get_settings
-from app.db import get_engine, make_session_factory
+from app.bootstrap import build_service
 
 KEY_FILE = Path(os.environ.get("AGENTEXEC_DEV_KEY_FILE", ".agentexec-dev-key"))
 
 
 def main() -> None:
-    store = ApiKeyStore(make_session_factory(get_engine(get_settings().database_url)))
+    store = build_service().keys
+    assert store is not None
     key = KEY_FILE.read_text().strip() if KEY_FILE.exists() else ""
     if not key or store.verify(key) is None:
         key, _ = store.create("dev", "local development key (make run)")

@@ -16,14 +16,9 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from app.execution.control import CANCEL, ControlHub
+from app.execution.dispatch import RUN_EXECUTION, celery_task_id
 
-RUN_EXECUTION = "agentexec.run_execution"
 _REMEMBERED = 10_000
-
-
-def celery_task_id(execution_id: uuid.UUID, attempt: int) -> str:
-    """The deterministic Celery task id of one attempt (the same as executions.celery_task_id)."""
-    return f"{execution_id}-{attempt}"
 
 
 def celery_priority(priority: int) -> int:

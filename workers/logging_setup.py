@@ -15,9 +15,8 @@ import structlog
 from celery import signals
 
 from app.config import get_settings
+from app.execution.dispatch import RUN_EXECUTION
 from app.logging import configure_logging
-
-RUN_EXECUTION = "agentexec.run_execution"
 
 
 @signals.setup_logging.connect

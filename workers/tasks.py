@@ -1,14 +1,25 @@
-"""Celery tasks: run one attempt of an execution; reap stale ones. Both tiny, like web views."""
+"""Celery tasks: run one attempt of an execution; reap stale ones. Both tiny, like web views.
+
+Each worker process builds its ExecutionService once, through the composition root, when
+it starts: `worker_process_init` in a prefork child, `worker_init` for the threads and
+solo pools (one process). A process that runs a task without either signal (a test's
+in-process worker started before the service was needed) builds it on first use, under a
+lock, so two threads never build two services.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
 import uuid
-from functools import lru_cache
+from typing import Any
 
 import structlog
+from celery import signals
 
 from app.bootstrap import build_service
-from app.execution.reaper import Reaper
+from app.execution.control import ControlHub
+from app.execution.dispatch import REAP, RUN_EXECUTION
 from app.execution.service import ExecutionService
 from workers.background import BackgroundTaskManager
 from workers.celery_app import celery_app
@@ -16,27 +27,63 @@ from workers.celery_app import celery_app
 log = structlog.get_logger(__name__)
 
 
-@lru_cache(maxsize=1)
+class _ProcessService:
+    """The ExecutionService of this worker process (rebuilt in a forked child)."""
+
+    def __init__(self) -> None:
+        self._service: ExecutionService | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def get(self) -> ExecutionService:
+        service = self._service
+        if service is None or self._pid != os.getpid():
+            with self._lock:
+                if self._service is None or self._pid != os.getpid():
+                    self._service = build_service(background_tasks=_dispatcher)
+                    self._pid = os.getpid()
+                service = self._service
+        return service
+
+    def reset(self) -> None:
+        with self._lock:
+            self._service = None
+
+
+def _dispatcher(control_hub: ControlHub) -> BackgroundTaskManager:
+    return BackgroundTaskManager(celery_app, control_hub)
+
+
+_process = _ProcessService()
+
+
 def get_service() -> ExecutionService:
-    """This process's ExecutionService, built on first use (after any fork)."""
-    manager = BackgroundTaskManager(celery_app)
-    service = build_service(background_tasks=manager)
-    manager.control_hub = service.control_hub
-    return service
+    """This worker process's ExecutionService."""
+    return _process.get()
 
 
-@celery_app.task(name="agentexec.run_execution", bind=True, ignore_result=True)
+@signals.worker_process_init.connect
+def _build_in_child(**_: Any) -> None:
+    _process.reset()
+    _process.get()
+
+
+@signals.worker_init.connect
+def _build_in_worker(**_: Any) -> None:
+    _process.get()
+
+
+@celery_app.task(name=RUN_EXECUTION, bind=True, ignore_result=True)
 def run_execution(self, execution_id: str, attempt: int) -> str:  # type: ignore[no-untyped-def]
     """Claim the attempt and run it; a duplicate or stale delivery claims nothing and exits."""
     with structlog.contextvars.bound_contextvars(execution_id=execution_id, attempt=attempt):
-        outcome = get_service().task_runner.run(
-            uuid.UUID(execution_id), int(attempt), worker=self.request.hostname or "worker"
-        )
-        log.info("run finished", outcome=outcome)
-        return outcome
+        outcome = get_service().run_attempt(uuid.UUID(execution_id), int(attempt),
+                                            worker=self.request.hostname or "worker")
+        log.info("run finished", outcome=outcome.value)
+        return outcome.value
 
 
-@celery_app.task(name="agentexec.reap", ignore_result=True)
+@celery_app.task(name=REAP, ignore_result=True)
 def reap() -> dict[str, int]:
     """Recover stale executions (one reaper at a time across the cluster)."""
-    return Reaper(get_service()).run_once()
+    return get_service().reap()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
-
 from app.errors import ExecutionNotFoundError, InvalidExecutionStateError, InvalidProgressError
 from app.execution.event_emitter import ExecutionEventEmitter
 from app.execution.repository import ExecutionRepository
@@ -33,34 +31,24 @@ class ExecutionProgressTracker:
         not RUNNING (its `current_state` tells a runner it was paused or cancelled) or
         belongs to another attempt; InvalidProgressError when the percentage would drop.
         """
-        with self.repository.autocommit() as session:  # the UPDATE and its event: ONE statement
-            row, logged = self.repository.record_progress(
-                execution_id,
-                progress_data.percentage,
-                progress_data.message,
-                progress_data.context_update,
-                event=self.event_emitter.progress_spec(),
-                expected_attempt=expected_attempt,
-                session=session,
-            )
-            if row is None:
-                self._explain_refusal(session, execution_id, progress_data, expected_attempt)
-        assert row is not None
-        self.event_emitter.publish(logged)
-        return row
+        written = self.repository.record_progress(  # the UPDATE and its event: ONE statement
+            execution_id,
+            progress_data.percentage,
+            progress_data.message,
+            progress_data.context_update,
+            events=[self.event_emitter.progress()],
+            expected_attempt=expected_attempt,
+        )
+        if written.execution is None:
+            self._explain_refusal(execution_id, progress_data, expected_attempt)
+        assert written.execution is not None
+        self.event_emitter.publish(written.events)
+        return written.execution
 
-    @staticmethod
     def _explain_refusal(
-        session: object,
-        execution_id: uuid.UUID,
-        data: ExecutionProgressUpdate,
-        expected_attempt: int | None,
+        self, execution_id: uuid.UUID, data: ExecutionProgressUpdate, expected_attempt: int | None
     ) -> None:
-        row = session.execute(  # type: ignore[attr-defined]
-            select(Execution.state, Execution.attempt, Execution.progress_percentage).where(
-                Execution.id == execution_id
-            )
-        ).one_or_none()
+        row = self.repository.get_by_id(execution_id)
         if row is None:
             raise ExecutionNotFoundError(execution_id)
         if row.state != ExecutionState.RUNNING.value:

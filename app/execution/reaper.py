@@ -10,71 +10,53 @@ heartbeat counts as stale: the workers could not write them while it was down.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
-from sqlalchemy import func, select, update
 
+from app.config import Settings
 from app.errors import ExecutionNotFoundError, InvalidExecutionStateError
-from app.models import Execution
+from app.execution.dispatch import TaskDispatcher
+from app.execution.policy import may_retry
+from app.execution.repository import ExecutionRepository
+from app.execution.state_manager import ExecutionStateManager
 from app.schemas import ExecutionState
-
-if TYPE_CHECKING:
-    from app.execution.service import ExecutionService
 
 log = structlog.get_logger(__name__)
 S = ExecutionState
-REAPER_LOCK_KEY = 0x61676578  # "agex"
 _BATCH = 500
-
-
-def _seconds(value: float) -> Any:
-    return func.make_interval(0, 0, 0, 0, 0, 0, value)
 
 
 class Reaper:
     """Finds stale executions in PostgreSQL and moves them on."""
 
-    def __init__(self, service: ExecutionService):
-        self.service = service
-        self.settings = service.settings
-        self.state_manager = service.state_manager
+    def __init__(
+        self,
+        repository: ExecutionRepository,
+        state_manager: ExecutionStateManager,
+        background_tasks: TaskDispatcher | None,
+        settings: Settings,
+    ):
+        self.repository = repository
+        self.state_manager = state_manager
+        self.background_tasks = background_tasks
+        self.settings = settings
 
     def run_once(self) -> dict[str, int]:
         """One pass; returns what it did, by kind. Skips when another reaper holds the lock."""
         counts = {"requeued": 0, "failed": 0, "timed_out": 0, "cancelled": 0, "paused": 0, "redelivered": 0}
-        with self.service.repository.session_factory() as lock_session:
-            if not lock_session.scalar(select(func.pg_try_advisory_xact_lock(REAPER_LOCK_KEY))):
+        with self.repository.reaper_lock() as held:
+            if not held:
                 return counts | {"skipped": 1}
-            try:
-                self._stale_held(lock_session, counts)
-                self._unclaimed(lock_session, counts)
-            finally:
-                lock_session.rollback()  # releases the advisory lock
+            self._stale_held(counts)
+            self._unclaimed(counts)
         if any(counts.values()):
             log.info("reaper pass", **counts)
         return counts
 
-    def _stale_held(self, session: Any, counts: dict[str, int]) -> None:
-        lease_edge = func.now() - _seconds(self.settings.lease_timeout)
-        rows = session.execute(
-            select(
-                Execution.id,
-                Execution.state,
-                Execution.attempt,
-                Execution.max_retries,
-                (Execution.deadline_at < func.now()).label("past_deadline"),
-            )
-            .where(
-                Execution.state.in_([S.RUNNING.value, S.PAUSING.value, S.CANCELLING.value]),
-                Execution.heartbeat_at < lease_edge,
-                # No worker could heartbeat while PostgreSQL was down: right after a restart
-                # every heartbeat looks stale, so give live workers a full lease to beat again.
-                func.pg_postmaster_start_time() < lease_edge,
-            )
-            .limit(_BATCH)
-        ).all()
-        for row in rows:
+    def _stale_held(self, counts: dict[str, int]) -> None:
+        lease = self.settings.lease_timeout
+        for row in self.repository.stale_held(lease, _BATCH):
             state = S(row.state)
             if state is S.CANCELLING:
                 self._move(row, S.CANCELLED, "worker lost while cancelling", counts, "cancelled")
@@ -83,9 +65,9 @@ class Reaper:
                            values={"error_message": "timed out (worker lost)"})
             elif state is S.PAUSING:
                 self._move(row, S.PAUSED, "worker lost while pausing", counts, "paused")
-            elif row.attempt - 1 < row.max_retries:
-                self._move(row, S.QUEUED, f"worker lost (no heartbeat for {self.settings.lease_timeout:g} s);"
-                           " requeued", counts, "requeued")
+            elif may_retry(row.attempt, row.max_retries):
+                self._move(row, S.QUEUED, f"worker lost (no heartbeat for {lease:g} s); requeued", counts,
+                           "requeued")
             else:
                 self._move(row, S.FAILED, "worker lost", counts, "failed",
                            values={"error_message": "worker lost and retries exhausted"})
@@ -93,41 +75,20 @@ class Reaper:
     def _move(self, row: Any, target: S, reason: str, counts: dict[str, int], key: str,
               values: dict[str, Any] | None = None) -> None:
         try:
-            self.state_manager.change_state(
-                row.id, target, reason, expected_state=S(row.state), expected_attempt=row.attempt,
-                values=values,
-            )
+            self.state_manager.change_state(row.id, target, reason, expected_state=S(row.state),
+                                            expected_attempt=row.attempt, values=values)
             counts[key] += 1
         except (InvalidExecutionStateError, ExecutionNotFoundError):
             pass  # it moved on by itself meanwhile
 
-    def _unclaimed(self, session: Any, counts: dict[str, int]) -> None:
-        bg = self.service.background_tasks
+    def _unclaimed(self, counts: dict[str, int]) -> None:
+        bg = self.background_tasks
         if bg is None:
             return
-        edge = func.now() - _seconds(self.settings.redeliver_after)
-        with self.service.repository.session_factory() as s:
-            rows = s.execute(
-                update(Execution)
-                .where(
-                    Execution.id.in_(
-                        select(Execution.id)
-                        .where(Execution.state == S.QUEUED.value, Execution.queued_at < edge)
-                        .limit(_BATCH)
-                        .scalar_subquery()
-                    ),
-                    Execution.state == S.QUEUED.value,
-                )
-                .values(queued_at=func.now())
-                .returning(Execution.id, Execution.attempt, Execution.queue, Execution.priority)
-            ).all()
-            s.commit()
-        for row in rows:
+        for row in self.repository.requeue_unclaimed(self.settings.redeliver_after, _BATCH):
             try:
                 bg.start_task(row.id, row.attempt, queue=row.queue, priority=row.priority)
                 counts["redelivered"] += 1
             except Exception as exc:  # broker still down: the next pass tries again
                 log.warning("redelivery failed", execution_id=str(row.id), error=str(exc))
                 break
-
-

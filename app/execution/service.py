@@ -7,8 +7,7 @@ import json
 import uuid
 from typing import Any
 
-from sqlalchemy import func
-
+from app.auth import ApiKeyStore
 from app.config import Settings
 from app.errors import (
     AgentNotFoundError,
@@ -18,12 +17,18 @@ from app.errors import (
 )
 from app.events import EventBus
 from app.execution.control import ControlHub
+from app.execution.dispatch import TaskDispatcher
 from app.execution.event_emitter import ExecutionEventEmitter
+from app.execution.policy import Outcome
 from app.execution.progress_tracker import ExecutionProgressTracker
-from app.execution.repository import ExecutionRepository, commit
-from app.execution.state_manager import ExecutionStateManager, TaskDispatcher, Transition
+from app.execution.reaper import Reaper
+from app.execution.repository import ExecutionRepository
+from app.execution.state_manager import ExecutionStateManager
 from app.execution.task_runner import ExecutionTaskRunner
+from app.execution.writer import Expr
+from app.metrics import ExecutionStatsCollector
 from app.models import DEFAULT_TENANT, Agent, Execution, ExecutionEvent, ExecutionStateHistory
+from app.ratelimit import RateLimiter
 from app.schemas import (
     FINISHED_STATES,
     AgentCreate,
@@ -57,6 +62,7 @@ class ExecutionService:
         settings: Settings,
         event_bus: EventBus | None = None,
         control_hub: ControlHub | None = None,
+        reaper: Reaper | None = None,
     ):
         self.repository = repository
         self.state_manager = state_manager
@@ -67,6 +73,11 @@ class ExecutionService:
         self.settings = settings
         self.event_bus = event_bus
         self.control_hub = control_hub
+        self.reaper = reaper
+        # Built by the composition root for the entry points (see app.bootstrap).
+        self.keys: ApiKeyStore | None = None
+        self.rate_limiter: RateLimiter | None = None
+        self.stats: ExecutionStatsCollector | None = None
 
     # ------------------------------------------------------------- executions
 
@@ -109,50 +120,24 @@ class ExecutionService:
             "idempotency_key": idempotency_key,
             "request_fingerprint": fingerprint,
             "context": {},
-            "created_at": func.now(),
-            "updated_at": func.now(),
+            "created_at": Expr.NOW,
+            "updated_at": Expr.NOW,
         }
-        if not idempotency_key:  # the hot path: ONE statement (agent check, rows, history, events)
-            created = self.state_manager.create(values, start=data.start, tenant=tenant)
-            if created is None:
-                raise AgentNotFoundError(data.agent_id)
+        # ONE statement: agent check, row, history and events (nothing when the key was used).
+        created = self.state_manager.create(values, start=data.start, tenant=tenant,
+                                            keyed=idempotency_key is not None)
+        if created is not None:
             return created, True
-        if self.repository.get_agent(data.agent_id, tenant=tenant) is None:
-            raise AgentNotFoundError(data.agent_id)
-        transitions: list[Transition] = []
-        with self.repository.session_factory() as session:
-            if idempotency_key:
-                row = self.repository.create_idempotent(values, session=session)
-            else:
-                row = self.repository.create(
-                    Execution(**{k: v for k, v in values.items() if k not in ("created_at", "updated_at")}),
-                    session=session,
-                )
-            if row is None:
-                session.rollback()
-                return self._idempotent_repeat(tenant, idempotency_key or "", fingerprint), False
-            session.add(ExecutionStateHistory(execution_id=row.id, from_state=None, to_state="PENDING",
-                                              reason="created"))
-            created_event = self.event_emitter.emit_state_changed(row, None, "created", session=session)
-            session.flush()
-            if data.start:
-                transitions.append(
-                    self.state_manager.transition_in(
-                        session, row.id, S.QUEUED, "submitted", expected_state=S.PENDING
-                    )
-                )
-            commit(session)
-        self.event_emitter.publish([created_event])
-        self.state_manager.after_commit(transitions)
-        return (transitions[-1].execution if transitions else row), True
-
-    def _idempotent_repeat(self, tenant: str, key: str, fingerprint: str | None) -> Execution:
-        existing = self.repository.get_by_idempotency_key(tenant, key)
-        if existing is None:  # deleted between the insert and the read
-            raise ConflictError(f"idempotency key {key!r} is being reused; try again")
-        if existing.request_fingerprint != fingerprint:
-            raise ConflictError(f"idempotency key {key!r} was already used with a different request body")
-        return existing
+        if idempotency_key:
+            existing = self.repository.get_by_idempotency_key(tenant, idempotency_key)
+            if existing is not None:
+                if existing.request_fingerprint != fingerprint:
+                    raise ConflictError(f"idempotency key {idempotency_key!r} was already used with a "
+                                        "different request body")
+                return existing, False
+            if self.repository.get_agent(data.agent_id, tenant=tenant) is not None:  # deleted meanwhile
+                raise ConflictError(f"idempotency key {idempotency_key!r} is being reused; try again")
+        raise AgentNotFoundError(data.agent_id)
 
     def start_execution(self, execution_id: uuid.UUID, *, tenant: str | None = None,
                         reason: str | None = None) -> Execution:
@@ -205,6 +190,27 @@ class ExecutionService:
         if tenant is not None:
             self.get_execution(execution_id, tenant=tenant)
         return self.repository.get_events(execution_id, after, limit)
+
+    # ---------------------------------------------------------------- workers
+
+    def run_attempt(self, execution_id: uuid.UUID, attempt: int, worker: str = "local") -> Outcome:
+        """Claim one attempt of an execution and run it to its end (the Celery task's body).
+
+        Args:
+            execution_id: the execution.
+            attempt: the attempt the message was sent for; a stale or duplicate one claims nothing.
+            worker: the worker's name, stored on the execution.
+
+        Returns:
+            The outcome (SKIPPED when the claim was refused).
+        """
+        return self.task_runner.run(execution_id, attempt, worker)
+
+    def reap(self) -> dict[str, int]:
+        """One reaper pass (stale heartbeats, deadlines, unclaimed messages); what it did, by kind."""
+        if self.reaper is None:
+            raise RuntimeError("this service was built without a reaper")
+        return self.reaper.run_once()
 
     # ---------------------------------------------------------------- control
 

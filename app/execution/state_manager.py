@@ -12,17 +12,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
-from sqlalchemy import String, cast, func, literal_column, select
-from sqlalchemy.orm import Session
 
 from app.errors import ExecutionNotFoundError, InvalidExecutionStateError
-from app.execution.event_emitter import ExecutionEventEmitter
-from app.execution.repository import ExecutionRepository, _wrap_db_errors, commit
-from app.execution.statements import DELAY_SECONDS
+from app.execution.dispatch import TaskDispatcher, celery_task_id
+from app.execution.event_emitter import EventSpec, ExecutionEventEmitter
+from app.execution.repository import ExecutionRepository
 from app.execution.transitions import sources_of, validate_transition
+from app.execution.writer import Expr
 from app.models import Execution, ExecutionEvent
 from app.schemas import FINISHED_STATES, ExecutionState
 
@@ -30,24 +29,11 @@ log = structlog.get_logger(__name__)
 S = ExecutionState
 
 
-class TaskDispatcher(Protocol):
-    """What the state manager needs from the BackgroundTaskManager (Celery lives in workers/)."""
-
-    def start_task(
-        self, execution_id: uuid.UUID, attempt: int, *, queue: str, priority: int, countdown: float = 0
-    ) -> Any: ...
-
-    def cancel_task(self, execution_id: uuid.UUID, attempt: int | None = None) -> None: ...
-
-    def signal_task(self, execution_id: uuid.UUID, command: str) -> None: ...
-
-
-_NOW = func.now()
-_NEXT_ATTEMPT = Execution.attempt + 1
+# Columns set in the same UPDATE when a state is entered (DESIGN.md "Side effects").
 _ENTERING_QUEUED: dict[str, Any] = {
-    "attempt": _NEXT_ATTEMPT,
-    "queued_at": _NOW,
-    "celery_task_id": func.concat(cast(Execution.id, String), "-", _NEXT_ATTEMPT),
+    "attempt": Expr.NEXT_ATTEMPT,
+    "queued_at": Expr.NOW,
+    "celery_task_id": Expr.NEXT_TASK_ID,
     "progress_percentage": 0,
     "progress_message": "Queued",
     "worker": None,
@@ -57,33 +43,30 @@ _ENTERING_QUEUED: dict[str, Any] = {
     "result": None,
     "error_message": None,
 }
-_ENTERING_QUEUED_LATER = _ENTERING_QUEUED | {
-    "queued_at": _NOW + func.make_interval(0, 0, 0, 0, 0, 0, DELAY_SECONDS),
-}
 # A new execution inserted already QUEUED (the row has no earlier attempt to read).
 _FIRST_QUEUED: dict[str, Any] = {
     "state": S.QUEUED.value,
     "attempt": 1,
-    "queued_at": _NOW,
+    "queued_at": Expr.NOW,
     "progress_percentage": 0,
     "progress_message": "Queued",
 }
 _ENTERING_RUNNING: dict[str, Any] = {
-    "started_at": func.coalesce(Execution.started_at, _NOW),
-    "heartbeat_at": _NOW,
-    "deadline_at": _NOW + Execution.timeout_seconds * literal_column("interval '1 second'"),
+    "started_at": Expr.FIRST_STARTED_AT,
+    "heartbeat_at": Expr.NOW,
+    "deadline_at": Expr.DEADLINE,
     "progress_message": "Initialize",
 }
-_ENTERING_FINISHED: dict[str, Any] = {"completed_at": _NOW}
+_ENTERING_FINISHED: dict[str, Any] = {"completed_at": Expr.NOW}
 
 
 def entry_values(target: ExecutionState, *, delay: float = 0) -> dict[str, Any]:
-    """Columns set in the same UPDATE when `target` is entered (DESIGN.md 'Side effects').
+    """Columns set in the same UPDATE when `target` is entered.
 
     A delayed QUEUED reads the named parameter `delay_seconds` (see `entry_params`).
     """
     if target is S.QUEUED:
-        return dict(_ENTERING_QUEUED_LATER if delay else _ENTERING_QUEUED)
+        return _ENTERING_QUEUED | ({"queued_at": Expr.NOW_PLUS_DELAY} if delay else {})
     if target is S.RUNNING:
         return dict(_ENTERING_RUNNING)
     if target in FINISHED_STATES:
@@ -106,6 +89,7 @@ class Transition:
     reason: str | None
     events: list[ExecutionEvent] = field(default_factory=list)
     delay: float = 0
+    agent: dict[str, Any] | None = None
 
 
 class ExecutionStateManager:
@@ -140,99 +124,102 @@ class ExecutionStateManager:
         delay: float = 0,
         progress_event: bool = False,
     ) -> Execution:
-        """Move the execution to `target_state` in one transaction, then publish and act.
+        """Move the execution to `target_state` in ONE statement, then publish and act.
+
+        The guarded UPDATE, the history row and the event rows are one statement.
+        Without `expected_state` it accepts any state the table allows into the target
+        and reads (under the row lock) the state it replaces. With `progress_event` a
+        progress event (of the values written) comes first.
 
         Raises ExecutionNotFoundError, InvalidExecutionStateError, DatabaseError.
         """
-        with self.repository.autocommit() as session:  # the transition is ONE statement
-            tr = self.transition_in(
-                session,
-                execution_id,
-                ExecutionState(target_state),
-                reason,
-                expected_state=expected_state,
-                expected_attempt=expected_attempt,
-                values=values,
-                tenant=tenant,
-                delay=delay,
-                progress_event=progress_event,
-            )
-            commit(session)
-        self.after_commit([tr])
-        return tr.execution
-
-    @_wrap_db_errors
-    def transition_in(
-        self,
-        session: Session,
-        execution_id: uuid.UUID,
-        target: ExecutionState,
-        reason: str | None = None,
-        *,
-        expected_state: ExecutionState | None = None,
-        expected_attempt: int | None = None,
-        values: dict[str, Any] | None = None,
-        tenant: str | None = None,
-        delay: float = 0,
-        progress_event: bool = False,
-    ) -> Transition:
-        """The transition's writes inside the caller's transaction (the caller commits).
-
-        The guarded UPDATE, the history row and the event rows are ONE statement. Without
-        `expected_state` the statement accepts any state the table allows into `target`
-        and reads (under the row lock) the state it replaces.
-        """
+        target = ExecutionState(target_state)
         current = ExecutionState(expected_state) if expected_state else None
         if current is not None and not validate_transition(current, target):
             raise InvalidExecutionStateError(execution_id, current, target)
         sources = None if current is not None else sources_of(target)
         if sources is not None and not sources:  # nothing leads there (PENDING): say from where
-            self._explain_refusal(session, execution_id, current, target, expected_attempt, tenant)
+            self._explain_refusal(execution_id, current, target, expected_attempt, tenant)
         emitter = self.event_emitter
-        specs = [emitter.progress_spec()] if progress_event else []
-        specs.append(emitter.state_changed_spec(current, reason, previous_from_row=current is None))
+        specs = [emitter.progress()] if progress_event else []
+        specs.append(emitter.state_changed(current, reason, previous_from_row=current is None))
         if target in FINISHED_STATES:
-            specs.append(emitter.completed_spec())
-        row, logged, previous = self.repository.transition(
-            execution_id,
-            target,
-            expected_state=current,
-            sources=sources,
-            expected_attempt=expected_attempt,
-            tenant=tenant,
-            values=entry_values(target, delay=delay) | (values or {}),
-            reason=reason,
-            events=specs,
-            params=entry_params(target, delay=delay),
-            session=session,
+            specs.append(emitter.completed())
+        transition = self._write(execution_id, target, reason, current, sources, expected_attempt, tenant,
+                                 entry_values(target, delay=delay) | (values or {}), specs,
+                                 entry_params(target, delay=delay), delay)
+        self.after_commit([transition])
+        return transition.execution
+
+    def claim(
+        self, execution_id: uuid.UUID, attempt: int, worker: str, progress_message: str
+    ) -> tuple[Execution, dict[str, Any] | None]:
+        """QUEUED -> RUNNING for this attempt, with the first progress report and the agent's
+        settings read by the same statement: (the execution, the agent or None when it is gone).
+
+        The first progress is 1/(steps + 2) of the run (the input step of a run of N steps).
+        Raises InvalidExecutionStateError (a stale or duplicate delivery) and ExecutionNotFoundError.
+        """
+        emitter = self.event_emitter
+        specs = [emitter.state_changed(S.QUEUED, f"claimed by {worker}"), emitter.progress()]
+        values = entry_values(S.RUNNING) | {"worker": worker, "progress_percentage": Expr.FIRST_PROGRESS,
+                                            "progress_message": progress_message}
+        transition = self._write(execution_id, S.RUNNING, f"claimed by {worker}", S.QUEUED, None, attempt,
+                                 None, values, specs, {}, 0, with_agent=True)
+        self.after_commit([transition])
+        return transition.execution, transition.agent
+
+    def _write(
+        self,
+        execution_id: uuid.UUID,
+        target: ExecutionState,
+        reason: str | None,
+        current: ExecutionState | None,
+        sources: frozenset[ExecutionState] | None,
+        expected_attempt: int | None,
+        tenant: str | None,
+        values: dict[str, Any],
+        specs: list[EventSpec],
+        params: dict[str, Any],
+        delay: float,
+        *,
+        with_agent: bool = False,
+    ) -> Transition:
+        written = self.repository.transition(
+            execution_id, target, expected_state=current, sources=sources, expected_attempt=expected_attempt,
+            tenant=tenant, values=values, reason=reason, events=specs, params=params, with_agent=with_agent,
         )
-        if row is None:
-            self._explain_refusal(session, execution_id, current, target, expected_attempt, tenant)
-        assert row is not None and previous is not None
-        return Transition(row, previous, target, reason, events=logged, delay=delay)
+        if written.execution is None:
+            self._explain_refusal(execution_id, current, target, expected_attempt, tenant)
+        assert written.execution is not None
+        previous = ExecutionState(written.previous_state or current)
+        return Transition(written.execution, previous, target, reason, events=written.events, delay=delay,
+                          agent=written.agent)
 
     def create(
-        self, values: dict[str, Any], *, start: bool = True, tenant: str | None = None
+        self, values: dict[str, Any], *, start: bool = True, tenant: str | None = None, keyed: bool = False
     ) -> Execution | None:
         """Insert a new execution PENDING and, when `start`, QUEUED (attempt 1): ONE statement
-        writes the row, both history rows and both state_changed events; then publish and
-        send the task. None (nothing written) when the agent does not exist in `tenant`."""
+        writes the row, both history rows and both state_changed events; then publish and send
+        the task. None (nothing written) when the agent does not exist in `tenant`, or (`keyed`)
+        when the tenant already used the row's idempotency key."""
         emitter = self.event_emitter
         history: list[tuple[str | None, str, str | None]] = [(None, S.PENDING.value, "created")]
-        specs = [emitter.state_changed_spec(None, "created", new_state=S.PENDING)]
+        specs = [emitter.state_changed(None, "created", new_state=S.PENDING)]
         row_values = dict(values) | {"state": S.PENDING.value}
         if start:
             history.append((S.PENDING.value, S.QUEUED.value, "submitted"))
-            specs.append(emitter.state_changed_spec(S.PENDING, "submitted"))
-            row_values |= _FIRST_QUEUED | {"celery_task_id": f"{values['id']}-1"}
-        row, logged = self.repository.create_logged(row_values, history=history, events=specs,
-                                                    agent_tenant=tenant)
+            specs.append(emitter.state_changed(S.PENDING, "submitted"))
+            row_values |= _FIRST_QUEUED | {"celery_task_id": celery_task_id(values["id"], 1)}
+        written = self.repository.create_execution(row_values, history=history, events=specs,
+                                                   agent_tenant=tenant, skip_if_key_exists=keyed)
+        row = written.execution
         if row is None:
             return None
         if start:
-            self.after_commit([Transition(row, S.PENDING, S.QUEUED, "submitted", events=logged)])
+            self.after_commit([Transition(row, S.PENDING, S.QUEUED, "submitted", events=written.events)])
         else:
-            emitter.publish(logged)
+            emitter.publish(written.events)
         return row
 
     def after_commit(self, transitions: list[Transition]) -> None:
@@ -260,13 +247,8 @@ class ExecutionStateManager:
             return
         try:
             if new_state is S.QUEUED:
-                bg.start_task(
-                    execution.id,
-                    execution.attempt,
-                    queue=execution.queue,
-                    priority=execution.priority,
-                    countdown=delay,
-                )
+                bg.start_task(execution.id, execution.attempt, queue=execution.queue,
+                              priority=execution.priority, countdown=delay)
             elif new_state is S.CANCELLING:
                 bg.cancel_task(execution.id, execution.attempt)
             elif new_state is S.PAUSING:
@@ -274,34 +256,23 @@ class ExecutionStateManager:
             elif new_state is S.CANCELLED and previous_state is S.QUEUED:
                 bg.cancel_task(execution.id, execution.attempt)
         except Exception as exc:  # the broker is transport; PostgreSQL already holds the truth
-            log.warning(
-                "side effect failed; the reaper will catch up",
-                execution_id=str(execution.id),
-                state=new_state.value,
-                error=str(exc),
-            )
+            log.warning("side effect failed; the reaper will catch up", execution_id=str(execution.id),
+                        state=new_state.value, error=str(exc))
 
     def _explain_refusal(
         self,
-        session: Session,
         execution_id: uuid.UUID,
         expected: ExecutionState | None,
         target: ExecutionState,
         expected_attempt: int | None,
         tenant: str | None,
     ) -> None:
-        stmt = select(Execution.state, Execution.attempt).where(Execution.id == execution_id)
-        if tenant is not None:
-            stmt = stmt.where(Execution.tenant == tenant)
-        row = session.execute(stmt).one_or_none()
+        row = self.repository.get_by_id(execution_id, tenant=tenant)
         if row is None:
             raise ExecutionNotFoundError(execution_id)
         if expected_attempt is not None and row.attempt != expected_attempt:
             raise InvalidExecutionStateError(
-                execution_id,
-                row.state,
-                target,
+                execution_id, row.state, target,
                 f"execution {execution_id} is at attempt {row.attempt}, not {expected_attempt}",
             )
         raise InvalidExecutionStateError(execution_id, row.state, target)
-

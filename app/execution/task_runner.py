@@ -11,7 +11,6 @@ gives up without writing and the reaper takes over once the database is back.
 
 from __future__ import annotations
 
-import random
 import re
 import time
 import uuid
@@ -33,7 +32,18 @@ from app.errors import (
     InvalidProgressError,
     ModelOrchestrationError,
 )
-from app.execution.control import CANCEL, LOST, PAUSE, TIMEOUT, ControlHub, RunControl
+from app.execution.control import ControlHub, RunControl
+from app.execution.policy import (
+    Action,
+    Outcome,
+    Stop,
+    backoff_delay,
+    end_write,
+    may_retry,
+    stop_for_state,
+    summarize,
+    when_refused,
+)
 from app.execution.progress_tracker import ExecutionProgressTracker
 from app.execution.repository import ExecutionRepository
 from app.execution.state_manager import ExecutionStateManager
@@ -45,12 +55,6 @@ S = ExecutionState
 _PLACEHOLDER = re.compile(r"\{(input|steps\.[A-Za-z0-9_.-]+)\}")
 T = TypeVar("T")
 _DB_DOWN = (DatabaseUnavailableError, OperationalError, InterfaceError)
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**(attempt-1)))."""
-    ceiling = min(cap, base * (2 ** max(attempt - 1, 0)))
-    return (rng or random).uniform(0, ceiling)
 
 
 def render_prompt(template: str, task_input: str, step_outputs: dict[str, str]) -> str:
@@ -90,86 +94,91 @@ class ExecutionTaskRunner:
 
     # ------------------------------------------------------------------ entry
 
-    def run(self, execution_id: uuid.UUID, attempt: int, worker: str = "local") -> str:
-        """Claim (QUEUED -> RUNNING at this attempt) and run; 'skipped' when the claim fails."""
+    def run(self, execution_id: uuid.UUID, attempt: int, worker: str = "local") -> Outcome:
+        """Claim (QUEUED -> RUNNING at this attempt) and run; SKIPPED when the claim fails.
+
+        The claim also writes the first progress report and reads the agent: one statement.
+        """
         try:
-            execution = self._db(
-                "claim",
-                execution_id,
-                lambda: self.state_manager.change_state(
-                    execution_id,
-                    S.RUNNING,
-                    f"claimed by {worker}",
-                    expected_state=S.QUEUED,
-                    expected_attempt=attempt,
-                    values={"worker": worker},
-                ),
-            )
+            execution, agent = self._db("claim", execution_id, lambda: self.state_manager.claim(
+                execution_id, attempt, worker, "Prepare input"))
         except (InvalidExecutionStateError, ExecutionNotFoundError) as exc:
             log.info("claim refused; nothing to run", execution_id=str(execution_id), attempt=attempt,
                      why=str(exc))
-            return "skipped"
+            return Outcome.SKIPPED
         control = RunControl(execution_id, attempt, execution.timeout_seconds)
         if self.control_hub is not None:
             self.control_hub.register(control)
         try:
-            return self.execute_task(execution, control)
+            return self.execute_task(execution, control, agent=agent or {})
         finally:
             if self.control_hub is not None:
                 self.control_hub.unregister(control)
 
-    def execute_task(self, execution: Execution, control: RunControl | None = None) -> str:
-        """Run a claimed execution to its end state; returns that state's name."""
+    def execute_task(
+        self, execution: Execution, control: RunControl | None = None, *, agent: dict[str, Any] | None = None
+    ) -> Outcome:
+        """Run a claimed execution to its end state. `agent` is the agent's settings when the
+        claim read them ({} when the agent is gone); None reads them now."""
         control = control or RunControl(execution.id, execution.attempt, execution.timeout_seconds)
         bound = log.bind(execution_id=str(execution.id), attempt=execution.attempt,
                          agent_id=str(execution.agent_id))
         structlog.contextvars.bind_contextvars(agent_id=str(execution.agent_id))  # the worker clears it
         try:
-            task_input = self.prepare_task_input(execution)
+            task_input = self.prepare_task_input(execution, agent)
             task_type = execution.parameters.get("type", "standard")
             if task_type == "pipeline":
                 raw = self.execute_pipeline_task(execution, task_input, control)
             else:
                 raw = self.execute_standard_task(execution, task_input, control)
-            result = self.process_results(raw)
-            return self._finish(execution, S.COMPLETED, "completed", result=result)
+            return self._end(execution, Stop.FINISH, S.COMPLETED, "completed", result=self.process_results(raw))
         except ExecutionInterrupted as stop:
-            return self._stop(execution, stop.kind)
-        except InvalidExecutionStateError:
-            return self._stop(execution, self._stop_kind_from_db(execution))
+            return self._end(execution, Stop(stop.kind))
+        except InvalidExecutionStateError:  # a progress report or checkpoint was refused
+            return self._end(execution, self._stop_from_db(execution))
         except _DB_DOWN:
             # Still down after db_retry_seconds: write nothing; once PostgreSQL is back the
             # reaper finds the stale heartbeat and re-queues (or fails) the execution.
             bound.error("database unavailable for too long; leaving the execution to the reaper")
-            return "lost"
+            return Outcome.LOST
         except AgentNotFoundError as exc:
             bound.warning("agent not found")
-            return self._finish(execution, S.FAILED, "agent not found", error=str(exc))
+            return self._end(execution, Stop.FINISH, S.FAILED, "agent not found", error=str(exc))
         except ModelOrchestrationError as exc:
-            return self._on_model_error(execution, exc)
+            if exc.retryable and may_retry(execution.attempt, execution.max_retries):
+                return self._end(execution, Stop.RETRY, error=str(exc))
+            return self._end(execution, Stop.FINISH, S.FAILED, "model call failed", error=str(exc))
         except Exception as exc:  # a bug or an unexpected failure must still end the run
             bound.exception("execution failed unexpectedly")
-            return self._finish(
-                execution, S.FAILED, "internal error", error=f"internal error: {type(exc).__name__}: {exc}"
-            )
+            return self._end(execution, Stop.FINISH, S.FAILED, "internal error",
+                             error=f"internal error: {type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------ the task
 
-    def prepare_task_input(self, execution: Execution) -> dict[str, Any]:
-        """The agent and the inputs of the task; raises AgentNotFoundError."""
-        agent = self._db("get_agent", execution.id, lambda: self.repository.get_agent(execution.agent_id))
-        if agent is None:
-            raise AgentNotFoundError(execution.agent_id)
+    def prepare_task_input(self, execution: Execution, agent: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The agent and the inputs of the task; raises AgentNotFoundError.
+
+        Without `agent` (the claim did not read it) the agent is read and the input step
+        reported now.
+        """
         params = execution.parameters or {}
         steps = params.get("steps") or [{"name": "generate", "prompt": "{input}"}]
-        self._progress(execution, 100 / (len(steps) + 2), "Prepare input")
+        if agent is None:
+            row = self._db("get_agent", execution.id, lambda: self.repository.get_agent(execution.agent_id))
+            agent = {} if row is None else {"model": row.model, "system_prompt": row.system_prompt,
+                                            "parameters": row.parameters}
+            if agent:
+                self._progress(execution, 100 / (len(steps) + 2), "Prepare input")
+        if not agent:
+            raise AgentNotFoundError(execution.agent_id)
+        agent_parameters = agent.get("parameters") or {}
         return {
             "input": str(params.get("input", "")),
             "steps": steps,
-            "system_prompt": agent.system_prompt or "",
-            "model": agent.model,
-            "provider": (agent.parameters or {}).get("provider"),
-            "agent_parameters": agent.parameters or {},
+            "system_prompt": agent.get("system_prompt") or "",
+            "model": agent["model"],
+            "provider": agent_parameters.get("provider"),
+            "agent_parameters": agent_parameters,
             "simulate": params.get("simulate") or {},
         }
 
@@ -210,7 +219,7 @@ class ExecutionTaskRunner:
             saved = self._db("save_checkpoint", execution.id, lambda: self.repository.save_checkpoint(
                 execution.id, execution.attempt, {"steps": done}))
             if not saved:
-                raise ExecutionInterrupted(self._stop_kind_from_db(execution))
+                raise ExecutionInterrupted(self._stop_from_db(execution).value)
         control.check()
         return {"steps": [(s["name"], done[s["name"]]) for s in steps], "responses": None}
 
@@ -235,26 +244,7 @@ class ExecutionTaskRunner:
 
     def process_results(self, result: dict[str, Any]) -> dict[str, Any]:
         """The stored result: output, per-step outputs, summed usage, model, finish_reason."""
-        if result.get("steps"):
-            steps = result["steps"]
-            responses = [cp for _, cp in steps]
-        else:
-            steps = None
-            responses = result["responses"]
-        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        for r in responses:
-            for key in usage:
-                usage[key] += int((r.get("usage") or {}).get(key, 0))
-        last = responses[-1]
-        processed: dict[str, Any] = {
-            "output": last["output"],
-            "usage": usage | {"model_calls": len(responses)},
-            "model": last.get("model"),
-            "finish_reason": last.get("finish_reason"),
-        }
-        if steps is not None:
-            processed["steps"] = {name: cp["output"] for name, cp in steps}
-        return processed
+        return summarize(result)
 
     # ------------------------------------------------------------ endings
 
@@ -277,11 +267,6 @@ class ExecutionTaskRunner:
                 time.sleep(delay)
                 delay = min(delay * 2, self.db_retry_max_delay)
 
-    def _change_state(self, execution: Execution, target: ExecutionState, reason: str,
-                      **kwargs: Any) -> Execution:
-        return self._db(f"change_state:{target.value}", execution.id, lambda: self.state_manager.change_state(
-            execution.id, target, reason, **kwargs))
-
     def _progress(self, execution: Execution, percentage: float, message: str) -> None:
         try:
             self._db("update_progress", execution.id, lambda: self.progress_tracker.update_progress(
@@ -292,96 +277,73 @@ class ExecutionTaskRunner:
         except InvalidProgressError:
             log.debug("progress already further", execution_id=str(execution.id))
 
-    def _finish(
+    def _end(
         self,
         execution: Execution,
-        target: ExecutionState,
-        reason: str,
+        stop: Stop,
+        target: ExecutionState | None = None,
+        reason: str = "",
         *,
         result: dict[str, Any] | None = None,
         error: str | None = None,
-    ) -> str:
-        values: dict[str, Any] = {"result": result, "error_message": error}
-        progress_event = False
-        if target is S.COMPLETED:
-            values |= {"progress_percentage": 100, "progress_message": "Finalize"}
-            progress_event = True
+    ) -> Outcome:
+        """Write the end of the run for `stop`; when refused, do what `policy.REFUSED` says."""
+        if stop is Stop.LOST:
+            log.warning("lease lost; stopping without writing", execution_id=str(execution.id))
+            return Outcome.LOST
         for _ in range(3):
             try:
-                self._change_state(
-                    execution,
-                    target,
-                    reason,
-                    expected_attempt=execution.attempt,
-                    values=values,
-                    progress_event=progress_event,
-                )
-                return target.value
+                return Outcome.of(self._write_end(execution, stop, target, reason, result, error))
             except InvalidExecutionStateError as exc:
-                current = S(exc.current_state)
-                if current is S.CANCELLING:
-                    return self._stop(execution, CANCEL)
-                if current not in (S.RUNNING, S.PAUSING):
-                    log.info("run ended by someone else", execution_id=str(execution.id),
-                             state=current.value)
-                    return current.value
-        return S(execution.state).value
+                found = S(exc.current_state)
+                action = when_refused(stop, found)
+                if action is Action.CANCEL:
+                    return self._end(execution, Stop.CANCEL)
+                if action is Action.FAIL:
+                    return self._end(execution, Stop.FINISH, S.FAILED, "model call failed", error=error)
+                if action is Action.GIVE_UP:
+                    log.info("run ended by someone else", execution_id=str(execution.id), stop=stop.value,
+                             state=found.value)
+                    return Outcome.of(found)
+        return Outcome.of(S(execution.state))
 
-    def _stop(self, execution: Execution, kind: str) -> str:
-        if kind == LOST:
-            log.warning("lease lost; stopping without writing", execution_id=str(execution.id))
-            return "lost"
-        target, source = {
-            CANCEL: (S.CANCELLED, S.CANCELLING),
-            PAUSE: (S.PAUSED, S.PAUSING),
-            TIMEOUT: (S.TIMED_OUT, None),
-        }[kind]
-        try:
-            self._change_state(
-                execution,
-                target,
-                {CANCEL: "cancelled while running", PAUSE: "paused at a step boundary",
-                 TIMEOUT: f"timed out after {execution.timeout_seconds} s"}[kind],
-                expected_state=source,
-                expected_attempt=execution.attempt,
-                values={"error_message": "timed out"} if kind == TIMEOUT else None,
-            )
-            return target.value
-        except InvalidExecutionStateError as exc:
-            current = S(exc.current_state)
-            if kind == TIMEOUT and current is S.CANCELLING:
-                return self._stop(execution, CANCEL)
-            if kind == PAUSE and current is S.CANCELLING:
-                return self._stop(execution, CANCEL)
-            log.info("stop not applied", execution_id=str(execution.id), kind=kind, state=current.value)
-            return current.value
+    def _write_end(
+        self,
+        execution: Execution,
+        stop: Stop,
+        target: ExecutionState | None,
+        reason: str,
+        result: dict[str, Any] | None,
+        error: str | None,
+    ) -> ExecutionState:
+        attempt = execution.attempt
+        if stop is Stop.FINISH:
+            assert target is not None
+            values: dict[str, Any] = {"result": result, "error_message": error}
+            if target is S.COMPLETED:
+                values |= {"progress_percentage": 100, "progress_message": "Finalize"}
+            self._change_state(execution, target, reason, expected_attempt=attempt, values=values,
+                               progress_event=target is S.COMPLETED)
+            return target
+        if stop is Stop.RETRY:
+            s = self.settings
+            delay = backoff_delay(attempt, s.retry_backoff_base, s.retry_backoff_cap)
+            self._change_state(execution, S.QUEUED,
+                               f"retry {attempt} of {execution.max_retries} in {delay:.2f} s: {error}",
+                               expected_state=S.RUNNING, expected_attempt=attempt, delay=delay)
+            return S.QUEUED
+        write = end_write(stop, execution.timeout_seconds)
+        self._change_state(execution, write.target, write.reason, expected_state=write.expected,
+                           expected_attempt=attempt,
+                           values={"error_message": "timed out"} if stop is Stop.TIMEOUT else None)
+        return write.target
 
-    def _stop_kind_from_db(self, execution: Execution) -> str:
+    def _change_state(self, execution: Execution, target: ExecutionState, reason: str, **kwargs: Any) -> Execution:
+        return self._db(f"change_state:{target.value}", execution.id, lambda: self.state_manager.change_state(
+            execution.id, target, reason, **kwargs))
+
+    def _stop_from_db(self, execution: Execution) -> Stop:
         row = self._db("get_by_id", execution.id, lambda: self.repository.get_by_id(execution.id))
-        if row is None or row.attempt != execution.attempt:
-            return LOST
-        return {S.CANCELLING.value: CANCEL, S.PAUSING.value: PAUSE}.get(row.state, LOST)
-
-    def _on_model_error(self, execution: Execution, exc: ModelOrchestrationError) -> str:
-        retries_used = execution.attempt - 1
-        if exc.retryable and retries_used < execution.max_retries:
-            delay = backoff_delay(
-                execution.attempt, self.settings.retry_backoff_base, self.settings.retry_backoff_cap
-            )
-            try:
-                self._change_state(
-                    execution,
-                    S.QUEUED,
-                    f"retry {retries_used + 1} of {execution.max_retries} in {delay:.2f} s: {exc}",
-                    expected_state=S.RUNNING,
-                    expected_attempt=execution.attempt,
-                    delay=delay,
-                )
-                return S.QUEUED.value
-            except InvalidExecutionStateError as state_exc:
-                current = S(state_exc.current_state)
-                if current is S.CANCELLING:
-                    return self._stop(execution, CANCEL)
-                if current is not S.PAUSING:
-                    return current.value
-        return self._finish(execution, S.FAILED, "model call failed", error=str(exc))
+        if row is None:
+            return Stop.LOST
+        return stop_for_state(S(row.state), row.attempt == execution.attempt)

@@ -60,12 +60,11 @@ def run(ctx: Ctx) -> None:
     """Alternate raw and ours under load; record the median requests per second and the ratio."""
     from sqlalchemy import text
 
-    from app.auth import ApiKeyStore
     from bench.raw_flask import CREATE_TABLE
 
     svc = service()
     agent = make_agent(svc, "http")
-    key, _ = ApiKeyStore(svc.repository.session_factory).create("default", "bench")
+    key, _ = svc.keys.create("default", "bench")
     with svc.repository.session_factory() as s:
         s.execute(text(CREATE_TABLE))
         s.commit()

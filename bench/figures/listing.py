@@ -120,7 +120,6 @@ def _repo_times(svc: Any, params: dict[str, Any], n: int, capped: bool) -> list[
 
 def run(ctx: Ctx) -> None:
     """Generate the rows, then p50/p99 of every filter (HTTP), with repository timings beside."""
-    from app.auth import ApiKeyStore
 
     svc = service()
     rows, n = ctx.sizes["list_rows"], ctx.sizes["list_queries"]
@@ -129,7 +128,7 @@ def run(ctx: Ctx) -> None:
     print(f"  generated {rows:,} rows in {time.monotonic() - t0:.0f} s", flush=True)
     key = ctx.state.get("api_key")
     if key is None:
-        key, _ = ApiKeyStore(svc.repository.session_factory).create("default", "bench-list")
+        key, _ = svc.keys.create("default", "bench-list")
     web = ctx.env.start_web("web-list", env={"AUTH_ENABLED": "true", "RATE_LIMIT": "1000000000"})
     capped_available = hasattr(svc.repository, "list_executions_page")
     try:

@@ -39,10 +39,8 @@ def measure(ctx: Ctx, n: int, warmup: int = 40) -> tuple[dict[str, float], dict[
                                   env={"DATABASE_URL": database_url(port=worker_proxy.port)})
     url = database_url(port=submit_proxy.port)
     settings = Settings(database_url=url)
-    manager = BackgroundTaskManager(celery_app)
-    svc = build_service(background_tasks=manager, settings=settings,
+    svc = build_service(background_tasks=lambda hub: BackgroundTaskManager(celery_app, hub), settings=settings,
                         session_factory=make_session_factory(get_engine(url)))
-    manager.control_hub = svc.control_hub
     watcher = StateWatcher(redis_url())
     try:
         agent = make_agent(svc, "roundtrips")

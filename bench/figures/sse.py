@@ -145,12 +145,11 @@ def raw(n: int) -> list[float]:
 
 def run(ctx: Ctx) -> None:
     """p50 and p99 of both; the goal is on our p99."""
-    from app.auth import ApiKeyStore
     from bench.common import service
 
     key = ctx.state.get("api_key")
     if key is None:
-        key, _ = ApiKeyStore(service().repository.session_factory).create("default", "bench-sse")
+        key, _ = service().keys.create("default", "bench-sse")
     web = ctx.env.start_web("web-sse", env={"AUTH_ENABLED": "true", "RATE_LIMIT": "1000000000"})
     n = ctx.sizes["sse_events"]
     try:

@@ -366,12 +366,10 @@ class Stack:
                 default_queue=self.queue, heartbeat_interval=0.5, lease_timeout=3, redeliver_after=3,
                 reaper_interval=1,
             )
-            manager = BackgroundTaskManager(self.celery)
             self._service = build_service(
-                background_tasks=manager, settings=settings,
+                background_tasks=lambda hub: BackgroundTaskManager(self.celery, hub), settings=settings,
                 session_factory=make_session_factory(get_engine(self.database_url, 5, 10)),
             )
-            manager.control_hub = self._service.control_hub
         return self._service
 
     @property

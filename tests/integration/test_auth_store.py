@@ -8,12 +8,13 @@ import redis
 from sqlalchemy import select
 
 from app.auth import ApiKeyStore, hash_key
+from app.execution.repository import ExecutionRepository
 from app.models import ApiKey
 from app.ratelimit import RateLimiter
 
 
 def test_a_key_is_stored_only_as_its_hash_and_verifies_to_its_tenant(session_factory, clean_db):  # type: ignore[no-untyped-def]
-    store = ApiKeyStore(session_factory)
+    store = ApiKeyStore(ExecutionRepository(session_factory))
     plaintext, row = store.create("acme", "ci")
     with session_factory() as s:
         stored = s.scalars(select(ApiKey)).one()
@@ -26,7 +27,7 @@ def test_a_key_is_stored_only_as_its_hash_and_verifies_to_its_tenant(session_fac
 
 
 def test_a_revoked_key_no_longer_verifies(session_factory, clean_db):  # type: ignore[no-untyped-def]
-    store = ApiKeyStore(session_factory)
+    store = ApiKeyStore(ExecutionRepository(session_factory))
     plaintext, row = store.create("acme")
     assert store.verify(plaintext) is not None
     assert store.revoke(row.id) is True

@@ -103,8 +103,8 @@ def test_agents_create_get_list_update_delete(repo):  # type: ignore[no-untyped-
     a = _agent(repo, "alpha")
     b = _agent(repo, "beta")
     assert repo.get_agent(a.id).name == "alpha"
-    assert repo.get_agent_by_name("beta", tenant="default").id == b.id
-    assert repo.get_agent_by_name("beta", tenant="other") is None
+    assert repo.get_agent(b.id, tenant="default").id == b.id
+    assert repo.get_agent(b.id, tenant="other") is None
     assert repo.get_agent(uuid.uuid4()) is None
     items, total = repo.list_agents(Pagination(page=1, page_size=1))
     assert total == 2 and [i.name for i in items] == ["alpha"]
@@ -204,10 +204,10 @@ def test_a_constraint_violation_raises_database_error_and_leaves_nothing(repo, s
 
 def test_a_failure_inside_a_shared_transaction_rolls_back_every_write(repo, session_factory):  # type: ignore[no-untyped-def]
     agent = _agent(repo)
-    with pytest.raises(DatabaseError), repo.transaction() as s:
-        repo.create(_execution(agent), session=s)
+    with pytest.raises(DatabaseError), repo.unit_of_work() as uow:
+        repo.create(_execution(agent), uow=uow)
         repo.create(Execution(agent_id=uuid.uuid4(), parameters={}, state="PENDING", context={}),
-                    session=s)
+                    uow=uow)
     with session_factory() as s:
         assert s.scalar(select(func.count()).select_from(Execution)) == 0
         assert s.execute(text("SELECT 1")).scalar() == 1

@@ -1,0 +1,33 @@
+"""What the core needs from the task queue: the dispatcher protocol, the task names and task ids.
+
+Celery lives in workers/ (BackgroundTaskManager implements TaskDispatcher); the names and
+the task id format are defined here, once, so the core, the worker and the SQL agree.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Protocol
+
+RUN_EXECUTION = "agentexec.run_execution"
+REAP = "agentexec.reap"
+
+
+def celery_task_id(execution_id: uuid.UUID | str, attempt: int) -> str:
+    """The deterministic Celery task id of one attempt (stored as executions.celery_task_id).
+
+    The transition writer computes the same id in SQL for the next attempt (Expr.NEXT_TASK_ID).
+    """
+    return f"{execution_id}-{attempt}"
+
+
+class TaskDispatcher(Protocol):
+    """What the state manager needs from the BackgroundTaskManager."""
+
+    def start_task(
+        self, execution_id: uuid.UUID, attempt: int, *, queue: str, priority: int, countdown: float = 0
+    ) -> Any: ...
+
+    def cancel_task(self, execution_id: uuid.UUID, attempt: int | None = None) -> None: ...
+
+    def signal_task(self, execution_id: uuid.UUID, command: str) -> None: ...

@@ -1,0 +1,346 @@
+"""Executions, their state history and their events: every read and every write.
+
+Writes go through the transition writer (one statement: the row, its history rows and
+its event rows); the seed's update_* methods are thin uses of it that log nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import Select, func, literal_column, select, text
+from sqlalchemy.exc import OperationalError
+
+from app.execution import writer
+from app.execution.event_emitter import EventSpec
+from app.execution.repository.base import RepositoryBase
+from app.execution.unit_of_work import UnitOfWork
+from app.execution.writer import Expr, Written
+from app.models import Execution, ExecutionEvent, ExecutionStateHistory
+from app.schemas import HELD_BY_WORKER, ExecutionFilters, ExecutionState, Pagination
+
+EXACT_COUNT_UP_TO = 10_000
+COUNT_TIMEOUT_MS = 20
+_HELD = [s.value for s in HELD_BY_WORKER]
+
+
+def _state(value: ExecutionState | str) -> str:
+    return ExecutionState(value).value
+
+
+class ExecutionRows(RepositoryBase):
+    """Handles all database operations for executions."""
+
+    # ----------------------------------------------------------------- create
+
+    def create_execution(
+        self,
+        values: dict[str, Any],
+        *,
+        history: list[writer.History],
+        events: list[EventSpec],
+        agent_tenant: str | None,
+        skip_if_key_exists: bool = False,
+        uow: UnitOfWork | None = None,
+    ) -> Written:
+        """ONE statement: the execution (if its agent exists in `agent_tenant`), its history and events.
+
+        Nothing is written when the agent does not exist, or (`skip_if_key_exists`) when
+        the tenant already used the idempotency key.
+        """
+        with self._work(uow, "create_execution", values.get("id")) as work:
+            return writer.insert(work.connection, values, agent_id=values["agent_id"], agent_tenant=agent_tenant,
+                                 events=events, history=history, skip_if_key_exists=skip_if_key_exists)
+
+    def create(self, execution: Execution, *, uow: UnitOfWork | None = None) -> Execution:
+        """Insert an execution row as given, logging nothing (imports and tests; the service
+        creates executions with `create_execution`)."""
+        with self._work(uow, "create", execution.id, autocommit=False) as work:
+            work.session.add(execution)
+            work.session.flush()
+            return execution
+
+    # ------------------------------------------------------------------ reads
+
+    def get_by_id(
+        self, execution_id: uuid.UUID, *, tenant: str | None = None, uow: UnitOfWork | None = None
+    ) -> Execution | None:
+        """The execution, or None when it does not exist (for this tenant)."""
+        stmt = select(Execution).where(Execution.id == execution_id)
+        if tenant is not None:
+            stmt = stmt.where(Execution.tenant == tenant)
+        with self._work(uow, "get_by_id", execution_id) as work:
+            return work.session.scalars(stmt).one_or_none()
+
+    def get_by_idempotency_key(self, tenant: str, key: str) -> Execution | None:
+        """The execution created with this idempotency key, if any."""
+        stmt = select(Execution).where(Execution.tenant == tenant, Execution.idempotency_key == key)
+        with self._work(None, "get_by_idempotency_key") as work:
+            return work.session.scalars(stmt).one_or_none()
+
+    def list_executions(
+        self,
+        filters: ExecutionFilters | dict[str, Any],
+        pagination: Pagination | dict[str, int],
+        *,
+        tenant: str | None = None,
+    ) -> tuple[list[Execution], int]:
+        """A page of executions, newest first, and the total matching the filters."""
+        items, total, _ = self.list_executions_page(filters, pagination, tenant=tenant)
+        return items, total
+
+    def list_executions_page(
+        self,
+        filters: ExecutionFilters | dict[str, Any],
+        pagination: Pagination | dict[str, int],
+        *,
+        tenant: str | None = None,
+        exact_up_to: int = EXACT_COUNT_UP_TO,
+        count_timeout_ms: int = COUNT_TIMEOUT_MS,
+    ) -> tuple[list[Execution], int, bool]:
+        """A page, newest first, the total and whether the total is exact.
+
+        Counting every match of a broad filter over millions of rows takes far longer
+        than reading the page, so the total is exact only when it is cheap: at most
+        `exact_up_to` matches, counted within `count_timeout_ms`. Otherwise it is
+        PostgreSQL's planner estimate (at least `exact_up_to` + 1 when the cap was
+        reached) and `exact` is False.
+        """
+        f = filters if isinstance(filters, ExecutionFilters) else ExecutionFilters(**filters)
+        p = pagination if isinstance(pagination, Pagination) else Pagination(**pagination)
+        where = _filter_clauses(f, tenant)
+        matching: Select[Any] = select(literal_column("1")).select_from(Execution).where(*where)
+        capped = select(func.count()).select_from(matching.limit(exact_up_to + 1).subquery())
+        counted: int | None
+        with self._work(None, "count_executions", autocommit=False) as work:
+            work.session.execute(text("SELECT set_config('statement_timeout', :ms, true)"),
+                                 {"ms": str(int(count_timeout_ms))})
+            try:
+                counted = int(work.session.scalar(capped) or 0)
+            except OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "57014":  # query_canceled: took too long
+                    raise
+                counted = None
+            work.session.rollback()  # ends the timeout's transaction (and an aborted one)
+        with self._work(None, "list_executions") as work:
+            page = _page(work, where, p)
+            if counted is not None and counted <= exact_up_to:
+                return page, counted, True
+            estimate = _estimate(work, matching)
+            if counted is not None:
+                estimate = max(estimate, exact_up_to + 1)
+            return page, estimate, False
+
+    def get_state_history(self, execution_id: uuid.UUID, limit: int = 10) -> list[ExecutionStateHistory]:
+        """The last `limit` transitions of an execution, oldest first."""
+        stmt = (select(ExecutionStateHistory).where(ExecutionStateHistory.execution_id == execution_id)
+                .order_by(ExecutionStateHistory.id.desc()).limit(limit))
+        with self._work(None, "get_state_history", execution_id) as work:
+            rows = list(work.session.scalars(stmt))
+        rows.reverse()
+        return rows
+
+    def get_events(self, execution_id: uuid.UUID, after_id: int = 0, limit: int = 1000) -> list[ExecutionEvent]:
+        """Events of an execution with id greater than `after_id`, in order."""
+        stmt = (select(ExecutionEvent)
+                .where(ExecutionEvent.execution_id == execution_id, ExecutionEvent.id > after_id)
+                .order_by(ExecutionEvent.id).limit(limit))
+        with self._work(None, "get_events", execution_id) as work:
+            return list(work.session.scalars(stmt))
+
+    # ----------------------------------------------------------------- writes
+
+    def transition(
+        self,
+        execution_id: uuid.UUID,
+        target: ExecutionState,
+        *,
+        expected_state: ExecutionState | None,
+        sources: frozenset[ExecutionState] | None = None,
+        expected_attempt: int | None = None,
+        tenant: str | None = None,
+        values: dict[str, Any] | None = None,
+        reason: str | None = None,
+        events: list[EventSpec],
+        params: dict[str, Any] | None = None,
+        with_agent: bool = False,
+        uow: UnitOfWork | None = None,
+    ) -> Written:
+        """ONE statement: the guarded UPDATE into `target`, its history row and its event rows.
+
+        Guarded by `expected_state`, or (when it is None) by the row being in one of
+        `sources`: then the row is locked and the state it was in is read by the same
+        statement. `execution` is None when nothing matched (then nothing was written).
+        """
+        if expected_state is None and not sources:
+            raise ValueError("a transition needs an expected state or the states it may come from")
+        guards = _guards(expected_state, expected_attempt, tenant)
+        from_state = None if expected_state is None else _state(expected_state)
+        with self._work(uow, "transition", execution_id) as work:
+            return writer.update(
+                work.connection, execution_id, guards=guards,
+                values={"state": _state(target), "updated_at": Expr.NOW} | (values or {}),
+                events=events, history=[(from_state, _state(target), reason)],
+                sources=None if expected_state is not None else sorted(s.value for s in sources or ()),
+                params=params, with_agent=with_agent,
+            )
+
+    def update_state(
+        self,
+        execution_id: uuid.UUID,
+        state: ExecutionState,
+        timestamps: dict[str, Any] | None = None,
+        *,
+        expected_state: ExecutionState | None = None,
+        expected_attempt: int | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> Execution | None:
+        """The guarded UPDATE alone (no history, no events); None when not found or a guard failed."""
+        with self._work(None, "update_state", execution_id) as work:
+            return writer.update(
+                work.connection, execution_id, guards=_guards(expected_state, expected_attempt, None),
+                values={"state": _state(state), "updated_at": Expr.NOW} | (timestamps or {}) | (values or {}),
+            ).execution
+
+    def record_progress(
+        self,
+        execution_id: uuid.UUID,
+        percentage: float,
+        message: str | None,
+        context_update: dict[str, Any] | None = None,
+        *,
+        events: list[EventSpec],
+        expected_attempt: int | None = None,
+        uow: UnitOfWork | None = None,
+    ) -> Written:
+        """ONE statement: progress of a RUNNING execution (never lower), merged context, its events."""
+        guards: dict[str, Any] = {"state": ExecutionState.RUNNING.value, "progress_percentage": percentage}
+        if expected_attempt is not None:
+            guards["attempt"] = expected_attempt
+        values: dict[str, Any] = {"progress_percentage": percentage, "progress_message": message,
+                                  "updated_at": Expr.NOW}
+        params = None
+        if context_update:
+            values["context"] = Expr.MERGE_CONTEXT
+            params = {"context_update": context_update}
+        with self._work(uow, "record_progress", execution_id) as work:
+            return writer.update(work.connection, execution_id, guards=guards, values=values, events=events,
+                                 params=params)
+
+    def update_progress(
+        self,
+        execution_id: uuid.UUID,
+        percentage: float,
+        message: str | None,
+        context_update: dict[str, Any] | None = None,
+        *,
+        expected_attempt: int | None = None,
+    ) -> Execution | None:
+        """record_progress without an event; None when missing, not RUNNING, another attempt or further."""
+        return self.record_progress(execution_id, percentage, message, context_update, events=[],
+                                    expected_attempt=expected_attempt).execution
+
+    def update_result(
+        self, execution_id: uuid.UUID, result: dict[str, Any] | None, error_message: str | None = None
+    ) -> Execution | None:
+        """Store the result and error message of an execution."""
+        with self._work(None, "update_result", execution_id) as work:
+            return writer.update(work.connection, execution_id, guards={}, values={
+                "result": result, "error_message": error_message, "updated_at": Expr.NOW}).execution
+
+    def save_checkpoint(self, execution_id: uuid.UUID, attempt: int, context_update: dict[str, Any]) -> bool:
+        """Merge `context_update` into context while this attempt holds the execution."""
+        with self._work(None, "save_checkpoint", execution_id) as work:
+            written = writer.update(work.connection, execution_id, guards={"attempt": attempt},
+                                    values={"context": Expr.MERGE_CONTEXT, "updated_at": Expr.NOW},
+                                    sources=_HELD, params={"context_update": context_update})
+        return written.execution is not None
+
+    def create_state_history(self, history_item: ExecutionStateHistory) -> ExecutionStateHistory:
+        """Insert one history row as given (the transition writer logs history by itself)."""
+        with self._work(None, "create_state_history", history_item.execution_id, autocommit=False) as work:
+            work.session.add(history_item)
+            work.session.flush()
+            return history_item
+
+    def heartbeat(self, held: dict[uuid.UUID, int]) -> dict[uuid.UUID, str]:
+        """Refresh heartbeat_at of the executions this worker still holds; their current states.
+
+        An execution of another attempt or no longer RUNNING/PAUSING/CANCELLING is left
+        alone and missing from the answer (its run has lost the lease).
+        """
+        if not held:
+            return {}
+        sql = ("UPDATE executions SET heartbeat_at = now() "
+               "WHERE (id, attempt) IN (SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[])) "
+               "AND state = ANY(%(held)s::text[]) RETURNING id, state")
+        params = {"ids": list(held), "attempts": list(held.values()), "held": _HELD}
+        with self._work(None, "heartbeat") as work:
+            return {row[0]: row[1] for row in work.connection.exec_driver_sql(sql, params)}
+
+    def delete_execution(
+        self,
+        execution_id: uuid.UUID,
+        *,
+        tenant: str | None = None,
+        only_states: frozenset[ExecutionState] | None = None,
+    ) -> bool:
+        """Delete the execution (and its history and events); False when not found or guarded."""
+        sql = "DELETE FROM executions WHERE id = %(id)s"
+        params: dict[str, Any] = {"id": execution_id}
+        if tenant is not None:
+            sql += " AND tenant = %(tenant)s"
+            params["tenant"] = tenant
+        if only_states is not None:
+            sql += " AND state = ANY(%(states)s::text[])"
+            params["states"] = [s.value for s in only_states]
+        with self._work(None, "delete_execution", execution_id) as work:
+            return work.connection.exec_driver_sql(sql, params).rowcount > 0
+
+
+def _guards(expected_state: ExecutionState | None, attempt: int | None, tenant: str | None) -> dict[str, Any]:
+    guards: dict[str, Any] = {}
+    if expected_state is not None:
+        guards["state"] = _state(expected_state)
+    if attempt is not None:
+        guards["attempt"] = attempt
+    if tenant is not None:
+        guards["tenant"] = tenant
+    return guards
+
+
+def _filter_clauses(f: ExecutionFilters, tenant: str | None) -> list[Any]:
+    where: list[Any] = []
+    if tenant is not None:
+        where.append(Execution.tenant == tenant)
+    if f.state:
+        states = [ExecutionState(s).value for s in f.state]
+        where.append(Execution.state == states[0] if len(states) == 1 else Execution.state.in_(states))
+    if f.agent_id is not None:
+        where.append(Execution.agent_id == f.agent_id)
+    if f.task_id is not None:
+        where.append(Execution.task_id == f.task_id)
+    if f.created_after is not None:
+        where.append(Execution.created_at > f.created_after)
+    if f.created_before is not None:
+        where.append(Execution.created_at < f.created_before)
+    return where
+
+
+def _page(work: UnitOfWork, where: list[Any], p: Pagination) -> list[Execution]:
+    stmt: Select[Any] = (
+        select(Execution).where(*where).order_by(Execution.created_at.desc(), Execution.id.desc())
+        .offset((p.page - 1) * p.page_size).limit(p.page_size)
+    )
+    return list(work.session.scalars(stmt))
+
+
+def _estimate(work: UnitOfWork, matching: Select[Any]) -> int:
+    """The planner's row estimate for `matching` (EXPLAIN, nothing is read)."""
+    compiled = matching.compile(dialect=work.session.get_bind().dialect,
+                                compile_kwargs={"render_postcompile": True})
+    plan = work.connection.exec_driver_sql("EXPLAIN (FORMAT JSON) " + compiled.string, compiled.params).scalar()
+    data: Any = json.loads(plan) if isinstance(plan, str) else plan
+    return int(data[0]["Plan"]["Plan Rows"])

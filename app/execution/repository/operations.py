@@ -1,0 +1,74 @@
+"""The reaper's scans and the scrape-time figures: reads over many executions at once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+
+from app.execution.repository.base import RepositoryBase
+from app.execution.repository.stats import STATS_QUERIES
+from app.models import Execution
+from app.schemas import HELD_BY_WORKER, ExecutionState
+
+REAPER_LOCK_KEY = 0x61676578  # "agex"
+
+
+def _seconds(value: float) -> Any:
+    return func.make_interval(0, 0, 0, 0, 0, 0, value)
+
+
+class OperationRows(RepositoryBase):
+    """Reads and small writes for recovery and metrics."""
+
+    @contextmanager
+    def reaper_lock(self) -> Iterator[bool]:
+        """Hold the cluster-wide reaper lock for the block; False when another reaper has it."""
+        with self._work(None, "reaper_lock", autocommit=False) as work:
+            try:
+                yield bool(work.session.scalar(select(func.pg_try_advisory_xact_lock(REAPER_LOCK_KEY))))
+            finally:
+                work.session.rollback()  # releases the advisory lock
+
+    def stale_held(self, lease_timeout: float, limit: int) -> Sequence[Any]:
+        """RUNNING, PAUSING and CANCELLING executions whose heartbeat is older than the lease.
+
+        Right after a PostgreSQL restart every heartbeat looks stale (no worker could write
+        one while it was down), so nothing counts as stale within one lease of the start.
+        """
+        edge = func.now() - _seconds(lease_timeout)
+        stmt = select(
+            Execution.id, Execution.state, Execution.attempt, Execution.max_retries,
+            (Execution.deadline_at < func.now()).label("past_deadline"),
+        ).where(
+            Execution.state.in_([s.value for s in HELD_BY_WORKER]),
+            Execution.heartbeat_at < edge,
+            func.pg_postmaster_start_time() < edge,
+        ).limit(limit)
+        with self._work(None, "stale_held") as work:
+            return work.session.execute(stmt).all()
+
+    def requeue_unclaimed(self, redeliver_after: float, limit: int) -> Sequence[Any]:
+        """QUEUED executions no worker claimed for `redeliver_after` s: their queued_at is reset
+        (so the next pass leaves them alone) and their (id, attempt, queue, priority) returned."""
+        queued = ExecutionState.QUEUED.value
+        stale = (select(Execution.id)
+                 .where(Execution.state == queued, Execution.queued_at < func.now() - _seconds(redeliver_after))
+                 .limit(limit).scalar_subquery())
+        stmt = (update(Execution).where(Execution.id.in_(stale), Execution.state == queued)
+                .values(queued_at=func.now())
+                .returning(Execution.id, Execution.attempt, Execution.queue, Execution.priority))
+        with self._work(None, "requeue_unclaimed") as work:
+            return work.session.execute(stmt).all()
+
+    def execution_stats(self) -> dict[str, Sequence[Any]]:
+        """The rows of every scrape-time figure (see app.metrics)."""
+        with self._work(None, "execution_stats") as work:
+            return {name: work.session.execute(text(sql)).all() for name, sql in STATS_QUERIES.items()}
+
+    def ping(self) -> None:
+        """Raise DatabaseError unless PostgreSQL answers."""
+        with self._work(None, "ping") as work:
+            work.session.execute(text("SELECT 1"))

@@ -1,0 +1,111 @@
+"""UnitOfWork: one transaction, and the one place where database failures become DatabaseError.
+
+Every repository call runs in a unit of work: its own (the usual case) or the caller's
+(several writes that must commit together). A unit of work either commits at the end
+(`autocommit=False`: BEGIN ... COMMIT) or lets each statement commit by itself
+(`autocommit=True`: for reads and for the one-statement writes of the transition
+writer, which need no BEGIN and COMMIT round trips). On failure it rolls back, logs
+the failure once with the operation and the execution id, and raises
+DatabaseUnavailableError (PostgreSQL cannot be reached: the same call may succeed
+later) or DatabaseError, as the seed asks.
+"""
+
+from __future__ import annotations
+
+import uuid
+from types import TracebackType
+from typing import Any
+
+import structlog
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.errors import DatabaseError, DatabaseUnavailableError
+
+log = structlog.get_logger(__name__)
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
+
+def wrap_database_error(exc: SQLAlchemyError, operation: str, execution_id: Any = None) -> DatabaseError:
+    """The DatabaseError for a SQLAlchemy failure, logged once with the operation and execution id."""
+    where = {"operation": operation, "execution_id": None if execution_id is None else str(execution_id)}
+    if isinstance(exc, OperationalError | InterfaceError):
+        log.error("database unavailable", **where)
+        return DatabaseUnavailableError(f"database unavailable during {operation}")
+    cause = getattr(exc, "orig", None) or exc
+    log.error("database operation failed", error=str(cause).splitlines()[0] if str(cause) else "", **where)
+    return DatabaseError(f"{operation} failed: {type(exc).__name__}")
+
+
+class UnitOfWork:
+    """A session in one transaction (or in autocommit), committed or rolled back at the end."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        *,
+        autocommit: bool = False,
+        operation: str = "database call",
+        execution_id: uuid.UUID | None = None,
+    ):
+        self.session_factory = session_factory
+        self.autocommit = autocommit
+        self.operation = operation
+        self.execution_id = execution_id
+        self._session: Session | None = None
+
+    @property
+    def session(self) -> Session:
+        """The session of this unit of work (inside the `with` block)."""
+        if self._session is None:
+            raise RuntimeError("the unit of work is not open")
+        return self._session
+
+    @property
+    def connection(self) -> Connection:
+        """The session's connection (the transition writer runs its SQL on it)."""
+        return self.session.connection()
+
+    def __enter__(self) -> UnitOfWork:
+        self._session = self.session_factory()
+        if self.autocommit:
+            try:
+                self._session.connection(execution_options=_AUTOCOMMIT)
+            except SQLAlchemyError as failure:
+                self._close()
+                raise wrap_database_error(failure, self.operation, self.execution_id) from failure
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        session = self.session
+        try:
+            if exc is None and not self.autocommit:
+                session.commit()
+            elif exc is not None:
+                session.rollback()
+        except SQLAlchemyError as failure:
+            self._close()
+            raise wrap_database_error(failure, self.operation, self.execution_id) from failure
+        except BaseException:
+            self._close()
+            raise
+        self._close()
+        if isinstance(exc, SQLAlchemyError):
+            raise wrap_database_error(exc, self.operation, self.execution_id) from exc
+
+    def _close(self) -> None:
+        try:
+            self.session.close()
+        except SQLAlchemyError:
+            log.debug("closing a broken session failed")
+        self._session = None
+
+    def commit(self) -> None:
+        """Commit now (the work may go on in a new transaction)."""
+        self.session.commit()

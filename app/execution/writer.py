@@ -1,0 +1,324 @@
+"""The transition writer: an execution row, its history rows and its event rows in ONE statement.
+
+    WITH u AS (UPDATE executions SET .. WHERE <guards> RETURNING *              -- update()
+               | INSERT INTO executions SELECT .. FROM agents WHERE .. RETURNING *),  -- insert()
+         h AS (INSERT INTO execution_state_history .. SELECT .. FROM u),
+         e AS (INSERT INTO execution_events .. SELECT .. FROM u ORDER BY .. RETURNING ..)
+    SELECT u.*, e.* FROM u CROSS JOIN e ORDER BY e.id
+
+Data-modifying CTEs run to completion exactly once, so the writes commit together or
+not at all; when a guard does not match (or the agent does not exist), `u` is empty and
+nothing is written. Event payloads come from `event_emitter.PAYLOADS`, the one
+definition of every payload: fields read from the written row, merged with the part
+known beforehand (a JSONB parameter).
+
+The SQL is plain text built from a `Shape` (which columns are guarded and set, and how;
+which events; how many history rows), once per shape and process, and run through the
+driver with parameters only: no SQL construction, no compilation and no private API on
+the hot path. psycopg prepares a statement on the server after a few runs, so PostgreSQL
+does not plan it again either. Column names come from the ORM table, values are always
+parameters, and SQL expressions are the named members of `Expr`, never caller text.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection
+
+from app.execution.event_emitter import EventSpec, sql_payload
+from app.models import Execution, ExecutionEvent
+
+# executions column -> ORM attribute (they differ for metadata / metadata_).
+ATTRIBUTE_OF: dict[str, str] = {attr.columns[0].key: attr.key for attr in sa_inspect(Execution).column_attrs}
+COLUMN_OF: dict[str, str] = {attr: column for column, attr in ATTRIBUTE_OF.items()}
+_JSON_COLUMNS = frozenset({"parameters", "context", "result", "metadata"})
+# executions column -> its SQL type, for parameters whose type the statement cannot infer.
+SQL_TYPE: dict[str, str] = {
+    c.key: c.type.compile(dialect=postgresql.dialect())
+    for c in Execution.__table__.columns  # type: ignore[attr-defined]
+}
+History = tuple[str | None, str, str | None]  # from_state, to_state, reason
+
+
+class Expr(str):
+    """A named SQL expression usable as a new column value; its text is fixed here, never given."""
+
+    NOW: Expr
+    NEXT_ATTEMPT: Expr
+    NEXT_TASK_ID: Expr
+    NOW_PLUS_DELAY: Expr
+    FIRST_STARTED_AT: Expr
+    DEADLINE: Expr
+    MERGE_CONTEXT: Expr
+    FIRST_PROGRESS: Expr
+
+
+Expr.NOW = Expr("now()")
+Expr.NEXT_ATTEMPT = Expr("x.attempt + 1")
+Expr.NEXT_TASK_ID = Expr("x.id::text || '-' || (x.attempt + 1)")
+Expr.NOW_PLUS_DELAY = Expr("now() + make_interval(secs => %(delay_seconds)s::float8)")  # param: delay_seconds
+Expr.FIRST_STARTED_AT = Expr("coalesce(x.started_at, now())")
+Expr.DEADLINE = Expr("now() + x.timeout_seconds * interval '1 second'")
+Expr.MERGE_CONTEXT = Expr("x.context || %(context_update)s::jsonb")  # param: context_update
+# The input step's share of a run: 1 / (steps + 2), rounded like a runner's report.
+Expr.FIRST_PROGRESS = Expr(
+    "round(100.0 / (coalesce(jsonb_array_length(x.parameters -> 'steps'), 1) + 2), 2)::float8"
+)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Everything that makes two writes the same statement with other parameters."""
+
+    kind: str  # "update" or "insert"
+    guards: tuple[str, ...]  # columns that must equal a parameter (progress_percentage: at most it)
+    values: tuple[tuple[str, str | None], ...]  # column -> Expr text, or None for a parameter
+    events: tuple[tuple[str, bool], ...]  # event type, previous_state read from the row
+    history: int  # number of history rows
+    sources: bool = False  # update: the row must be in one of p_sources; lock it and read its state
+    with_agent: bool = False  # also return the agent's model settings as `agent`
+    tenant_guard: bool = False  # insert: the agent must belong to p_agent_tenant
+    on_conflict_key: bool = False  # insert: nothing when (tenant, idempotency_key) exists
+
+
+@dataclass
+class Written:
+    """What one write returned: the row (None when nothing matched), its events, the state it replaced."""
+
+    execution: Execution | None
+    events: list[ExecutionEvent]
+    previous_state: str | None = None
+    agent: dict[str, Any] | None = None
+
+
+_sql: dict[Shape, str] = {}
+_lock = threading.Lock()
+_MAX_SHAPES = 512
+
+
+def _quote(name: str) -> str:
+    return f'"{name}"' if name == "metadata" else name
+
+
+def _set_clause(values: tuple[tuple[str, str | None], ...]) -> str:
+    return ", ".join(f"{_quote(col)} = {expr or f'%(v_{col})s'}" for col, expr in values)
+
+
+def _guard_clause(guards: tuple[str, ...]) -> list[str]:
+    return [
+        f"x.{col} <= %(g_{col})s" if col == "progress_percentage" else f"x.{col} = %(g_{col})s"
+        for col in guards
+    ]
+
+
+def _update_cte(shape: Shape) -> str:
+    where = ["x.id = %(p_id)s", *_guard_clause(shape.guards)]
+    if not shape.sources:
+        return (
+            f"u AS (UPDATE executions x SET {_set_clause(shape.values)} "
+            f"WHERE {' AND '.join(where)} RETURNING x.*)"
+        )
+    # The state being replaced, read under the row lock, for the history row and the event.
+    return (
+        "o AS (SELECT id, state AS previous_state FROM executions WHERE id = %(p_id)s FOR UPDATE), "
+        f"u AS (UPDATE executions x SET {_set_clause(shape.values)} FROM o "
+        f"WHERE {' AND '.join(where)} AND x.id = o.id AND x.state = ANY(%(p_sources)s::text[]) "
+        "RETURNING x.*, o.previous_state)"
+    )
+
+
+def _insert_cte(shape: Shape) -> str:
+    columns = [col for col, _ in shape.values]
+    if any(expr and "x." in expr for _, expr in shape.values):
+        raise ValueError("an inserted row has no earlier values to read")
+    selected = ", ".join(expr or f"%(v_{col})s::{SQL_TYPE[col]}" for col, expr in shape.values)
+    tenant = " AND a.tenant = %(p_agent_tenant)s" if shape.tenant_guard else ""
+    conflict = (
+        " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        if shape.on_conflict_key
+        else ""
+    )
+    return (
+        f"u AS (INSERT INTO executions ({', '.join(_quote(c) for c in columns)}) "
+        f"SELECT {selected} FROM agents a WHERE a.id = %(p_agent_id)s{tenant}{conflict} RETURNING *)"
+    )
+
+
+def _history_cte(shape: Shape) -> str:
+    rows = []
+    for i in range(shape.history):
+        from_state = "u.previous_state" if shape.sources and i == 0 else f"%(h_from_{i})s::text"
+        rows.append(f"SELECT {i} AS ord, u.id, {from_state} AS f, %(h_to_{i})s::text AS t, "
+                    f"%(h_reason_{i})s::text AS r FROM u")
+    return (
+        "h AS (INSERT INTO execution_state_history (execution_id, from_state, to_state, reason) "
+        f"SELECT id, f, t, r FROM ({' UNION ALL '.join(rows)}) hs ORDER BY ord)"
+    )
+
+
+def _events_cte(shape: Shape) -> str:
+    rows = []
+    for i, (event_type, previous_from_row) in enumerate(shape.events):
+        payload = sql_payload(event_type, previous_from_row, static=f"%(e_static_{i})s::jsonb")
+        rows.append(f"SELECT {i} AS ord, u.id, '{event_type}'::text AS type, {payload} AS payload FROM u")
+    return (
+        "e AS (INSERT INTO execution_events (execution_id, type, payload) "
+        f"SELECT id, type, payload FROM ({' UNION ALL '.join(rows)}) es ORDER BY ord "
+        "RETURNING id, type, payload, created_at)"
+    )
+
+
+_AGENT = (
+    "(SELECT jsonb_build_object('model', a.model, 'system_prompt', a.system_prompt, "
+    "'parameters', a.parameters) FROM agents a WHERE a.id = u.agent_id) AS agent"
+)
+
+
+def build_sql(shape: Shape) -> str:
+    """The statement of a shape (pure: tests read it)."""
+    ctes = [_update_cte(shape) if shape.kind == "update" else _insert_cte(shape)]
+    if shape.history:
+        ctes.append(_history_cte(shape))
+    selected = ["u.*"]
+    if shape.with_agent:
+        selected.append(_AGENT)
+    if shape.events:
+        ctes.append(_events_cte(shape))
+        selected.append("e.id AS ev_id, e.type AS ev_type, e.payload AS ev_payload, e.created_at AS ev_created_at")
+        source = "u CROSS JOIN e ORDER BY e.id"
+    else:
+        source = "u"
+    return f"WITH {', '.join(ctes)} SELECT {', '.join(selected)} FROM {source}"
+
+
+def _statement(shape: Shape) -> str:
+    sql = _sql.get(shape)
+    if sql is None:
+        sql = build_sql(shape)
+        with _lock:
+            if len(_sql) >= _MAX_SHAPES:
+                _sql.clear()
+            _sql[shape] = sql
+    return sql
+
+
+def _param(column: str, value: Any) -> Any:
+    return Jsonb(value) if column in _JSON_COLUMNS and value is not None else value
+
+
+def _split(values: Mapping[str, Any]) -> tuple[tuple[tuple[str, str | None], ...], dict[str, Any]]:
+    """(column, Expr or None) pairs in a stable order, and the parameters of the plain values."""
+    pairs: list[tuple[str, str | None]] = []
+    params: dict[str, Any] = {}
+    for key, value in values.items():
+        column = COLUMN_OF.get(key, key)
+        if column not in ATTRIBUTE_OF:
+            raise ValueError(f"executions has no column {column!r}")
+        if isinstance(value, Expr):
+            pairs.append((column, str(value)))
+        else:
+            pairs.append((column, None))
+            params[f"v_{column}"] = _param(column, value)
+    return tuple(sorted(pairs)), params
+
+
+def _log_params(events: list[EventSpec], history: list[History]) -> dict[str, Any]:
+    params: dict[str, Any] = {f"e_static_{i}": Jsonb(spec.static) for i, spec in enumerate(events)}
+    for i, (from_state, to_state, reason) in enumerate(history):
+        params |= {f"h_from_{i}": from_state, f"h_to_{i}": to_state, f"h_reason_{i}": reason}
+    return params
+
+
+def update(
+    connection: Connection,
+    execution_id: uuid.UUID,
+    *,
+    guards: Mapping[str, Any],
+    values: Mapping[str, Any],
+    events: list[EventSpec] = (),  # type: ignore[assignment]
+    history: list[History] = (),  # type: ignore[assignment]
+    sources: list[str] | None = None,
+    params: Mapping[str, Any] | None = None,
+    with_agent: bool = False,
+) -> Written:
+    """UPDATE the execution where every guard holds; log history and events with it.
+
+    `guards` are column -> required value (`progress_percentage` means "at most");
+    `values` are column or attribute -> new value, a plain value or an `Expr` whose
+    named parameters are in `params`. With `sources` the row must be in one of those
+    states: the statement locks it and reads the state it replaces (the first history
+    row's from_state, and `previous_state` of events that ask for it).
+    """
+    pairs, bound = _split(values)
+    shape = Shape(
+        kind="update",
+        guards=tuple(sorted(guards)),
+        values=pairs,
+        events=tuple((e.type, e.previous_from_row) for e in events),
+        history=len(history),
+        sources=sources is not None,
+        with_agent=with_agent,
+    )
+    bound |= {"p_id": execution_id} | {f"g_{k}": v for k, v in guards.items()}
+    if sources is not None:
+        bound["p_sources"] = list(sources)
+    bound |= _log_params(list(events), list(history))
+    bound |= {k: Jsonb(v) if isinstance(v, dict) else v for k, v in (params or {}).items()}
+    return _run(connection, _statement(shape), bound)
+
+
+def insert(
+    connection: Connection,
+    values: Mapping[str, Any],
+    *,
+    agent_id: uuid.UUID,
+    agent_tenant: str | None,
+    events: list[EventSpec],
+    history: list[History],
+    skip_if_key_exists: bool = False,
+) -> Written:
+    """INSERT the execution if its agent exists (in `agent_tenant`); log history and events.
+
+    Nothing is written (and `execution` is None) when the agent does not exist, or with
+    `skip_if_key_exists` when the tenant already has an execution with this idempotency key.
+    """
+    pairs, bound = _split(values)
+    shape = Shape(
+        kind="insert",
+        guards=(),
+        values=pairs,
+        events=tuple((e.type, e.previous_from_row) for e in events),
+        history=len(history),
+        tenant_guard=agent_tenant is not None,
+        on_conflict_key=skip_if_key_exists,
+    )
+    bound |= {"p_agent_id": agent_id, "p_agent_tenant": agent_tenant} | _log_params(events, history)
+    return _run(connection, _statement(shape), bound)
+
+
+def execution_from_row(row: Mapping[str, Any]) -> Execution:
+    """A detached Execution holding the columns of a row."""
+    return Execution(**{attr: row[column] for column, attr in ATTRIBUTE_OF.items()})
+
+
+def _run(connection: Connection, sql: str, params: dict[str, Any]) -> Written:
+    rows = connection.exec_driver_sql(sql, params).mappings().all()
+    if not rows:
+        return Written(None, [])
+    first = rows[0]
+    execution = execution_from_row(first)
+    logged = [
+        ExecutionEvent(id=r["ev_id"], execution_id=execution.id, type=r["ev_type"], payload=r["ev_payload"],
+                       created_at=r["ev_created_at"])
+        for r in rows
+        if "ev_id" in r
+    ]
+    return Written(execution, logged, first.get("previous_state"), first.get("agent"))
