@@ -6,6 +6,7 @@ what crosses HTTP, and feeds the generated OpenAPI document.
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid
 from datetime import datetime
@@ -29,7 +30,26 @@ def _iso_only(value: Any) -> Any:
 IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
-class _Params(BaseModel):
+class _SchemaOnce(BaseModel):
+    """A parameter model whose JSON schema is generated once.
+
+    flask-openapi3 reads a header or query model's JSON schema on every request it
+    validates; generating it each time cost more CPU than the rest of the validation.
+    """
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        key = (cls, args, tuple(sorted(kwargs.items())))
+        schema = _SCHEMAS.get(key)
+        if schema is None:
+            schema = _SCHEMAS[key] = super().model_json_schema(*args, **kwargs)
+        return copy.deepcopy(schema)  # callers may change what they get
+
+
+_SCHEMAS: dict[Any, dict[str, Any]] = {}
+
+
+class _Params(_SchemaOnce):
     """Query parameters: unknown names are an error, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
@@ -80,7 +100,7 @@ class EventsQuery(_Params):
     limit: int = Field(100, ge=1, le=1000)
 
 
-class IdempotencyHeader(BaseModel):
+class IdempotencyHeader(_SchemaOnce):
     """A client-chosen key: the same key with the same body returns the first execution."""
 
     idempotency_key: str | None = Field(
@@ -88,7 +108,7 @@ class IdempotencyHeader(BaseModel):
     )
 
 
-class LastEventIdHeader(BaseModel):
+class LastEventIdHeader(_SchemaOnce):
     """The id of the last event an SSE client received (sent again on reconnect)."""
 
     last_event_id: int | None = Field(None, alias="Last-Event-ID", ge=0, le=2**63 - 1)

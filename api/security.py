@@ -9,6 +9,7 @@ open on loopback and needs a key from anywhere else.
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from flask import Flask, Response, g, request
 from flask_cors import CORS
@@ -20,8 +21,10 @@ from app.execution.service import ExecutionService
 from app.models import DEFAULT_TENANT
 
 REALM = 'Bearer realm="agentexec"'
-BEARER_SCHEME = {"bearerAuth": {"type": "http", "scheme": "bearer", "description": "an agentexec API key"}}
-SECURITY = [{"bearerAuth": []}]
+BEARER_SCHEME: dict[str, Any] = {
+    "bearerAuth": {"type": "http", "scheme": "bearer", "description": "an agentexec API key"}
+}
+SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 _HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",

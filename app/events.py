@@ -24,7 +24,8 @@ PROGRESS = "agent.execution.progress"
 COMPLETED = "agent.execution.completed"
 EVENT_TYPES = (STATE_CHANGED, PROGRESS, COMPLETED)
 EXECUTION_CHANNEL_PREFIX = "agent.execution.events."
-MAX_CONNECTIONS = 10_000  # one per thread at most; redis-py's default (100) raises beyond it
+MAX_CONNECTIONS = 10_000
+_PUBLISH_ALL = "for i = 1, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end"  # one per thread at most; redis-py's default (100) raises beyond it
 
 
 def execution_channel(execution_id: Any) -> str:
@@ -44,6 +45,16 @@ class EventBus:
         self._client: redis.Redis | None = None
         self._lock = threading.Lock()
         self._down_until = 0.0
+        self._script: Any = None
+
+    @property
+    def _publish_script(self) -> Any:
+        """PUBLISH every (channel, message) pair of ARGV in one round trip. A script, not a
+        pipeline: redis-py builds a new Pipeline object (with a copy of ~170 response
+        callbacks) for every pipeline, which cost more CPU than the publishes."""
+        if self._script is None:
+            self._script = self.client.register_script(_PUBLISH_ALL)
+        return self._script
 
     @property
     def client(self) -> redis.Redis:
@@ -69,13 +80,12 @@ class EventBus:
             return True
         if time.monotonic() < self._down_until:
             return False
+        args: list[str] = []
+        for event_type, message in batch:
+            data = json.dumps(message, default=str)
+            args += [event_type, data, execution_channel(message["execution_id"]), data]
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for event_type, message in batch:
-                data = json.dumps(message, default=str)
-                pipe.publish(event_type, data)
-                pipe.publish(execution_channel(message["execution_id"]), data)
-            pipe.execute()
+            self._publish_script(args=args)
             return True
         except redis.RedisError as exc:
             self._down_until = time.monotonic() + self._backoff
@@ -88,7 +98,8 @@ class EventBus:
 
     def pubsub(self) -> redis.client.PubSub:
         """A new pub/sub connection (callers subscribe and close it)."""
-        return self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub: redis.client.PubSub = self.client.pubsub(ignore_subscribe_messages=True)
+        return pubsub
 
     def ping(self) -> bool:
         """True when Redis answers."""

@@ -71,7 +71,7 @@ def build_parameters(input_text: str | None, params_file: str | None, task_type:
     """The `parameters` of the request, from --input or --params, --type, --step and --simulate."""
     if (input_text is None) == (params_file is None):
         raise typer.BadParameter("give exactly one of --input or --params", param_hint="--input/--params")
-    params = _read_params(params_file) if params_file is not None else {"input": input_text}
+    params: dict[str, Any] = _read_params(params_file) if params_file is not None else {"input": input_text}
     if task_type is not None:
         params["type"] = task_type.value
     if steps:

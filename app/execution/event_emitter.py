@@ -23,7 +23,7 @@ from app.events import EventBus
 from app.models import Execution, ExecutionEvent
 from app.schemas import ExecutionState
 
-_BASE = {"execution_id": "id", "agent_id": "agent_id", "task_id": "task_id"}
+_BASE: dict[str, str | None] = {"execution_id": "id", "agent_id": "agent_id", "task_id": "task_id"}
 PAYLOADS: dict[str, dict[str, str | None]] = {
     events.STATE_CHANGED: _BASE
     | {"previous_state": None, "new_state": "state", "reason": None, "timestamp": None},

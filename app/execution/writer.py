@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql
@@ -310,7 +311,12 @@ def execution_from_row(row: Mapping[str, Any]) -> Execution:
 
 
 def _run(connection: Connection, sql: str, params: dict[str, Any]) -> Written:
-    rows = connection.exec_driver_sql(sql, params).mappings().all()
+    # Straight to the driver: the statement is fixed text, so SQLAlchemy's execution
+    # context and result wrapping would only add CPU. `prepare=True` makes PostgreSQL
+    # parse and plan each shape once per connection.
+    driver = connection.connection.driver_connection
+    with driver.cursor(row_factory=dict_row) as cursor:  # type: ignore[union-attr]
+        rows = cursor.execute(sql, params, prepare=True).fetchall()
     if not rows:
         return Written(None, [])
     first = rows[0]

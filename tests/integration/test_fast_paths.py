@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 import uuid
 
+import psycopg
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
 
 from app.models import Execution, ExecutionEvent, ExecutionStateHistory
 from app.schemas import ExecutionCreate, ExecutionProgressUpdate
@@ -16,21 +18,28 @@ from app.schemas import ExecutionState as S
 
 
 class _Statements:
-    """Counts the SQL statements an engine sends while the block runs."""
+    """Counts the SQL statements sent through the driver (psycopg) while the block runs: those of
+    SQLAlchemy and those the transition writer sends to the driver itself. Only this thread's."""
 
     def __init__(self, engine):  # type: ignore[no-untyped-def]
         self.engine = engine
         self.sql: list[str] = []
-
-    def _on(self, conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        self.sql.append(statement)
+        self._thread = threading.get_ident()
 
     def __enter__(self) -> _Statements:
-        event.listen(self.engine, "before_cursor_execute", self._on)
+        original = self._original = psycopg.Cursor.execute
+        seen = self
+
+        def execute(cursor, query, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if threading.get_ident() == seen._thread:
+                seen.sql.append(str(query))
+            return original(cursor, query, *args, **kwargs)
+
+        psycopg.Cursor.execute = execute  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._on)
+        psycopg.Cursor.execute = self._original  # type: ignore[method-assign]
 
 
 def _engine(service):  # type: ignore[no-untyped-def]
