@@ -39,6 +39,9 @@ worker_hijack_root_logger = False
 worker_cancel_long_running_tasks_on_connection_loss = False
 beat_schedule = {
     # A reap that waited longer than a few intervals (no worker was up) is dropped, not run in a burst.
-    "reap-executions": {"task": REAP, "schedule": _s.reaper_interval,
-                        "options": {"expires": max(3 * _s.reaper_interval, 5.0)}},
+    "reap-executions": {
+        "task": REAP,
+        "schedule": _s.reaper_interval,
+        "options": {"expires": max(3 * _s.reaper_interval, 5.0)},
+    },
 }

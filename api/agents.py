@@ -11,8 +11,13 @@ from api.openapi import BODY_ERRORS, problems
 from api.security import SECURITY
 from app.schemas import Pagination
 
-bp = APIBlueprint("agents", __name__, url_prefix="/v1/agents", abp_security=SECURITY,
-                  abp_tags=[Tag(name="agents", description="Named model configurations")])
+bp = APIBlueprint(
+    "agents",
+    __name__,
+    url_prefix="/v1/agents",
+    abp_security=SECURITY,
+    abp_tags=[Tag(name="agents", description="Named model configurations")],
+)
 
 
 @bp.post("", responses={201: AgentOut, **problems(409, *BODY_ERRORS)})
@@ -24,10 +29,14 @@ def create_agent(body: AgentCreateBody) -> Response:
 @bp.get("", responses={200: AgentPage, **problems()})
 def list_agents(query: PageQuery) -> Response:
     """A page of agents, by name."""
-    rows, total = service().list_agents(Pagination(page=query.page, page_size=query.page_size),
-                                        tenant=tenant())
-    return answer(AgentPage(items=[AgentOut.of(r) for r in rows], total=total, page=query.page,
-                            page_size=query.page_size))
+    rows, total = service().list_agents(
+        Pagination(page=query.page, page_size=query.page_size), tenant=tenant()
+    )
+    return answer(
+        AgentPage(
+            items=[AgentOut.of(r) for r in rows], total=total, page=query.page, page_size=query.page_size
+        )
+    )
 
 
 @bp.get("/<agent_id>", responses={200: AgentOut, **problems(404)})

@@ -47,8 +47,13 @@ ERROR_STATUS: dict[type[Exception], int] = {
 ENDPOINT_STATUS: dict[tuple[str, type[Exception]], int] = {
     ("executions.create_execution", AgentNotFoundError): 422,
 }
-TITLES = {404: "Not Found", 409: "Conflict", 422: "Unprocessable Content", 500: "Internal Server Error",
-          503: "Service Unavailable"}
+TITLES = {
+    404: "Not Found",
+    409: "Conflict",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def status_for(exc: Exception, endpoint: str | None) -> int | None:
@@ -74,8 +79,14 @@ def handle_domain_error(exc: Exception) -> Response:
     if status is None:
         return handle_unexpected(exc)
     if status >= 500:
-        log.error("request failed", status=status, error_type=type(exc).__name__, error=str(exc),
-                  path=request.path, method=request.method)
+        log.error(
+            "request failed",
+            status=status,
+            error_type=type(exc).__name__,
+            error=str(exc),
+            path=request.path,
+            method=request.method,
+        )
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
     return problem(status, TITLES.get(status, "Error"), _detail(exc, status), headers=headers)
 
@@ -93,8 +104,7 @@ def handle_http_error(exc: HTTPException) -> WerkzeugResponse:
 
 def handle_unexpected(exc: Exception) -> Response:
     """A bug: log it with its traceback and answer 500 without internals."""
-    log.exception("unhandled error", path=request.path, method=request.method,
-                  error_type=type(exc).__name__)
+    log.exception("unhandled error", path=request.path, method=request.method, error_type=type(exc).__name__)
     return problem(500, "Internal Server Error", "an internal error occurred; it has been logged")
 
 

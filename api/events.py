@@ -11,8 +11,13 @@ from api.openapi import problems
 from api.security import SECURITY
 from api.sse import EventStream
 
-bp = APIBlueprint("events", __name__, url_prefix="/v1/executions", abp_security=SECURITY,
-                  abp_tags=[Tag(name="events", description="State changes, progress and completion")])
+bp = APIBlueprint(
+    "events",
+    __name__,
+    url_prefix="/v1/executions",
+    abp_security=SECURITY,
+    abp_tags=[Tag(name="events", description="State changes, progress and completion")],
+)
 SSE = "text/event-stream"
 
 
@@ -38,5 +43,6 @@ def get_events(path: ExecutionPath, query: EventsQuery, header: LastEventIdHeade
         rows = svc.get_events(path.execution_id, after=after, limit=query.limit)
         return answer(EventsOut(items=[EventOut.of(r) for r in rows]))
     stream = EventStream(svc, path.execution_id, after, heartbeat_seconds=settings().sse_heartbeat_seconds)
-    return Response(iter(stream), mimetype=SSE,
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return Response(
+        iter(stream), mimetype=SSE, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

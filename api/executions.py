@@ -27,8 +27,13 @@ from api.security import SECURITY
 from app.models import Execution
 from app.schemas import ExecutionFilters, ExecutionState, Pagination
 
-bp = APIBlueprint("executions", __name__, url_prefix="/v1/executions", abp_security=SECURITY,
-                  abp_tags=[Tag(name="executions", description="Runs of an agent on a task")])
+bp = APIBlueprint(
+    "executions",
+    __name__,
+    url_prefix="/v1/executions",
+    abp_security=SECURITY,
+    abp_tags=[Tag(name="executions", description="Runs of an agent on a task")],
+)
 INTERMEDIATE = frozenset({ExecutionState.CANCELLING, ExecutionState.PAUSING})
 
 
@@ -40,22 +45,34 @@ def create_execution(header: IdempotencyHeader, body: ExecutionCreateBody) -> Re
     answer 200 with the first execution; the same key with another body answers 409.
     An unknown `agent_id` or bad `parameters` answer 422.
     """
-    row, created = service().create_execution(body, idempotency_key=header.idempotency_key,
-                                              tenant=tenant())
-    return answer(ExecutionOut.of(row), 201 if created else 200,
-                  headers={"Location": f"/v1/executions/{row.id}"})
+    row, created = service().create_execution(body, idempotency_key=header.idempotency_key, tenant=tenant())
+    return answer(
+        ExecutionOut.of(row), 201 if created else 200, headers={"Location": f"/v1/executions/{row.id}"}
+    )
 
 
 @bp.get("", responses={200: ExecutionPage, **problems()})
 def list_executions(query: ExecutionListQuery) -> Response:
     """A page of executions, newest first; `state` may repeat; unknown filters are 422."""
-    filters = ExecutionFilters(state=query.state, agent_id=query.agent_id, task_id=query.task_id,
-                               created_after=query.created_after, created_before=query.created_before)
+    filters = ExecutionFilters(
+        state=query.state,
+        agent_id=query.agent_id,
+        task_id=query.task_id,
+        created_after=query.created_after,
+        created_before=query.created_before,
+    )
     rows, total, exact = service().list_executions_page(
         filters, Pagination(page=query.page, page_size=query.page_size), tenant=tenant()
     )
-    return answer(ExecutionPage(items=[ExecutionOut.of(r) for r in rows], total=total, total_exact=exact,
-                                page=query.page, page_size=query.page_size))
+    return answer(
+        ExecutionPage(
+            items=[ExecutionOut.of(r) for r in rows],
+            total=total,
+            total_exact=exact,
+            page=query.page,
+            page_size=query.page_size,
+        )
+    )
 
 
 @bp.get("/<execution_id>", responses={200: ExecutionOut, **problems(404)})

@@ -50,8 +50,9 @@ def storable_problems(document: Any) -> list[dict[str, Any]]:
     while stack and len(errors) < 20:
         value, loc = stack.pop()
         if len(loc) > MAX_DEPTH:
-            errors.append({"loc": ["body", *loc], "msg": f"nested deeper than {MAX_DEPTH} levels",
-                           "type": "too_deep"})
+            errors.append(
+                {"loc": ["body", *loc], "msg": f"nested deeper than {MAX_DEPTH} levels", "type": "too_deep"}
+            )
             continue
         if isinstance(value, dict):
             for key, item in value.items():
@@ -81,19 +82,27 @@ def check_json_body() -> Response | None:
     if not data:
         return None
     if not _is_json(request.mimetype):
-        return problem(415, "Unsupported Media Type",
-                       f"the body must be application/json, not {request.mimetype or 'unspecified'}")
+        return problem(
+            415,
+            "Unsupported Media Type",
+            f"the body must be application/json, not {request.mimetype or 'unspecified'}",
+        )
     try:
         document = json.loads(data)
     except (ValueError, RecursionError) as exc:
         return problem(400, "Bad Request", f"the body is not valid JSON: {str(exc)[:200]}")
     if not isinstance(document, dict):
-        return problem(422, "Unprocessable Content", "the body must be a JSON object",
-                       errors=[{"loc": ["body"], "msg": "must be a JSON object", "type": "dict_type"}])
+        return problem(
+            422,
+            "Unprocessable Content",
+            "the body must be a JSON object",
+            errors=[{"loc": ["body"], "msg": "must be a JSON object", "type": "dict_type"}],
+        )
     errors = storable_problems(document)
     if errors:
-        return problem(422, "Unprocessable Content", "the body holds values that cannot be stored",
-                       errors=errors)
+        return problem(
+            422, "Unprocessable Content", "the body holds values that cannot be stored", errors=errors
+        )
     model = _body_model(current_app.view_functions.get(request.endpoint))
     if model is not None:
         try:

@@ -154,8 +154,15 @@ class AgentOut(BaseModel):
     @classmethod
     def of(cls, row: Agent) -> AgentOut:
         """The answer for an agent row."""
-        return cls(id=row.id, name=row.name, model=row.model, system_prompt=row.system_prompt or "",
-                   parameters=row.parameters or {}, created_at=row.created_at, updated_at=row.updated_at)
+        return cls(
+            id=row.id,
+            name=row.name,
+            model=row.model,
+            system_prompt=row.system_prompt or "",
+            parameters=row.parameters or {},
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
 
 
 class AgentPage(BaseModel):
@@ -202,14 +209,26 @@ class ExecutionOut(BaseModel):
     def of(cls, row: Execution) -> ExecutionOut:
         """The answer for an execution row."""
         return cls(
-            id=row.id, agent_id=row.agent_id, task_id=row.task_id, parameters=row.parameters or {},
+            id=row.id,
+            agent_id=row.agent_id,
+            task_id=row.task_id,
+            parameters=row.parameters or {},
             state=ExecutionState(row.state),
             progress=Progress(percentage=float(row.progress_percentage or 0), message=row.progress_message),
-            context=row.context or {}, result=row.result, error_message=row.error_message,
-            attempt=row.attempt, max_retries=row.max_retries, timeout_seconds=row.timeout_seconds,
-            queue=row.queue, priority=row.priority, metadata=row.metadata_ or {},
-            created_at=row.created_at, updated_at=row.updated_at, queued_at=row.queued_at,
-            started_at=row.started_at, completed_at=row.completed_at,
+            context=row.context or {},
+            result=row.result,
+            error_message=row.error_message,
+            attempt=row.attempt,
+            max_retries=row.max_retries,
+            timeout_seconds=row.timeout_seconds,
+            queue=row.queue,
+            priority=row.priority,
+            metadata=row.metadata_ or {},
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            queued_at=row.queued_at,
+            started_at=row.started_at,
+            completed_at=row.completed_at,
         )
 
 
@@ -217,8 +236,10 @@ class ExecutionPage(BaseModel):
     """A page of executions, newest first."""
 
     items: list[ExecutionOut]
-    total: int = Field(description="matching executions: exact when `total_exact`, else PostgreSQL's "
-                                   "estimate (over 10,000 matches, or a count that would be slow)")
+    total: int = Field(
+        description="matching executions: exact when `total_exact`, else PostgreSQL's "
+        "estimate (over 10,000 matches, or a count that would be slow)"
+    )
     total_exact: bool = True
     page: int
     page_size: int
@@ -235,8 +256,9 @@ class HistoryItem(BaseModel):
     @classmethod
     def of(cls, row: ExecutionStateHistory) -> HistoryItem:
         """The answer for a history row."""
-        return cls(from_state=row.from_state, to_state=row.to_state, reason=row.reason,
-                   created_at=row.created_at)
+        return cls(
+            from_state=row.from_state, to_state=row.to_state, reason=row.reason, created_at=row.created_at
+        )
 
 
 class HistoryOut(BaseModel):
@@ -257,8 +279,13 @@ class EventOut(BaseModel):
     @classmethod
     def of(cls, row: ExecutionEvent) -> EventOut:
         """The answer for an event row."""
-        return cls(id=row.id, type=row.type, execution_id=row.execution_id, created_at=row.created_at,
-                   payload=row.payload or {})
+        return cls(
+            id=row.id,
+            type=row.type,
+            execution_id=row.execution_id,
+            created_at=row.created_at,
+            payload=row.payload or {},
+        )
 
 
 class EventsOut(BaseModel):

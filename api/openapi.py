@@ -17,11 +17,18 @@ from flask_openapi3.utils import get_model_schema
 from api.models import ControlBody, Problem
 from app.execution.transitions import as_table
 
-TITLES = {400: "Malformed JSON", 401: "Missing, malformed, unknown or revoked API key",
-          404: "Not found", 409: "Conflict with the current state",
-          413: "Body too large", 415: "Body is not application/json", 422: "Invalid input",
-          429: "Rate limit reached (see Retry-After)",
-          500: "Internal error", 503: "Database unavailable (see Retry-After)"}
+TITLES = {
+    400: "Malformed JSON",
+    401: "Missing, malformed, unknown or revoked API key",
+    404: "Not found",
+    409: "Conflict with the current state",
+    413: "Body too large",
+    415: "Body is not application/json",
+    422: "Invalid input",
+    429: "Rate limit reached (see Retry-After)",
+    500: "Internal error",
+    503: "Database unavailable (see Retry-After)",
+}
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 BODY_ERRORS = (400, 413, 415)
 
@@ -30,22 +37,33 @@ def problems(*codes: int) -> ResponseDict:
     """Documented problem+json answers: the given codes plus 401, 422, 429, 500 and 503."""
     answer: ResponseDict = {}
     for code in sorted({*codes, 401, 422, 429, 500, 503}):
-        doc: dict[str, Any] = {"description": TITLES[code],
-                               "content": {"application/problem+json": {"schema": PROBLEM_REF}}}
+        doc: dict[str, Any] = {
+            "description": TITLES[code],
+            "content": {"application/problem+json": {"schema": PROBLEM_REF}},
+        }
         if code == 401:
-            doc["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"},
-                                                   "description": "the Bearer challenge"}}
+            doc["headers"] = {
+                "WWW-Authenticate": {"schema": {"type": "string"}, "description": "the Bearer challenge"}
+            }
         if code in (429, 503):
-            doc["headers"] = {"Retry-After": {"schema": {"type": "integer"},
-                                              "description": "seconds to wait before trying again"}}
+            doc["headers"] = {
+                "Retry-After": {
+                    "schema": {"type": "integer"},
+                    "description": "seconds to wait before trying again",
+                }
+            }
         answer[code] = doc
     return answer
 
 
 def optional_control_body() -> dict[str, Any]:
     """The optional `{"reason": ...}` request body of the control routes (generated from ControlBody)."""
-    return {"requestBody": {"required": False,
-                            "content": {"application/json": {"schema": ControlBody.model_json_schema()}}}}
+    return {
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": ControlBody.model_json_schema()}},
+        }
+    }
 
 
 def _transition_markdown() -> str:

@@ -37,17 +37,28 @@ def readyz() -> Response:
     if svc.event_bus is None or not svc.event_bus.ping():
         down.append("redis")
     if down:
-        return problem(503, "Service Unavailable", f"not ready: {', '.join(down)} down", down=down,
-                       headers={"Retry-After": "2"})
+        return problem(
+            503,
+            "Service Unavailable",
+            f"not ready: {', '.join(down)} down",
+            down=down,
+            headers={"Retry-After": "2"},
+        )
     return answer(Status(status="ready"))
 
 
-@bp.get("/metrics", responses={200: {"description": "Prometheus text exposition format",
-                                     "content": {"text/plain": {"schema": {"type": "string"}}}}})
+@bp.get(
+    "/metrics",
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def metrics() -> Response:
     """Prometheus metrics: API requests of all web processes, and execution figures from PostgreSQL."""
-    return Response(render(service().stats), mimetype=None,
-                    content_type=CONTENT_TYPE_LATEST)
+    return Response(render(service().stats), mimetype=None, content_type=CONTENT_TYPE_LATEST)
 
 
 def _start_timer() -> None:

@@ -12,11 +12,16 @@ PROBLEM_JSON = "application/problem+json"
 _LOCATIONS = (("Body", "body"), ("Query", "query"), ("Path", "path"), ("Header", "header"))
 
 
-def problem(status: int, title: str, detail: str, *, headers: dict[str, str] | None = None,
-            **extra: Any) -> Response:
+def problem(
+    status: int, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
     """A problem+json response with type, title, status, detail and any extra members."""
-    body = {"type": f"https://agentexec.dev/problems/{status}", "title": title, "status": status,
-            "detail": detail} | extra
+    body = {
+        "type": f"https://agentexec.dev/problems/{status}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    } | extra
     return Response(json.dumps(body, default=str), status=status, mimetype=PROBLEM_JSON, headers=headers)
 
 
@@ -26,8 +31,9 @@ def field_errors(exc: ValidationError) -> list[dict[str, Any]]:
     errors = []
     for err in exc.errors(include_url=False, include_context=False, include_input=False):
         loc = [p if isinstance(p, int) else str(p) for p in err.get("loc", ())]
-        errors.append({"loc": ([where] if where else []) + loc, "msg": err.get("msg", ""),
-                       "type": err.get("type", "")})
+        errors.append(
+            {"loc": ([where] if where else []) + loc, "msg": err.get("msg", ""), "type": err.get("type", "")}
+        )
     return errors
 
 

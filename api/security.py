@@ -32,8 +32,10 @@ _HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 _API_CSP = "default-src 'none'; frame-ancestors 'none'"
-_DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-             "img-src 'self' data:; frame-ancestors 'none'")
+_DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'"
+)
 
 
 def _unauthorized(detail: str, error: str | None) -> Response:
@@ -81,8 +83,12 @@ def init_security(app: Flask, service: ExecutionService, settings: Settings) -> 
     app.extensions["agentexec.keys"] = store
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
-        CORS(app, resources={r"/v1/*": {"origins": origins}}, expose_headers=["Retry-After", "Location"],
-             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"])
+        CORS(
+            app,
+            resources={r"/v1/*": {"origins": origins}},
+            expose_headers=["Retry-After", "Location"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+        )
 
     @app.before_request
     def authenticate() -> Response | None:
@@ -107,10 +113,13 @@ def init_security(app: Flask, service: ExecutionService, settings: Settings) -> 
             decision = limiter.hit(str(principal.key_id))
             g.rate_remaining = decision.remaining
             if not decision.allowed:
-                detail = (f"rate limit of {settings.rate_limit} requests per {settings.rate_limit_window} s "
-                          f"reached; retry after {decision.retry_after} s")
-                return problem(429, "Too Many Requests", detail,
-                               headers={"Retry-After": str(decision.retry_after)})
+                detail = (
+                    f"rate limit of {settings.rate_limit} requests per {settings.rate_limit_window} s "
+                    f"reached; retry after {decision.retry_after} s"
+                )
+                return problem(
+                    429, "Too Many Requests", detail, headers={"Retry-After": str(decision.retry_after)}
+                )
         return None
 
     @app.after_request

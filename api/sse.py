@@ -42,8 +42,16 @@ def format_event(event: ExecutionEvent) -> str:
 class EventStream:
     """Iterates the SSE frames of one execution, from `after` to its final event."""
 
-    def __init__(self, service: ExecutionService, execution_id: uuid.UUID, after: int, *,
-                 heartbeat_seconds: float, resync_seconds: float = 5.0, poll_seconds: float = 0.5):
+    def __init__(
+        self,
+        service: ExecutionService,
+        execution_id: uuid.UUID,
+        after: int,
+        *,
+        heartbeat_seconds: float,
+        resync_seconds: float = 5.0,
+        poll_seconds: float = 0.5,
+    ):
         self.service = service
         self.execution_id = execution_id
         self.last_id = after

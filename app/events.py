@@ -25,7 +25,9 @@ COMPLETED = "agent.execution.completed"
 EVENT_TYPES = (STATE_CHANGED, PROGRESS, COMPLETED)
 EXECUTION_CHANNEL_PREFIX = "agent.execution.events."
 MAX_CONNECTIONS = 10_000
-_PUBLISH_ALL = "for i = 1, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end"  # one per thread at most; redis-py's default (100) raises beyond it
+_PUBLISH_ALL = (  # ARGV: channel, message, channel, message, ...
+    "for i = 1, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end"
+)  # one per thread at most; redis-py's default (100) raises beyond it
 
 
 def execution_channel(execution_id: Any) -> str:
@@ -36,9 +38,7 @@ def execution_channel(execution_id: Any) -> str:
 class EventBus:
     """Publishes event messages on Redis channels and opens subscriptions."""
 
-    def __init__(
-        self, redis_url: str, *, socket_timeout: float = 1.0, backoff_seconds: float = 1.0
-    ):
+    def __init__(self, redis_url: str, *, socket_timeout: float = 1.0, backoff_seconds: float = 1.0):
         self._url = redis_url
         self._socket_timeout = socket_timeout
         self._backoff = backoff_seconds

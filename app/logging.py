@@ -23,9 +23,25 @@ REDACTED = "[redacted]"
 # Keys whose values must never reach an info/warning/error line.
 SENSITIVE_KEYS = frozenset(
     {
-        "api_key", "model_api_key", "authorization", "password", "secret", "token", "access_token",
-        "prompt", "system_prompt", "input", "output", "result", "messages", "text", "chunk", "content",
-        "parameters", "steps", "context",
+        "api_key",
+        "model_api_key",
+        "authorization",
+        "password",
+        "secret",
+        "token",
+        "access_token",
+        "prompt",
+        "system_prompt",
+        "input",
+        "output",
+        "result",
+        "messages",
+        "text",
+        "chunk",
+        "content",
+        "parameters",
+        "steps",
+        "context",
     }
 )
 _SENSITIVE_SUFFIXES = ("_api_key", "_token", "_secret", "_password", "_prompt")
@@ -78,7 +94,8 @@ def bind_log_context(**ids: Any) -> None:
     """Start a unit of work (a request, a task) with a clean log context holding these ids."""
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(
-        **{k: v if isinstance(v, int | float) else str(v) for k, v in ids.items() if v is not None})
+        **{k: v if isinstance(v, int | float) else str(v) for k, v in ids.items() if v is not None}
+    )
 
 
 def _renderer(log_format: str, stream: TextIO) -> Any:
@@ -104,16 +121,22 @@ def configure_logging(
     shared = _shared_processors()
     final = [structlog.processors.format_exc_info] if log_format == "json" else []
     structlog.configure(
-        processors=[structlog.stdlib.filter_by_level, *shared,
-                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final,
-                    _renderer(log_format, stream or sys.stderr)],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *final,
+            _renderer(log_format, stream or sys.stderr),
+        ],
     )
     handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(formatter)

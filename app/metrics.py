@@ -141,16 +141,22 @@ def api_metrics() -> ApiMetrics:
     labels = ("method", "route", "status")
     return ApiMetrics(
         requests=Counter("agentexec_http_requests", "HTTP requests answered.", labels, registry=None),
-        latency=Histogram("agentexec_http_request_duration_seconds", "HTTP request latency.", labels,
-                          buckets=HTTP_BUCKETS, registry=None),
+        latency=Histogram(
+            "agentexec_http_request_duration_seconds",
+            "HTTP request latency.",
+            labels,
+            buckets=HTTP_BUCKETS,
+            registry=None,
+        ),
     )
 
 
 # --------------------------------------------------------- execution figures
 
 
-def _histogram(name: str, doc: str, label: str | None, rows: Iterable[Any],
-               buckets: Sequence[float]) -> HistogramMetricFamily:
+def _histogram(
+    name: str, doc: str, label: str | None, rows: Iterable[Any], buckets: Sequence[float]
+) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=[label] if label else [])
     rows = list(rows)
     if not rows and label is None:
@@ -181,8 +187,10 @@ class ExecutionStatsCollector:
                     self._cached = (now, self._read())
                 except Exception:  # PostgreSQL down: API figures still scrape
                     self._cached = None
-                    up = GaugeMetricFamily("agentexec_metrics_database_up",
-                                           "1 when the execution figures could be read from PostgreSQL.")
+                    up = GaugeMetricFamily(
+                        "agentexec_metrics_database_up",
+                        "1 when the execution figures could be read from PostgreSQL.",
+                    )
                     up.add_metric([], 0)
                     yield up
                     return
@@ -190,36 +198,57 @@ class ExecutionStatsCollector:
 
     def _read(self) -> list[Metric]:
         rows = self.stats()
-        up = GaugeMetricFamily("agentexec_metrics_database_up",
-                               "1 when the execution figures could be read from PostgreSQL.")
+        up = GaugeMetricFamily(
+            "agentexec_metrics_database_up", "1 when the execution figures could be read from PostgreSQL."
+        )
         up.add_metric([], 1)
         by_state = GaugeMetricFamily("agentexec_executions", "Executions by current state.", labels=["state"])
         counts = {state: n for state, n in rows["by_state"]}
         for state in ExecutionState:
             by_state.add_metric([state.value], counts.get(state.value, 0))
-        transitions = CounterMetricFamily("agentexec_state_transitions", "Accepted state transitions "
-                                          "(from_state is empty for the creation).",
-                                          labels=["from_state", "to_state"])
+        transitions = CounterMetricFamily(
+            "agentexec_state_transitions",
+            "Accepted state transitions (from_state is empty for the creation).",
+            labels=["from_state", "to_state"],
+        )
         for src, dst, n in rows["transitions"]:
             transitions.add_metric([src, dst], n)
         prompt, completion, calls = rows["tokens"][0]
-        tokens = CounterMetricFamily("agentexec_model_tokens", "Model tokens used by completed executions.",
-                                     labels=["kind"])
+        tokens = CounterMetricFamily(
+            "agentexec_model_tokens", "Model tokens used by completed executions.", labels=["kind"]
+        )
         tokens.add_metric(["prompt"], float(prompt))
         tokens.add_metric(["completion"], float(completion))
         model_calls = CounterMetricFamily("agentexec_model_calls", "Model calls of completed executions.")
         model_calls.add_metric([], float(calls))
         return [
-            up, by_state, transitions, tokens, model_calls,
-            _histogram("agentexec_execution_duration_seconds",
-                       "From first start to the final state, by final state.", "state",
-                       rows["duration"], DURATION_BUCKETS),
-            _histogram("agentexec_queue_wait_seconds", "Time spent QUEUED before each claim by a worker.",
-                       None, rows["queue_wait"], DURATION_BUCKETS),
-            _histogram("agentexec_model_call_seconds",
-                       "Model call latency: run time per model call of executions completed "
-                       "in one attempt (an estimate that includes the runner's own small overhead).",
-                       None, rows["model_call"], MODEL_BUCKETS),
+            up,
+            by_state,
+            transitions,
+            tokens,
+            model_calls,
+            _histogram(
+                "agentexec_execution_duration_seconds",
+                "From first start to the final state, by final state.",
+                "state",
+                rows["duration"],
+                DURATION_BUCKETS,
+            ),
+            _histogram(
+                "agentexec_queue_wait_seconds",
+                "Time spent QUEUED before each claim by a worker.",
+                None,
+                rows["queue_wait"],
+                DURATION_BUCKETS,
+            ),
+            _histogram(
+                "agentexec_model_call_seconds",
+                "Model call latency: run time per model call of executions completed "
+                "in one attempt (an estimate that includes the runner's own small overhead).",
+                None,
+                rows["model_call"],
+                MODEL_BUCKETS,
+            ),
         ]
 
 

@@ -41,9 +41,7 @@ ACTIVE_STATES = frozenset(
         ExecutionState.CANCELLING,
     }
 )
-HELD_BY_WORKER = frozenset(
-    {ExecutionState.RUNNING, ExecutionState.PAUSING, ExecutionState.CANCELLING}
-)
+HELD_BY_WORKER = frozenset({ExecutionState.RUNNING, ExecutionState.PAUSING, ExecutionState.CANCELLING})
 
 
 class _Strict(BaseModel):

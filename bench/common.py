@@ -15,23 +15,39 @@ from bench.results import Figure, Report
 SIZES: dict[str, dict[str, Any]] = {
     "short": {
         "roundtrip_executions": 20,
-        "throughput_raw": 1500, "throughput_ours": 600, "throughput_rounds": 1, "producers": 16,
-        "http_duration": 6.0, "http_warmup": 1.5, "http_rounds": 1, "http_connections": 64,
+        "throughput_raw": 1500,
+        "throughput_ours": 600,
+        "throughput_rounds": 1,
+        "producers": 16,
+        "http_duration": 6.0,
+        "http_warmup": 1.5,
+        "http_rounds": 1,
+        "http_connections": 64,
         "latency_samples": 40,
         "cancel_samples": 15,
         "sse_events": 300,
-        "inflight": 400, "inflight_concurrency": 200,
-        "list_rows": 100_000, "list_queries": 30,
+        "inflight": 400,
+        "inflight_concurrency": 200,
+        "list_rows": 100_000,
+        "list_queries": 30,
     },
     "full": {
         "roundtrip_executions": 100,
-        "throughput_raw": 5000, "throughput_ours": 2000, "throughput_rounds": 3, "producers": 16,
-        "http_duration": 15.0, "http_warmup": 3.0, "http_rounds": 3, "http_connections": 64,
+        "throughput_raw": 5000,
+        "throughput_ours": 2000,
+        "throughput_rounds": 3,
+        "producers": 16,
+        "http_duration": 15.0,
+        "http_warmup": 3.0,
+        "http_rounds": 3,
+        "http_connections": 64,
         "latency_samples": 300,
         "cancel_samples": 100,
         "sse_events": 2000,
-        "inflight": 1000, "inflight_concurrency": 200,
-        "list_rows": 1_000_000, "list_queries": 200,
+        "inflight": 1000,
+        "inflight_concurrency": 200,
+        "list_rows": 1_000_000,
+        "list_queries": 200,
     },
 }
 
@@ -71,8 +87,11 @@ def create_request(agent_id: uuid.UUID, latency_ms: int = 0, chunks: int = 10, *
 
     return ExecutionCreate(
         agent_id=agent_id,
-        parameters={"type": "standard", "input": "benchmark input",
-                    "simulate": {"latency_ms": latency_ms, "chunks": chunks}},
+        parameters={
+            "type": "standard",
+            "input": "benchmark input",
+            "simulate": {"latency_ms": latency_ms, "chunks": chunks},
+        },
         **extra,
     )
 
@@ -84,8 +103,14 @@ def count_in_state(svc: Any, agent_id: uuid.UUID, states: tuple[str, ...]) -> in
     from app.models import Execution
 
     with svc.repository.session_factory() as s:
-        return int(s.scalar(select(func.count()).select_from(Execution).where(
-            Execution.agent_id == agent_id, Execution.state.in_(states))) or 0)
+        return int(
+            s.scalar(
+                select(func.count())
+                .select_from(Execution)
+                .where(Execution.agent_id == agent_id, Execution.state.in_(states))
+            )
+            or 0
+        )
 
 
 def wait_until(predicate: Any, timeout: float, interval: float = 0.01, what: str = "condition") -> float:

@@ -21,8 +21,11 @@ def sse(url: str, headers: dict[str, str]) -> None:
     """Read an SSE stream; print each event's id with the time its blank line arrived."""
     parsed = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=120)
-    conn.request("GET", parsed.path + (f"?{parsed.query}" if parsed.query else ""),
-                 headers={"Accept": "text/event-stream"} | headers)
+    conn.request(
+        "GET",
+        parsed.path + (f"?{parsed.query}" if parsed.query else ""),
+        headers={"Accept": "text/event-stream"} | headers,
+    )
     resp = conn.getresponse()
     if resp.status != 200:
         print(f"ERROR {resp.status} {resp.read()[:300]!r}", flush=True)

@@ -22,8 +22,14 @@ from collections import Counter
 
 
 def _worker(
-    url: urllib.parse.SplitResult, method: str, body: bytes | None, headers: dict[str, str],
-    start: float, measure_from: float, stop: float, out: list[tuple[float, float, int]],
+    url: urllib.parse.SplitResult,
+    method: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    start: float,
+    measure_from: float,
+    stop: float,
+    out: list[tuple[float, float, int]],
 ) -> None:
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     path = url.path + (f"?{url.query}" if url.query else "")
@@ -50,8 +56,15 @@ def _worker(
     conn.close()
 
 
-def run(url: str, method: str, body: bytes | None, connections: int, duration: float, warmup: float,
-        headers: dict[str, str]) -> dict[str, object]:
+def run(
+    url: str,
+    method: str,
+    body: bytes | None,
+    connections: int,
+    duration: float,
+    warmup: float,
+    headers: dict[str, str],
+) -> dict[str, object]:
     """Drive `url` from `connections` threads; statistics of the window after the warm-up."""
     parsed = urllib.parse.urlsplit(url)
     start = time.monotonic() + 0.2
@@ -59,8 +72,11 @@ def run(url: str, method: str, body: bytes | None, connections: int, duration: f
     stop = measure_from + duration
     results: list[list[tuple[float, float, int]]] = [[] for _ in range(connections)]
     threads = [
-        threading.Thread(target=_worker, args=(parsed, method, body, headers, start, measure_from, stop,
-                                               results[i]), daemon=True)
+        threading.Thread(
+            target=_worker,
+            args=(parsed, method, body, headers, start, measure_from, stop, results[i]),
+            daemon=True,
+        )
         for i in range(connections)
     ]
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)

@@ -10,8 +10,10 @@ import argparse
 import re
 from collections import Counter
 
-IDLE = re.compile(r"\((threading|selectors|queue|socket|ssl)\.py\)|wait \(|select \(|poll \(|"
-                  r"_recv_into|recv_into|readinto|epoll|accept \(|sleep")
+IDLE = re.compile(
+    r"\((threading|selectors|queue|socket|ssl)\.py\)|wait \(|select \(|poll \(|"
+    r"_recv_into|recv_into|readinto|epoll|accept \(|sleep"
+)
 
 
 def main() -> None:
@@ -21,8 +23,11 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--filter", default="", help="only stacks containing this text")
     ap.add_argument("--idle", action="store_true", help="keep stacks that end in a wait")
-    ap.add_argument("--by-package", action="store_true",
-                    help="self time by package of the innermost frame (sqlalchemy, psycopg, app, ...)")
+    ap.add_argument(
+        "--by-package",
+        action="store_true",
+        help="self time by package of the innermost frame (sqlalchemy, psycopg, app, ...)",
+    )
     args = ap.parse_args()
     inclusive: Counter[str] = Counter()
     total = 0

@@ -39,7 +39,10 @@ def git_commit() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -65,8 +68,10 @@ def machine() -> str:
     except OSError:
         pass
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{cpus} vCPU {model}, {mem_gb:.0f} GB RAM, load {load}, "
-            f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+    return (
+        f"{cpus} vCPU {model}, {mem_gb:.0f} GB RAM, load {load}, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
 
 
 @dataclass
@@ -93,8 +98,10 @@ class Figure:
         ratio = "—" if self.ratio is None else f"{self.ratio:.2f}"
         met = {True: "MET", False: "NOT MET", None: ""}[self.met]
         goal = self.goal or "—"
-        text = (f"  {self.figure:<50} {_fmt(self.value):>8} {self.unit:<6} baseline {base:>8}  "
-                f"ratio {ratio:>5}  goal {goal:<22} {met}")
+        text = (
+            f"  {self.figure:<50} {_fmt(self.value):>8} {self.unit:<6} baseline {base:>8}  "
+            f"ratio {ratio:>5}  goal {goal:<22} {met}"
+        )
         return text + (f"\n      {self.note}" if self.note else "")
 
     def record(self, mode: str, commit: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Print the latest run of a mode from bench/results.jsonl as a Markdown table.
 
-    python -m bench.table [--mode full] [--command "make bench-full"] [--machine "..."]
+python -m bench.table [--mode full] [--command "make bench-full"] [--machine "..."]
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         met = {True: "yes", False: "**no**", None: ""}[r["met"]]  # type: ignore[index]
-        print(f"| {r['figure']} | {_fmt(r['value'])} {r['unit']} | {_fmt(r['baseline'])} "  # type: ignore[arg-type]
-              f"| {_fmt(r['ratio'])} | {r['goal'] or '—'} | {met} |")  # type: ignore[arg-type]
+        print(
+            f"| {r['figure']} | {_fmt(r['value'])} {r['unit']} | {_fmt(r['baseline'])} "  # type: ignore[arg-type]
+            f"| {_fmt(r['ratio'])} | {r['goal'] or '—'} | {met} |"
+        )  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -65,11 +65,16 @@ def create(
     name: Annotated[str, typer.Argument(help="Unique agent name.")],
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model name.")] = None,
     system_prompt: Annotated[str | None, typer.Option("--system-prompt", "-s", help="System prompt.")] = None,
-    system_prompt_file: Annotated[Path | None, typer.Option(
-        "--system-prompt-file", exists=True, dir_okay=False, help="Read the system prompt from a file."),
+    system_prompt_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--system-prompt-file", exists=True, dir_okay=False, help="Read the system prompt from a file."
+        ),
     ] = None,
-    param: Annotated[list[str] | None, typer.Option(
-        "--param", help="Agent parameter KEY=VALUE (VALUE as JSON when it parses); repeatable.")] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", help="Agent parameter KEY=VALUE (VALUE as JSON when it parses); repeatable."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the agent as JSON.")] = False,
 ) -> None:
     """Create an agent."""

@@ -103,14 +103,20 @@ def parse_sse(lines: Iterator[str]) -> Iterator[SseEvent]:
 class ApiClient:
     """Calls the agentexec HTTP API; raises ApiError/CliError with one-line messages."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         headers = {"User-Agent": "agentexec-cli", "Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -146,8 +152,9 @@ class ApiClient:
 
     # ------------------------------------------------------------------ events
 
-    def follow_events(self, execution_id: str, after: str | None = None, *, reconnects: int = 20,
-                      read_timeout: float = 60.0) -> Iterator[SseEvent]:
+    def follow_events(
+        self, execution_id: str, after: str | None = None, *, reconnects: int = 20, read_timeout: float = 60.0
+    ) -> Iterator[SseEvent]:
         """Yield the execution's events over SSE until its completed event.
 
         A dropped stream is reopened with Last-Event-ID, so no event is missed or repeated;
@@ -182,8 +189,11 @@ class ApiClient:
             failures = 0 if received else failures + 1
             delay = 0.2 if received else delay
             if failures > reconnects:
-                raise self._transport_error(error) if error else CliError(
-                    f"the event stream of execution {execution_id} keeps closing early") from None
+                raise (
+                    self._transport_error(error)
+                    if error
+                    else CliError(f"the event stream of execution {execution_id} keeps closing early")
+                ) from None
             time.sleep(delay)
             delay = min(delay * 2, 3.0)
 
@@ -191,12 +201,15 @@ class ApiClient:
 
     def _transport_error(self, exc: httpx.HTTPError) -> CliError:
         if isinstance(exc, httpx.ConnectError):
-            return CliError(f"cannot connect to the agentexec API at {self.base_url} "
-                            "(is it running? set --api-url or AGENTEXEC_API_URL)")
+            return CliError(
+                f"cannot connect to the agentexec API at {self.base_url} "
+                "(is it running? set --api-url or AGENTEXEC_API_URL)"
+            )
         if isinstance(exc, httpx.TimeoutException):
             return CliError(f"the agentexec API at {self.base_url} did not answer in time")
-        return CliError(f"connection to the agentexec API at {self.base_url} failed: "
-                        f"{type(exc).__name__}: {exc}")
+        return CliError(
+            f"connection to the agentexec API at {self.base_url} failed: {type(exc).__name__}: {exc}"
+        )
 
     @staticmethod
     def _api_error(response: httpx.Response) -> ApiError:
@@ -205,6 +218,10 @@ class ApiClient:
         except ValueError:
             body = None
         if isinstance(body, dict) and ("title" in body or "detail" in body):
-            return ApiError(response.status_code, str(body.get("title") or response.reason_phrase),
-                            str(body.get("detail") or ""), body.get("errors"))
+            return ApiError(
+                response.status_code,
+                str(body.get("title") or response.reason_phrase),
+                str(body.get("detail") or ""),
+                body.get("errors"),
+            )
         return ApiError(response.status_code, response.reason_phrase or "HTTP error")

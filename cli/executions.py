@@ -66,8 +66,13 @@ def _read_params(path: str) -> dict[str, Any]:
     return params
 
 
-def build_parameters(input_text: str | None, params_file: str | None, task_type: TaskType | None,
-                     steps: list[str], simulate: list[str]) -> dict[str, Any]:
+def build_parameters(
+    input_text: str | None,
+    params_file: str | None,
+    task_type: TaskType | None,
+    steps: list[str],
+    simulate: list[str],
+) -> dict[str, Any]:
     """The `parameters` of the request, from --input or --params, --type, --step and --simulate."""
     if (input_text is None) == (params_file is None):
         raise typer.BadParameter("give exactly one of --input or --params", param_hint="--input/--params")
@@ -96,38 +101,60 @@ def submit(
     ctx: typer.Context,
     agent: Annotated[str, typer.Argument(help="Agent id or name.")],
     input_text: Annotated[str | None, typer.Option("--input", "-i", help="The task input.")] = None,
-    params_file: Annotated[str | None, typer.Option(
-        "--params", "-p", metavar="FILE", help="JSON file with the parameters object ('-': stdin).")] = None,
+    params_file: Annotated[
+        str | None,
+        typer.Option(
+            "--params", "-p", metavar="FILE", help="JSON file with the parameters object ('-': stdin)."
+        ),
+    ] = None,
     task_type: Annotated[TaskType | None, typer.Option("--type", "-t", help="Task type.")] = None,
-    step: Annotated[list[str] | None, typer.Option(
-        "--step", "-s", metavar="NAME=PROMPT",
-        help="A pipeline step; the prompt may use {input} and {steps.NAME}. Repeatable.")] = None,
-    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key", "-k",
-                                                        help="Idempotency-Key header.")] = None,
+    step: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--step",
+            "-s",
+            metavar="NAME=PROMPT",
+            help="A pipeline step; the prompt may use {input} and {steps.NAME}. Repeatable.",
+        ),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", "-k", help="Idempotency-Key header.")
+    ] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Follow progress until it ends.")] = False,
     priority: Annotated[int | None, typer.Option("--priority", min=0, max=9, help="0-9, 9 first.")] = None,
     queue: Annotated[str | None, typer.Option("--queue", help="Celery queue.")] = None,
     timeout_seconds: Annotated[int | None, typer.Option("--timeout-seconds", min=1)] = None,
     max_retries: Annotated[int | None, typer.Option("--max-retries", min=0)] = None,
-    simulate: Annotated[list[str] | None, typer.Option(
-        "--simulate", metavar="KEY=VALUE",
-        help="Simulated-model knob: latency_ms, fail_times, fail_permanently, chunks. Repeatable.")] = None,
+    simulate: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--simulate",
+            metavar="KEY=VALUE",
+            help="Simulated-model knob: latency_ms, fail_times, fail_permanently, chunks. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Submit an execution to an agent; with --watch, show its progress and then its result."""
     parameters = build_parameters(input_text, params_file, task_type, step or [], simulate or [])
     client = client_of(ctx)
     found = resolve_agent(client, agent)
     body: dict[str, Any] = {"agent_id": found["id"], "parameters": parameters}
-    for key, value in (("priority", priority), ("queue", queue), ("timeout_seconds", timeout_seconds),
-                       ("max_retries", max_retries)):
+    for key, value in (
+        ("priority", priority),
+        ("queue", queue),
+        ("timeout_seconds", timeout_seconds),
+        ("max_retries", max_retries),
+    ):
         if value is not None:
             body[key] = value
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
     response = client.post("/v1/executions", body, headers=headers)
     execution = response.json()
     again = " (existing, same idempotency key)" if response.status_code == 200 else ""
-    err.print(f"submitted {execution['id']} to {escape(str(found.get('name')))}: "
-              f"{state_text(execution.get('state'))}{again}")
+    err.print(
+        f"submitted {execution['id']} to {escape(str(found.get('name')))}: "
+        f"{state_text(execution.get('state'))}{again}"
+    )
     if not watch:
         out.print(execution["id"])
         return
@@ -136,8 +163,10 @@ def submit(
 
 def list_executions(
     ctx: typer.Context,
-    state: Annotated[list[State] | None, typer.Option("--state", case_sensitive=False,
-                                                      help="Only these states; repeatable.")] = None,
+    state: Annotated[
+        list[State] | None,
+        typer.Option("--state", case_sensitive=False, help="Only these states; repeatable."),
+    ] = None,
     agent: Annotated[str | None, typer.Option("--agent", "-a", help="Agent id or name.")] = None,
     page: Annotated[int, typer.Option("--page", min=1)] = 1,
     page_size: Annotated[int, typer.Option("--page-size", min=1, max=200)] = 20,
@@ -146,8 +175,13 @@ def list_executions(
     """List executions, newest first."""
     client = client_of(ctx)
     agent_id = resolve_agent(client, agent)["id"] if agent else None
-    body = client.get("/v1/executions", state=[s.value for s in state or []], agent_id=agent_id,
-                      page=page, page_size=page_size)
+    body = client.get(
+        "/v1/executions",
+        state=[s.value for s in state or []],
+        agent_id=agent_id,
+        page=page,
+        page_size=page_size,
+    )
     if as_json:
         print_json(body)
         return
@@ -188,8 +222,12 @@ def history(
     for name in ("AT", "FROM", "TO", "REASON"):
         table.add_column(name, no_wrap=name != "REASON")
     for row in body.get("items", []):
-        table.add_row(short_time(row.get("created_at")), row.get("from_state") or "-",
-                      state_text(row.get("to_state")), escape(str(row.get("reason") or "")))
+        table.add_row(
+            short_time(row.get("created_at")),
+            row.get("from_state") or "-",
+            state_text(row.get("to_state")),
+            escape(str(row.get("reason") or "")),
+        )
     out.print(table)
 
 
@@ -220,8 +258,9 @@ def _control(action: str) -> Any:
         execution_id: Annotated[str, typer.Argument(metavar="ID", help="Execution id.")],
         reason: Annotated[str | None, typer.Option("--reason", "-r", help="Why (kept in history).")] = None,
     ) -> None:
-        response = client_of(ctx).post(f"/v1/executions/{execution_id}/{action}",
-                                       {"reason": reason} if reason else None)
+        response = client_of(ctx).post(
+            f"/v1/executions/{execution_id}/{action}", {"reason": reason} if reason else None
+        )
         item = response.json()
         state = str(item.get("state"))
         pending = " (in progress)" if response.status_code == 202 and state not in FINAL_STATES else ""

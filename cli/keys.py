@@ -56,9 +56,14 @@ def list_keys(
     rows = _guard(lambda: _store().list(tenant))
     table = Table("id", "tenant", "name", "prefix", "created", "revoked")
     for row in rows:
-        table.add_row(str(row.id), row.tenant, row.name or "", row.prefix + "…",
-                      row.created_at.isoformat()[:19].replace("T", " "),
-                      row.revoked_at.isoformat()[:19].replace("T", " ") if row.revoked_at else "")
+        table.add_row(
+            str(row.id),
+            row.tenant,
+            row.name or "",
+            row.prefix + "…",
+            row.created_at.isoformat()[:19].replace("T", " "),
+            row.revoked_at.isoformat()[:19].replace("T", " ") if row.revoked_at else "",
+        )
     out.print(table)
 
 

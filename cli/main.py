@@ -45,11 +45,18 @@ app = typer.Typer(
 @app.callback()
 def main(
     ctx: typer.Context,
-    api_url: Annotated[str, typer.Option("--api-url", envvar="AGENTEXEC_API_URL",
-                                         help="Base URL of the API.")] = "http://127.0.0.1:8000",
-    api_key: Annotated[str | None, typer.Option("--api-key", envvar="AGENTEXEC_API_KEY",
-                                                help="API key, sent as a Bearer token.",
-                                                show_default=False)] = None,
+    api_url: Annotated[
+        str, typer.Option("--api-url", envvar="AGENTEXEC_API_URL", help="Base URL of the API.")
+    ] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="AGENTEXEC_API_KEY",
+            help="API key, sent as a Bearer token.",
+            show_default=False,
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds per HTTP call.")] = 30.0,
 ) -> None:
     """Run and watch AI-agent executions through the agentexec HTTP API."""

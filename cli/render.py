@@ -13,9 +13,16 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 STATE_STYLES = {
-    "COMPLETED": "green", "FAILED": "red", "TIMED_OUT": "red", "CANCELLED": "yellow",
-    "CANCELLING": "yellow", "PAUSING": "cyan", "PAUSED": "cyan", "RUNNING": "blue",
-    "QUEUED": "magenta", "PENDING": "dim",
+    "COMPLETED": "green",
+    "FAILED": "red",
+    "TIMED_OUT": "red",
+    "CANCELLED": "yellow",
+    "CANCELLING": "yellow",
+    "PAUSING": "cyan",
+    "PAUSED": "cyan",
+    "RUNNING": "blue",
+    "QUEUED": "magenta",
+    "PENDING": "dim",
 }
 
 
@@ -68,8 +75,12 @@ def agents_table(items: list[dict[str, Any]]) -> Table:
     for name in ("ID", "NAME", "MODEL", "CREATED"):
         table.add_column(name, no_wrap=True)
     for item in items:
-        table.add_row(str(item.get("id")), escape(str(item.get("name"))), escape(str(item.get("model", ""))),
-                      short_time(item.get("created_at")))
+        table.add_row(
+            str(item.get("id")),
+            escape(str(item.get("name"))),
+            escape(str(item.get("model", ""))),
+            short_time(item.get("created_at")),
+        )
     return table
 
 
@@ -91,8 +102,11 @@ def show_execution(item: dict[str, Any], agent_name: str | None = None) -> None:
         ("agent", f"{agent_name} ({item.get('agent_id')})" if agent_name else item.get("agent_id")),
         ("type", params.get("type", "standard")),
         ("state", state_text(item.get("state"))),
-        ("progress", f"{float(progress.get('percentage') or 0):.0f}%"
-         + (f"  {escape(str(progress['message']))}" if progress.get("message") else "")),
+        (
+            "progress",
+            f"{float(progress.get('percentage') or 0):.0f}%"
+            + (f"  {escape(str(progress['message']))}" if progress.get("message") else ""),
+        ),
         ("attempt", f"{item.get('attempt')} (max retries {item.get('max_retries')})"),
         ("queue", f"{item.get('queue')}  priority {item.get('priority')}"),
         ("timeout", f"{item.get('timeout_seconds')} s"),

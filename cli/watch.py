@@ -44,8 +44,11 @@ def watch_execution(client: ApiClient, execution: dict[str, Any]) -> dict[str, A
                     state = str(payload["new_state"])
                     bar.update(task, state=state_text(state))
                 elif event.type.endswith("progress"):
-                    bar.update(task, completed=float(payload.get("percentage") or 0),
-                               description=escape(str(payload.get("message") or "")))
+                    bar.update(
+                        task,
+                        completed=float(payload.get("percentage") or 0),
+                        description=escape(str(payload.get("message") or "")),
+                    )
                 elif event.type == COMPLETED_EVENT:
                     state = str(payload.get("state") or state)
                     done = 100 if state == "COMPLETED" else bar.tasks[0].completed

@@ -77,8 +77,9 @@ def clean_db(session_factory):  # type: ignore[no-untyped-def]
     from sqlalchemy import text
 
     with session_factory() as s:
-        s.execute(text("TRUNCATE agents, executions, execution_state_history, execution_events, "
-                       "api_keys CASCADE"))
+        s.execute(
+            text("TRUNCATE agents, executions, execution_state_history, execution_events, api_keys CASCADE")
+        )
         s.commit()
     yield
 

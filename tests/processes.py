@@ -32,8 +32,14 @@ def start_procfile_process(name: str, env: dict[str, str], log_path: Path) -> su
     """Run a Procfile line with bash (as honcho does) in its own process group, output to a file."""
     full_env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"} | env
     with log_path.open("wb") as log:
-        return subprocess.Popen(["bash", "-c", f"exec {procfile_command(name)}"], cwd=ROOT, env=full_env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            ["bash", "-c", f"exec {procfile_command(name)}"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:

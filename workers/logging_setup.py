@@ -26,8 +26,7 @@ def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
 
 
 @signals.task_prerun.connect
-def _bind_task_context(task_id: str | None = None, task: Any = None, args: Any = None,
-                       **_: Any) -> None:
+def _bind_task_context(task_id: str | None = None, task: Any = None, args: Any = None, **_: Any) -> None:
     """Start every task with a clean context; a run binds its execution id and attempt."""
     structlog.contextvars.clear_contextvars()
     if getattr(task, "name", None) == RUN_EXECUTION and args and len(args) >= 2:

@@ -77,8 +77,9 @@ def _build_in_worker(**_: Any) -> None:
 def run_execution(self, execution_id: str, attempt: int) -> str:  # type: ignore[no-untyped-def]
     """Claim the attempt and run it; a duplicate or stale delivery claims nothing and exits."""
     with structlog.contextvars.bound_contextvars(execution_id=execution_id, attempt=attempt):
-        outcome = get_service().run_attempt(uuid.UUID(execution_id), int(attempt),
-                                            worker=self.request.hostname or "worker")
+        outcome = get_service().run_attempt(
+            uuid.UUID(execution_id), int(attempt), worker=self.request.hostname or "worker"
+        )
         log.info("run finished", outcome=outcome.value)
         return outcome.value
 

@@ -141,7 +141,9 @@ class ExecutionEventEmitter:
         """`agent.execution.state_changed` of `execution`, added to `session` when given."""
         return self._record(self.state_changed(previous_state, reason), execution, session)
 
-    def emit_progress_updated(self, execution: Execution, *, session: Session | None = None) -> ExecutionEvent:
+    def emit_progress_updated(
+        self, execution: Execution, *, session: Session | None = None
+    ) -> ExecutionEvent:
         """`agent.execution.progress` of `execution`, added to `session` when given."""
         return self._record(self.progress(), execution, session)
 
@@ -157,7 +159,9 @@ class ExecutionEventEmitter:
 
     @staticmethod
     def _record(spec: EventSpec, execution: Execution, session: Session | None) -> ExecutionEvent:
-        row = ExecutionEvent(execution_id=execution.id, type=spec.type, payload=render_payload(spec, execution))
+        row = ExecutionEvent(
+            execution_id=execution.id, type=spec.type, payload=render_payload(spec, execution)
+        )
         if session is not None:
             session.add(row)
         return row

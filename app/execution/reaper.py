@@ -61,22 +61,48 @@ class Reaper:
             if state is S.CANCELLING:
                 self._move(row, S.CANCELLED, "worker lost while cancelling", counts, "cancelled")
             elif row.past_deadline:
-                self._move(row, S.TIMED_OUT, "deadline passed and worker lost", counts, "timed_out",
-                           values={"error_message": "timed out (worker lost)"})
+                self._move(
+                    row,
+                    S.TIMED_OUT,
+                    "deadline passed and worker lost",
+                    counts,
+                    "timed_out",
+                    values={"error_message": "timed out (worker lost)"},
+                )
             elif state is S.PAUSING:
                 self._move(row, S.PAUSED, "worker lost while pausing", counts, "paused")
             elif may_retry(row.attempt, row.max_retries):
-                self._move(row, S.QUEUED, f"worker lost (no heartbeat for {lease:g} s); requeued", counts,
-                           "requeued")
+                self._move(
+                    row, S.QUEUED, f"worker lost (no heartbeat for {lease:g} s); requeued", counts, "requeued"
+                )
             else:
-                self._move(row, S.FAILED, "worker lost", counts, "failed",
-                           values={"error_message": "worker lost and retries exhausted"})
+                self._move(
+                    row,
+                    S.FAILED,
+                    "worker lost",
+                    counts,
+                    "failed",
+                    values={"error_message": "worker lost and retries exhausted"},
+                )
 
-    def _move(self, row: Any, target: S, reason: str, counts: dict[str, int], key: str,
-              values: dict[str, Any] | None = None) -> None:
+    def _move(
+        self,
+        row: Any,
+        target: S,
+        reason: str,
+        counts: dict[str, int],
+        key: str,
+        values: dict[str, Any] | None = None,
+    ) -> None:
         try:
-            self.state_manager.change_state(row.id, target, reason, expected_state=S(row.state),
-                                            expected_attempt=row.attempt, values=values)
+            self.state_manager.change_state(
+                row.id,
+                target,
+                reason,
+                expected_state=S(row.state),
+                expected_attempt=row.attempt,
+                values=values,
+            )
             counts[key] += 1
         except (InvalidExecutionStateError, ExecutionNotFoundError):
             pass  # it moved on by itself meanwhile

@@ -124,23 +124,26 @@ class ExecutionService:
             "updated_at": Expr.NOW,
         }
         # ONE statement: agent check, row, history and events (nothing when the key was used).
-        created = self.state_manager.create(values, start=data.start, tenant=tenant,
-                                            keyed=idempotency_key is not None)
+        created = self.state_manager.create(
+            values, start=data.start, tenant=tenant, keyed=idempotency_key is not None
+        )
         if created is not None:
             return created, True
         if idempotency_key:
             existing = self.repository.get_by_idempotency_key(tenant, idempotency_key)
             if existing is not None:
                 if existing.request_fingerprint != fingerprint:
-                    raise ConflictError(f"idempotency key {idempotency_key!r} was already used with a "
-                                        "different request body")
+                    raise ConflictError(
+                        f"idempotency key {idempotency_key!r} was already used with a different request body"
+                    )
                 return existing, False
             if self.repository.get_agent(data.agent_id, tenant=tenant) is not None:  # deleted meanwhile
                 raise ConflictError(f"idempotency key {idempotency_key!r} is being reused; try again")
         raise AgentNotFoundError(data.agent_id)
 
-    def start_execution(self, execution_id: uuid.UUID, *, tenant: str | None = None,
-                        reason: str | None = None) -> Execution:
+    def start_execution(
+        self, execution_id: uuid.UUID, *, tenant: str | None = None, reason: str | None = None
+    ) -> Execution:
         """PENDING -> QUEUED (sends the task)."""
         return self.state_manager.change_state(
             execution_id, S.QUEUED, reason or "started", tenant=tenant, expected_state=S.PENDING
@@ -172,7 +175,9 @@ class ExecutionService:
             return
         row = self.get_execution(execution_id, tenant=tenant)
         raise InvalidExecutionStateError(
-            execution_id, row.state, "DELETED",
+            execution_id,
+            row.state,
+            "DELETED",
             f"execution {execution_id} is {row.state}; only finished executions can be deleted",
         )
 
@@ -214,39 +219,59 @@ class ExecutionService:
 
     # ---------------------------------------------------------------- control
 
-    def cancel_execution(self, execution_id: uuid.UUID, *, tenant: str | None = None,
-                         reason: str | None = None) -> Execution:
+    def cancel_execution(
+        self, execution_id: uuid.UUID, *, tenant: str | None = None, reason: str | None = None
+    ) -> Execution:
         """PENDING/QUEUED/PAUSED -> CANCELLED; RUNNING/PAUSING -> CANCELLING (the worker stops)."""
-        return self._control(execution_id, tenant, reason or "cancelled by request", {
-            S.PENDING: S.CANCELLED, S.QUEUED: S.CANCELLED, S.PAUSED: S.CANCELLED,
-            S.RUNNING: S.CANCELLING, S.PAUSING: S.CANCELLING,
-        })
+        return self._control(
+            execution_id,
+            tenant,
+            reason or "cancelled by request",
+            {
+                S.PENDING: S.CANCELLED,
+                S.QUEUED: S.CANCELLED,
+                S.PAUSED: S.CANCELLED,
+                S.RUNNING: S.CANCELLING,
+                S.PAUSING: S.CANCELLING,
+            },
+        )
 
-    def pause_execution(self, execution_id: uuid.UUID, *, tenant: str | None = None,
-                        reason: str | None = None) -> Execution:
+    def pause_execution(
+        self, execution_id: uuid.UUID, *, tenant: str | None = None, reason: str | None = None
+    ) -> Execution:
         """RUNNING -> PAUSING; the worker stops at the next step boundary -> PAUSED."""
         return self._control(execution_id, tenant, reason or "paused by request", {S.RUNNING: S.PAUSING})
 
-    def resume_execution(self, execution_id: uuid.UUID, *, tenant: str | None = None,
-                         reason: str | None = None) -> Execution:
+    def resume_execution(
+        self, execution_id: uuid.UUID, *, tenant: str | None = None, reason: str | None = None
+    ) -> Execution:
         """PAUSED -> QUEUED with a new attempt that continues after the last finished step."""
         return self._control(execution_id, tenant, reason or "resumed by request", {S.PAUSED: S.QUEUED})
 
-    def retry_execution(self, execution_id: uuid.UUID, *, tenant: str | None = None,
-                        reason: str | None = None) -> Execution:
+    def retry_execution(
+        self, execution_id: uuid.UUID, *, tenant: str | None = None, reason: str | None = None
+    ) -> Execution:
         """FAILED/TIMED_OUT -> QUEUED with a new attempt."""
-        return self._control(execution_id, tenant, reason or "retried by request",
-                             {S.FAILED: S.QUEUED, S.TIMED_OUT: S.QUEUED})
+        return self._control(
+            execution_id, tenant, reason or "retried by request", {S.FAILED: S.QUEUED, S.TIMED_OUT: S.QUEUED}
+        )
 
-    def _control(self, execution_id: uuid.UUID, tenant: str | None, reason: str,
-                 targets: dict[ExecutionState, ExecutionState]) -> Execution:
+    def _control(
+        self,
+        execution_id: uuid.UUID,
+        tenant: str | None,
+        reason: str,
+        targets: dict[ExecutionState, ExecutionState],
+    ) -> Execution:
         for _ in range(3):
             current = S(self.get_execution(execution_id, tenant=tenant).state)
             target = targets.get(current)
             if target is None:
                 allowed = ", ".join(s.value for s in targets)
                 raise InvalidExecutionStateError(
-                    execution_id, current, next(iter(targets.values())),
+                    execution_id,
+                    current,
+                    next(iter(targets.values())),
                     f"execution {execution_id} is {current.value}; this needs one of: {allowed}",
                 )
             try:

@@ -145,9 +145,19 @@ class ExecutionStateManager:
         specs.append(emitter.state_changed(current, reason, previous_from_row=current is None))
         if target in FINISHED_STATES:
             specs.append(emitter.completed())
-        transition = self._write(execution_id, target, reason, current, sources, expected_attempt, tenant,
-                                 entry_values(target, delay=delay) | (values or {}), specs,
-                                 entry_params(target, delay=delay), delay)
+        transition = self._write(
+            execution_id,
+            target,
+            reason,
+            current,
+            sources,
+            expected_attempt,
+            tenant,
+            entry_values(target, delay=delay) | (values or {}),
+            specs,
+            entry_params(target, delay=delay),
+            delay,
+        )
         self.after_commit([transition])
         return transition.execution
 
@@ -162,10 +172,25 @@ class ExecutionStateManager:
         """
         emitter = self.event_emitter
         specs = [emitter.state_changed(S.QUEUED, f"claimed by {worker}"), emitter.progress()]
-        values = entry_values(S.RUNNING) | {"worker": worker, "progress_percentage": Expr.FIRST_PROGRESS,
-                                            "progress_message": progress_message}
-        transition = self._write(execution_id, S.RUNNING, f"claimed by {worker}", S.QUEUED, None, attempt,
-                                 None, values, specs, {}, 0, with_agent=True)
+        values = entry_values(S.RUNNING) | {
+            "worker": worker,
+            "progress_percentage": Expr.FIRST_PROGRESS,
+            "progress_message": progress_message,
+        }
+        transition = self._write(
+            execution_id,
+            S.RUNNING,
+            f"claimed by {worker}",
+            S.QUEUED,
+            None,
+            attempt,
+            None,
+            values,
+            specs,
+            {},
+            0,
+            with_agent=True,
+        )
         self.after_commit([transition])
         return transition.execution, transition.agent
 
@@ -186,15 +211,31 @@ class ExecutionStateManager:
         with_agent: bool = False,
     ) -> Transition:
         written = self.repository.transition(
-            execution_id, target, expected_state=current, sources=sources, expected_attempt=expected_attempt,
-            tenant=tenant, values=values, reason=reason, events=specs, params=params, with_agent=with_agent,
+            execution_id,
+            target,
+            expected_state=current,
+            sources=sources,
+            expected_attempt=expected_attempt,
+            tenant=tenant,
+            values=values,
+            reason=reason,
+            events=specs,
+            params=params,
+            with_agent=with_agent,
         )
         if written.execution is None:
             self._explain_refusal(execution_id, current, target, expected_attempt, tenant)
         assert written.execution is not None
         previous = ExecutionState(written.previous_state or current)
-        return Transition(written.execution, previous, target, reason, events=written.events, delay=delay,
-                          agent=written.agent)
+        return Transition(
+            written.execution,
+            previous,
+            target,
+            reason,
+            events=written.events,
+            delay=delay,
+            agent=written.agent,
+        )
 
     def create(
         self, values: dict[str, Any], *, start: bool = True, tenant: str | None = None, keyed: bool = False
@@ -211,8 +252,9 @@ class ExecutionStateManager:
             history.append((S.PENDING.value, S.QUEUED.value, "submitted"))
             specs.append(emitter.state_changed(S.PENDING, "submitted"))
             row_values |= _FIRST_QUEUED | {"celery_task_id": celery_task_id(values["id"], 1)}
-        written = self.repository.create_execution(row_values, history=history, events=specs,
-                                                   agent_tenant=tenant, skip_if_key_exists=keyed)
+        written = self.repository.create_execution(
+            row_values, history=history, events=specs, agent_tenant=tenant, skip_if_key_exists=keyed
+        )
         row = written.execution
         if row is None:
             return None
@@ -247,8 +289,13 @@ class ExecutionStateManager:
             return
         try:
             if new_state is S.QUEUED:
-                bg.start_task(execution.id, execution.attempt, queue=execution.queue,
-                              priority=execution.priority, countdown=delay)
+                bg.start_task(
+                    execution.id,
+                    execution.attempt,
+                    queue=execution.queue,
+                    priority=execution.priority,
+                    countdown=delay,
+                )
             elif new_state is S.CANCELLING:
                 bg.cancel_task(execution.id, execution.attempt)
             elif new_state is S.PAUSING:
@@ -256,8 +303,12 @@ class ExecutionStateManager:
             elif new_state is S.CANCELLED and previous_state is S.QUEUED:
                 bg.cancel_task(execution.id, execution.attempt)
         except Exception as exc:  # the broker is transport; PostgreSQL already holds the truth
-            log.warning("side effect failed; the reaper will catch up", execution_id=str(execution.id),
-                        state=new_state.value, error=str(exc))
+            log.warning(
+                "side effect failed; the reaper will catch up",
+                execution_id=str(execution.id),
+                state=new_state.value,
+                error=str(exc),
+            )
 
     def _explain_refusal(
         self,
@@ -272,7 +323,9 @@ class ExecutionStateManager:
             raise ExecutionNotFoundError(execution_id)
         if expected_attempt is not None and row.attempt != expected_attempt:
             raise InvalidExecutionStateError(
-                execution_id, row.state, target,
+                execution_id,
+                row.state,
+                target,
                 f"execution {execution_id} is at attempt {row.attempt}, not {expected_attempt}",
             )
         raise InvalidExecutionStateError(execution_id, row.state, target)

@@ -100,11 +100,15 @@ class ExecutionTaskRunner:
         The claim also writes the first progress report and reads the agent: one statement.
         """
         try:
-            execution, agent = self._db("claim", execution_id, lambda: self.state_manager.claim(
-                execution_id, attempt, worker, "Prepare input"))
+            execution, agent = self._db(
+                "claim",
+                execution_id,
+                lambda: self.state_manager.claim(execution_id, attempt, worker, "Prepare input"),
+            )
         except (InvalidExecutionStateError, ExecutionNotFoundError) as exc:
-            log.info("claim refused; nothing to run", execution_id=str(execution_id), attempt=attempt,
-                     why=str(exc))
+            log.info(
+                "claim refused; nothing to run", execution_id=str(execution_id), attempt=attempt, why=str(exc)
+            )
             return Outcome.SKIPPED
         control = RunControl(execution_id, attempt, execution.timeout_seconds)
         if self.control_hub is not None:
@@ -121,8 +125,9 @@ class ExecutionTaskRunner:
         """Run a claimed execution to its end state. `agent` is the agent's settings when the
         claim read them ({} when the agent is gone); None reads them now."""
         control = control or RunControl(execution.id, execution.attempt, execution.timeout_seconds)
-        bound = log.bind(execution_id=str(execution.id), attempt=execution.attempt,
-                         agent_id=str(execution.agent_id))
+        bound = log.bind(
+            execution_id=str(execution.id), attempt=execution.attempt, agent_id=str(execution.agent_id)
+        )
         structlog.contextvars.bind_contextvars(agent_id=str(execution.agent_id))  # the worker clears it
         try:
             task_input = self.prepare_task_input(execution, agent)
@@ -131,7 +136,9 @@ class ExecutionTaskRunner:
                 raw = self.execute_pipeline_task(execution, task_input, control)
             else:
                 raw = self.execute_standard_task(execution, task_input, control)
-            return self._end(execution, Stop.FINISH, S.COMPLETED, "completed", result=self.process_results(raw))
+            return self._end(
+                execution, Stop.FINISH, S.COMPLETED, "completed", result=self.process_results(raw)
+            )
         except ExecutionInterrupted as stop:
             return self._end(execution, Stop(stop.kind))
         except InvalidExecutionStateError:  # a progress report or checkpoint was refused
@@ -150,8 +157,13 @@ class ExecutionTaskRunner:
             return self._end(execution, Stop.FINISH, S.FAILED, "model call failed", error=str(exc))
         except Exception as exc:  # a bug or an unexpected failure must still end the run
             bound.exception("execution failed unexpectedly")
-            return self._end(execution, Stop.FINISH, S.FAILED, "internal error",
-                             error=f"internal error: {type(exc).__name__}: {exc}")
+            return self._end(
+                execution,
+                Stop.FINISH,
+                S.FAILED,
+                "internal error",
+                error=f"internal error: {type(exc).__name__}: {exc}",
+            )
 
     # ------------------------------------------------------------ the task
 
@@ -165,8 +177,11 @@ class ExecutionTaskRunner:
         steps = params.get("steps") or [{"name": "generate", "prompt": "{input}"}]
         if agent is None:
             row = self._db("get_agent", execution.id, lambda: self.repository.get_agent(execution.agent_id))
-            agent = {} if row is None else {"model": row.model, "system_prompt": row.system_prompt,
-                                            "parameters": row.parameters}
+            agent = (
+                {}
+                if row is None
+                else {"model": row.model, "system_prompt": row.system_prompt, "parameters": row.parameters}
+            )
             if agent:
                 self._progress(execution, 100 / (len(steps) + 2), "Prepare input")
         if not agent:
@@ -216,8 +231,11 @@ class ExecutionTaskRunner:
                 "finished_at": datetime.now(UTC).isoformat(),
             }
             outputs[name] = response["output"]
-            saved = self._db("save_checkpoint", execution.id, lambda: self.repository.save_checkpoint(
-                execution.id, execution.attempt, {"steps": done}))
+            saved = self._db(
+                "save_checkpoint",
+                execution.id,
+                lambda: self.repository.save_checkpoint(execution.id, execution.attempt, {"steps": done}),
+            )
             if not saved:
                 raise ExecutionInterrupted(self._stop_from_db(execution).value)
         control.check()
@@ -262,18 +280,26 @@ class ExecutionTaskRunner:
             except _DB_DOWN:
                 if time.monotonic() + delay > give_up:
                     raise
-                log.warning("database unavailable; retrying", operation=operation,
-                            execution_id=str(execution_id), retry_in=round(delay, 2))
+                log.warning(
+                    "database unavailable; retrying",
+                    operation=operation,
+                    execution_id=str(execution_id),
+                    retry_in=round(delay, 2),
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, self.db_retry_max_delay)
 
     def _progress(self, execution: Execution, percentage: float, message: str) -> None:
         try:
-            self._db("update_progress", execution.id, lambda: self.progress_tracker.update_progress(
+            self._db(
+                "update_progress",
                 execution.id,
-                ExecutionProgressUpdate(percentage=round(percentage, 2), message=message),
-                expected_attempt=execution.attempt,
-            ))
+                lambda: self.progress_tracker.update_progress(
+                    execution.id,
+                    ExecutionProgressUpdate(percentage=round(percentage, 2), message=message),
+                    expected_attempt=execution.attempt,
+                ),
+            )
         except InvalidProgressError:
             log.debug("progress already further", execution_id=str(execution.id))
 
@@ -302,8 +328,12 @@ class ExecutionTaskRunner:
                 if action is Action.FAIL:
                     return self._end(execution, Stop.FINISH, S.FAILED, "model call failed", error=error)
                 if action is Action.GIVE_UP:
-                    log.info("run ended by someone else", execution_id=str(execution.id), stop=stop.value,
-                             state=found.value)
+                    log.info(
+                        "run ended by someone else",
+                        execution_id=str(execution.id),
+                        stop=stop.value,
+                        state=found.value,
+                    )
                     return Outcome.of(found)
         return Outcome.of(S(execution.state))
 
@@ -322,25 +352,46 @@ class ExecutionTaskRunner:
             values: dict[str, Any] = {"result": result, "error_message": error}
             if target is S.COMPLETED:
                 values |= {"progress_percentage": 100, "progress_message": "Finalize"}
-            self._change_state(execution, target, reason, expected_attempt=attempt, values=values,
-                               progress_event=target is S.COMPLETED)
+            self._change_state(
+                execution,
+                target,
+                reason,
+                expected_attempt=attempt,
+                values=values,
+                progress_event=target is S.COMPLETED,
+            )
             return target
         if stop is Stop.RETRY:
             s = self.settings
             delay = backoff_delay(attempt, s.retry_backoff_base, s.retry_backoff_cap)
-            self._change_state(execution, S.QUEUED,
-                               f"retry {attempt} of {execution.max_retries} in {delay:.2f} s: {error}",
-                               expected_state=S.RUNNING, expected_attempt=attempt, delay=delay)
+            self._change_state(
+                execution,
+                S.QUEUED,
+                f"retry {attempt} of {execution.max_retries} in {delay:.2f} s: {error}",
+                expected_state=S.RUNNING,
+                expected_attempt=attempt,
+                delay=delay,
+            )
             return S.QUEUED
         write = end_write(stop, execution.timeout_seconds)
-        self._change_state(execution, write.target, write.reason, expected_state=write.expected,
-                           expected_attempt=attempt,
-                           values={"error_message": "timed out"} if stop is Stop.TIMEOUT else None)
+        self._change_state(
+            execution,
+            write.target,
+            write.reason,
+            expected_state=write.expected,
+            expected_attempt=attempt,
+            values={"error_message": "timed out"} if stop is Stop.TIMEOUT else None,
+        )
         return write.target
 
-    def _change_state(self, execution: Execution, target: ExecutionState, reason: str, **kwargs: Any) -> Execution:
-        return self._db(f"change_state:{target.value}", execution.id, lambda: self.state_manager.change_state(
-            execution.id, target, reason, **kwargs))
+    def _change_state(
+        self, execution: Execution, target: ExecutionState, reason: str, **kwargs: Any
+    ) -> Execution:
+        return self._db(
+            f"change_state:{target.value}",
+            execution.id,
+            lambda: self.state_manager.change_state(execution.id, target, reason, **kwargs),
+        )
 
     def _stop_from_db(self, execution: Execution) -> Stop:
         row = self._db("get_by_id", execution.id, lambda: self.repository.get_by_id(execution.id))

@@ -157,8 +157,10 @@ def _history_cte(shape: Shape) -> str:
     rows = []
     for i in range(shape.history):
         from_state = "u.previous_state" if shape.sources and i == 0 else f"%(h_from_{i})s::text"
-        rows.append(f"SELECT {i} AS ord, u.id, {from_state} AS f, %(h_to_{i})s::text AS t, "
-                    f"%(h_reason_{i})s::text AS r FROM u")
+        rows.append(
+            f"SELECT {i} AS ord, u.id, {from_state} AS f, %(h_to_{i})s::text AS t, "
+            f"%(h_reason_{i})s::text AS r FROM u"
+        )
     return (
         "h AS (INSERT INTO execution_state_history (execution_id, from_state, to_state, reason) "
         f"SELECT id, f, t, r FROM ({' UNION ALL '.join(rows)}) hs ORDER BY ord)"
@@ -193,7 +195,9 @@ def build_sql(shape: Shape) -> str:
         selected.append(_AGENT)
     if shape.events:
         ctes.append(_events_cte(shape))
-        selected.append("e.id AS ev_id, e.type AS ev_type, e.payload AS ev_payload, e.created_at AS ev_created_at")
+        selected.append(
+            "e.id AS ev_id, e.type AS ev_type, e.payload AS ev_payload, e.created_at AS ev_created_at"
+        )
         source = "u CROSS JOIN e ORDER BY e.id"
     else:
         source = "u"
@@ -322,8 +326,13 @@ def _run(connection: Connection, sql: str, params: dict[str, Any]) -> Written:
     first = rows[0]
     execution = execution_from_row(first)
     logged = [
-        ExecutionEvent(id=r["ev_id"], execution_id=execution.id, type=r["ev_type"], payload=r["ev_payload"],
-                       created_at=r["ev_created_at"])
+        ExecutionEvent(
+            id=r["ev_id"],
+            execution_id=execution.id,
+            type=r["ev_type"],
+            payload=r["ev_payload"],
+            created_at=r["ev_created_at"],
+        )
         for r in rows
         if "ev_id" in r
     ]

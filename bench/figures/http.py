@@ -27,13 +27,31 @@ BODY = {"parameters": {"type": "standard", "input": "benchmark input", "simulate
 def load(url: str, body: str, ctx: Ctx, headers: list[str] | None = None) -> dict[str, Any]:
     """Run the load generator in its own process; its JSON result."""
     sizes = ctx.sizes
-    argv = [sys.executable, "-m", "bench.loadgen", "--url", url, "--body", body,
-            "--connections", str(sizes["http_connections"]), "--duration", str(sizes["http_duration"]),
-            "--warmup", str(sizes["http_warmup"])]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--url",
+        url,
+        "--body",
+        body,
+        "--connections",
+        str(sizes["http_connections"]),
+        "--duration",
+        str(sizes["http_duration"]),
+        "--warmup",
+        str(sizes["http_warmup"]),
+    ]
     for h in headers or []:
         argv += ["--header", h]
-    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True,
-                         timeout=sizes["http_duration"] + sizes["http_warmup"] + 120)
+    out = subprocess.run(
+        argv,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=sizes["http_duration"] + sizes["http_warmup"] + 120,
+    )
     result: dict[str, Any] = json.loads(out.stdout)
     return result
 
@@ -103,15 +121,21 @@ def run(ctx: Ctx) -> None:
     n_raw = sum(int(x["requests"]) for x in raw_res)
     n_ours = sum(int(x["requests"]) for x in our_res)
     fig = Figure(
-        "post_executions_per_second", median(our_rps), "req/s", baseline=median(raw_rps), goal="ratio >= 0.8",
-        note=(f"{ctx.sizes['http_connections']} keep-alive connections from a separate process, "
-              f"{ctx.sizes['http_duration']:g} s per round; rounds raw {[round(x) for x in raw_rps]} "
-              f"ours {[round(x) for x in our_rps]}; p50/p99 raw {raw_res[-1]['p50_ms']:.0f}/"
-              f"{raw_res[-1]['p99_ms']:.0f} ms, "
-              f"ours {our_res[-1]['p50_ms']:.0f}/{our_res[-1]['p99_ms']:.0f} ms; "
-              f"load generator used {our_res[-1]['loadgen_cpu_fraction']:.0%} of a core\n"
-              f"      CPU ms per request, raw: {_cpu(raw_cpu, n_raw)}\n"
-              f"      CPU ms per request, ours: {_cpu(our_cpu, n_ours)}"),
+        "post_executions_per_second",
+        median(our_rps),
+        "req/s",
+        baseline=median(raw_rps),
+        goal="ratio >= 0.8",
+        note=(
+            f"{ctx.sizes['http_connections']} keep-alive connections from a separate process, "
+            f"{ctx.sizes['http_duration']:g} s per round; rounds raw {[round(x) for x in raw_rps]} "
+            f"ours {[round(x) for x in our_rps]}; p50/p99 raw {raw_res[-1]['p50_ms']:.0f}/"
+            f"{raw_res[-1]['p99_ms']:.0f} ms, "
+            f"ours {our_res[-1]['p50_ms']:.0f}/{our_res[-1]['p99_ms']:.0f} ms; "
+            f"load generator used {our_res[-1]['loadgen_cpu_fraction']:.0%} of a core\n"
+            f"      CPU ms per request, raw: {_cpu(raw_cpu, n_raw)}\n"
+            f"      CPU ms per request, ours: {_cpu(our_cpu, n_ours)}"
+        ),
     )
     fig.met = fig.ratio is not None and fig.ratio >= 0.8
     ctx.add(fig)

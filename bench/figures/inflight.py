@@ -88,8 +88,9 @@ def raw_drain(ctx: Ctx, n: int, conc: int) -> float:
     queue, counter = f"bench-raw-inflight-{RUN_ID}", f"bench-raw-inflight-count-{RUN_ID}"
     client = redis.Redis.from_url(redis_url())
     client.delete(counter)
-    worker = ctx.env.start_worker("raw-inflight", app="bench.raw_celery", queue=f"bench-raw-idle-{RUN_ID}",
-                                  concurrency=conc)
+    worker = ctx.env.start_worker(
+        "raw-inflight", app="bench.raw_celery", queue=f"bench-raw-idle-{RUN_ID}", concurrency=conc
+    )
     control = Celery(broker=redis_url())
     try:
         for _ in range(n):
@@ -114,16 +115,19 @@ def split_drain(ctx: Ctx, svc: Any, n: int, conc: int, processes: int = 2) -> tu
 
     queue = f"bench-inflight-split-{RUN_ID}"
     idle = f"bench-idle-{RUN_ID}"
-    workers = [ctx.env.start_worker(f"inflight-{i}", queue=idle, concurrency=conc // processes)
-               for i in range(processes)]
+    workers = [
+        ctx.env.start_worker(f"inflight-{i}", queue=idle, concurrency=conc // processes)
+        for i in range(processes)
+    ]
     control = Celery(broker=redis_url())
     try:
         agent = make_agent(svc, "inflight-split")
         _submit_all(svc, agent.id, n, queue, ctx.sizes["producers"])
         samplers = [_RssSampler(w.pid) for w in workers]
         t0 = time.monotonic()
-        control.control.add_consumer(queue, destination=[w.info["node"] for w in workers], reply=True,
-                                     timeout=5)
+        control.control.add_consumer(
+            queue, destination=[w.info["node"] for w in workers], reply=True, timeout=5
+        )
         elapsed = _wait_done(svc, agent.id, n, t0, timeout=max(120, 20 * n / conc))
         peak = sum(s.stop() for s in samplers)
         return elapsed, _timeline(svc, agent.id), peak
@@ -169,19 +173,52 @@ def run(ctx: Ctx) -> None:
         ctx.env.stop(worker)
     raw = raw_drain(ctx, n, conc)
     split, split_timeline, split_rss = split_drain(ctx, svc, n, conc)
-    fig = Figure(f"inflight_{n}_drain_seconds", drain, "s", baseline=ideal, goal="ratio <= 1.5",
-                 note=f"{n} x {LATENCY_MS} ms at concurrency {conc} (threads); all {n} queued first "
-                      f"(submitting took {submit_s:.1f} s), then add_consumer; {drain_timeline}")
+    fig = Figure(
+        f"inflight_{n}_drain_seconds",
+        drain,
+        "s",
+        baseline=ideal,
+        goal="ratio <= 1.5",
+        note=f"{n} x {LATENCY_MS} ms at concurrency {conc} (threads); all {n} queued first "
+        f"(submitting took {submit_s:.1f} s), then add_consumer; {drain_timeline}",
+    )
     fig.met = fig.ratio is not None and fig.ratio <= 1.5
     ctx.add(fig)
-    ctx.add(Figure(f"inflight_{n}_raw_celery_drain_seconds", raw, "s", baseline=ideal,
-                   note="the same shape on raw Celery (a task sleeping 1 s in 10 chunks), same pool and "
-                        "concurrency: the floor the engine beneath sets"))
-    ctx.add(Figure(f"inflight_{n}_drain_2x{conc // 2}_seconds", split, "s", baseline=ideal,
-                   note=f"the same concurrency as 2 worker processes of {conc // 2} threads on this host "
-                        f"(peak RSS of both {split_rss:.0f} MB); {split_timeline}"))
-    ctx.add(Figure(f"inflight_{n}_end_to_end_seconds", e2e, "s", baseline=ideal,
-                   note=f"submitted by {ctx.sizes['producers']} producer threads while the worker consumes; "
-                        f"{e2e_timeline}"))
-    ctx.add(Figure("inflight_worker_rss_mb", peak, "MB",
-                   note=f"peak resident memory of the worker (idle: {idle_rss:.0f} MB)"))
+    ctx.add(
+        Figure(
+            f"inflight_{n}_raw_celery_drain_seconds",
+            raw,
+            "s",
+            baseline=ideal,
+            note="the same shape on raw Celery (a task sleeping 1 s in 10 chunks), same pool and "
+            "concurrency: the floor the engine beneath sets",
+        )
+    )
+    ctx.add(
+        Figure(
+            f"inflight_{n}_drain_2x{conc // 2}_seconds",
+            split,
+            "s",
+            baseline=ideal,
+            note=f"the same concurrency as 2 worker processes of {conc // 2} threads on this host "
+            f"(peak RSS of both {split_rss:.0f} MB); {split_timeline}",
+        )
+    )
+    ctx.add(
+        Figure(
+            f"inflight_{n}_end_to_end_seconds",
+            e2e,
+            "s",
+            baseline=ideal,
+            note=f"submitted by {ctx.sizes['producers']} producer threads while the worker consumes; "
+            f"{e2e_timeline}",
+        )
+    )
+    ctx.add(
+        Figure(
+            "inflight_worker_rss_mb",
+            peak,
+            "MB",
+            note=f"peak resident memory of the worker (idle: {idle_rss:.0f} MB)",
+        )
+    )

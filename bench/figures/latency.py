@@ -74,10 +74,16 @@ def submit_to_running(ctx: Ctx, svc: Any, watcher: StateWatcher) -> None:
         raw.close()
     p50, p99 = percentile(our_ms, 50), percentile(our_ms, 99)
     b50, b99 = percentile(raw_ms, 50), percentile(raw_ms, 99)
-    fig = Figure("submit_to_running_p50_ms", p50, "ms", baseline=b50, goal="ratio <= 2",
-                 note=f"{n} samples each; ours = create_execution (one statement, publish, send_task) -> "
-                      f"RUNNING event; the create_execution call itself took p50 "
-                      f"{percentile(call_ms, 50):.1f} ms")
+    fig = Figure(
+        "submit_to_running_p50_ms",
+        p50,
+        "ms",
+        baseline=b50,
+        goal="ratio <= 2",
+        note=f"{n} samples each; ours = create_execution (one statement, publish, send_task) -> "
+        f"RUNNING event; the create_execution call itself took p50 "
+        f"{percentile(call_ms, 50):.1f} ms",
+    )
     fig.met = fig.ratio is not None and fig.ratio <= 2
     ctx.add(fig)
     ctx.add(Figure("submit_to_running_p99_ms", p99, "ms", baseline=b99))
@@ -98,9 +104,15 @@ def cancel_latency(ctx: Ctx, svc: Any, watcher: StateWatcher, cancel: Any = None
         t1 = watcher.wait(ex.id, "CANCELLED", timeout=10)
         samples.append((t1 - t0) * 1000)
     p50, p99 = percentile(samples, 50), percentile(samples, 99)
-    ctx.add(Figure("cancel_to_cancelled_p50_ms", p50, "ms",
-                   note=f"{n} samples, cancel {how or 'through ExecutionService'} while a 30 s "
-                        f"streamed call runs; CANCELLED = its state_changed event received"))
+    ctx.add(
+        Figure(
+            "cancel_to_cancelled_p50_ms",
+            p50,
+            "ms",
+            note=f"{n} samples, cancel {how or 'through ExecutionService'} while a 30 s "
+            f"streamed call runs; CANCELLED = its state_changed event received",
+        )
+    )
     fig = Figure("cancel_to_cancelled_p99_ms", p99, "ms", goal="<= 1000 ms")
     fig.met = p99 <= 1000
     ctx.add(fig)

@@ -51,8 +51,7 @@ def generate(svc: Any, rows: int) -> list[uuid.UUID]:
     agents = [make_agent(svc, f"list{i}").id for i in range(10)]
     engine = svc.repository.session_factory.kw["bind"]
     with engine.begin() as conn:
-        conn.execute(text(GENERATE), {"agents": agents, "rows": rows,
-                                      "spread": SPREAD_DAYS * 86400 / rows})
+        conn.execute(text(GENERATE), {"agents": agents, "rows": rows, "spread": SPREAD_DAYS * 86400 / rows})
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE executions"))
     return agents
@@ -62,8 +61,10 @@ def filters(agents: list[uuid.UUID]) -> list[tuple[str, dict[str, Any], bool]]:
     """(label, query parameters, has a goal) for every filter of DESIGN.md."""
     now = datetime.now(UTC)
     mid = now - timedelta(days=SPREAD_DAYS / 2)
-    day = {"created_after": (mid - timedelta(hours=12)).isoformat(),
-           "created_before": (mid + timedelta(hours=12)).isoformat()}
+    day = {
+        "created_after": (mid - timedelta(hours=12)).isoformat(),
+        "created_before": (mid + timedelta(hours=12)).isoformat(),
+    }
     return [
         ("none", {}, True),
         ("state=COMPLETED", {"state": ["COMPLETED"]}, True),
@@ -140,8 +141,13 @@ def run(ctx: Ctx) -> None:
                 capped_ms = _repo_times(svc, params, max(n // 2, 10), capped=True)
                 note += f", capped total {percentile(capped_ms, 99):.1f} ms"
             ctx.add(Figure(f"list_executions_p50_ms[{label}]", percentile(http_ms, 50), "ms"))
-            fig = Figure(f"list_executions_p99_ms[{label}]", percentile(http_ms, 99), "ms",
-                         goal="<= 50 ms" if has_goal else None, note=note)
+            fig = Figure(
+                f"list_executions_p99_ms[{label}]",
+                percentile(http_ms, 99),
+                "ms",
+                goal="<= 50 ms" if has_goal else None,
+                note=note,
+            )
             if has_goal:
                 fig.met = fig.value <= 50
             ctx.add(fig)

@@ -35,12 +35,16 @@ def measure(ctx: Ctx, n: int, warmup: int = 40) -> tuple[dict[str, float], dict[
 
     worker_proxy, submit_proxy = CountingProxy(), CountingProxy()
     queue = f"bench-rt-{RUN_ID}"
-    worker = ctx.env.start_worker("roundtrips", queue=queue,
-                                  env={"DATABASE_URL": database_url(port=worker_proxy.port)})
+    worker = ctx.env.start_worker(
+        "roundtrips", queue=queue, env={"DATABASE_URL": database_url(port=worker_proxy.port)}
+    )
     url = database_url(port=submit_proxy.port)
     settings = Settings(database_url=url)
-    svc = build_service(background_tasks=lambda hub: BackgroundTaskManager(celery_app, hub), settings=settings,
-                        session_factory=make_session_factory(get_engine(url)))
+    svc = build_service(
+        background_tasks=lambda hub: BackgroundTaskManager(celery_app, hub),
+        settings=settings,
+        session_factory=make_session_factory(get_engine(url)),
+    )
     watcher = StateWatcher(redis_url())
     try:
         agent = make_agent(svc, "roundtrips")
@@ -64,12 +68,30 @@ def run(ctx: Ctx) -> None:
     n = ctx.sizes["roundtrip_executions"]
     submit, worker = measure(ctx, n)
     ctx.state["round_trips"] = {"submit": submit, "worker": worker}
-    ctx.add(Figure("db_round_trips_per_execution_submit", submit["round_trips"], "round trips",
-                   note=f"create_execution, standard task, {n} executions: {_fmt(submit)}"))
-    ctx.add(Figure("db_round_trips_per_execution_worker", worker["round_trips"], "round trips",
-                   note=f"claim -> COMPLETED on the worker: {_fmt(worker)}"))
+    ctx.add(
+        Figure(
+            "db_round_trips_per_execution_submit",
+            submit["round_trips"],
+            "round trips",
+            note=f"create_execution, standard task, {n} executions: {_fmt(submit)}",
+        )
+    )
+    ctx.add(
+        Figure(
+            "db_round_trips_per_execution_worker",
+            worker["round_trips"],
+            "round trips",
+            note=f"claim -> COMPLETED on the worker: {_fmt(worker)}",
+        )
+    )
     tx_submit = submit["commit"] + submit["autocommit"]
     tx_worker = worker["commit"] + worker["autocommit"]
-    ctx.add(Figure("db_transactions_per_execution", tx_submit + tx_worker, "transactions",
-                   note=f"submit {tx_submit:.1f} + worker {tx_worker:.1f} "
-                        f"(COMMITs and autocommit statements; reads count too)"))
+    ctx.add(
+        Figure(
+            "db_transactions_per_execution",
+            tx_submit + tx_worker,
+            "transactions",
+            note=f"submit {tx_submit:.1f} + worker {tx_worker:.1f} "
+            f"(COMMITs and autocommit statements; reads count too)",
+        )
+    )

@@ -48,8 +48,9 @@ class _Reader:
     """Reads a listener process's lines on a thread."""
 
     def __init__(self, argv: list[str]):
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         self.lines: queue_mod.Queue[str] = queue_mod.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -95,8 +96,18 @@ def ours(ctx: Ctx, url: str, key: str, n: int) -> list[float]:
     svc = build_service(background_tasks=None, event_bus=bus)
     agent = make_agent(svc, "sse")
     ex, _ = svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"}, start=False))
-    reader = _Reader([sys.executable, "-m", "bench.listener", "sse", "--url",
-                      f"{url}/v1/executions/{ex.id}/events", "--header", f"Authorization: Bearer {key}"])
+    reader = _Reader(
+        [
+            sys.executable,
+            "-m",
+            "bench.listener",
+            "sse",
+            "--url",
+            f"{url}/v1/executions/{ex.id}/events",
+            "--header",
+            f"Authorization: Bearer {key}",
+        ]
+    )
     try:
         reader.wait_ready()
         time.sleep(0.2)  # the stream has replayed the log and waits live
@@ -105,7 +116,8 @@ def ours(ctx: Ctx, url: str, key: str, n: int) -> list[float]:
         svc.state_manager.change_state(ex.id, S.RUNNING, "bench", expected_state=S.QUEUED)
         for i in range(n):
             svc.progress_tracker.update_progress(
-                ex.id, ExecutionProgressUpdate(percentage=round(90 * i / n, 3), message=f"chunk {i}"))
+                ex.id, ExecutionProgressUpdate(percentage=round(90 * i / n, 3), message=f"chunk {i}")
+            )
             time.sleep(PACE)
         svc.state_manager.change_state(ex.id, S.COMPLETED, "bench", values={"result": {"output": "done"}})
         received = reader.results()
@@ -125,8 +137,9 @@ def raw(n: int) -> list[float]:
     import redis
 
     channel = f"bench-sse-raw-{RUN_ID}"
-    reader = _Reader([sys.executable, "-m", "bench.listener", "redis", "--url", redis_url(),
-                      "--channel", channel])
+    reader = _Reader(
+        [sys.executable, "-m", "bench.listener", "redis", "--url", redis_url(), "--channel", channel]
+    )
     client = redis.Redis.from_url(redis_url())
     sent: dict[str, float] = {}
     try:
@@ -157,10 +170,18 @@ def run(ctx: Ctx) -> None:
         mine = ours(ctx, web.info["url"], key, n)
     finally:
         ctx.env.stop(web)
-    ctx.add(Figure("sse_event_latency_p50_ms", percentile(mine, 50), "ms", baseline=percentile(base, 50),
-                   note=f"{len(mine)} events (progress updates every {PACE * 1000:g} ms, then COMPLETED) "
-                        f"from commit to the SSE client process; baseline {len(base)} raw Redis messages"))
-    fig = Figure("sse_event_latency_p99_ms", percentile(mine, 99), "ms", baseline=percentile(base, 99),
-                 goal="<= 50 ms")
+    ctx.add(
+        Figure(
+            "sse_event_latency_p50_ms",
+            percentile(mine, 50),
+            "ms",
+            baseline=percentile(base, 50),
+            note=f"{len(mine)} events (progress updates every {PACE * 1000:g} ms, then COMPLETED) "
+            f"from commit to the SSE client process; baseline {len(base)} raw Redis messages",
+        )
+    )
+    fig = Figure(
+        "sse_event_latency_p99_ms", percentile(mine, 99), "ms", baseline=percentile(base, 99), goal="<= 50 ms"
+    )
     fig.met = fig.value <= 50
     ctx.add(fig)

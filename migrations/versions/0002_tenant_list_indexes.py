@@ -16,12 +16,15 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_executions_tenant_state_created", "executions",
-                    ["tenant", "state", "created_at", "id"])
-    op.create_index("ix_executions_tenant_agent_created", "executions",
-                    ["tenant", "agent_id", "created_at", "id"])
-    op.create_index("ix_executions_tenant_task_created", "executions",
-                    ["tenant", "task_id", "created_at", "id"])
+    op.create_index(
+        "ix_executions_tenant_state_created", "executions", ["tenant", "state", "created_at", "id"]
+    )
+    op.create_index(
+        "ix_executions_tenant_agent_created", "executions", ["tenant", "agent_id", "created_at", "id"]
+    )
+    op.create_index(
+        "ix_executions_tenant_task_created", "executions", ["tenant", "task_id", "created_at", "id"]
+    )
     op.drop_index("ix_executions_state_created", table_name="executions")
     op.drop_index("ix_executions_task_created", table_name="executions")
 

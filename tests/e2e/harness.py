@@ -83,9 +83,24 @@ class RedisServer:
     def start(self) -> RedisServer:
         """Start and wait until it answers PING."""
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         client = self.client()
         wait_for(lambda: _quietly(client.ping), timeout=10, what=f"redis-server on {self.port}")
@@ -121,22 +136,46 @@ class PostgresCluster:
 
     def init(self) -> PostgresCluster:
         """initdb (trust auth, no fsync: a test cluster) and start."""
-        self._pg(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
-                 "--no-sync", "-E", "UTF8")
+        self._pg(
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
         return self.start()
 
     def start(self) -> PostgresCluster:
         """pg_ctl start, waiting until it accepts connections."""
-        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
-        self._pg(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.log), "-w",
-                 "-t", "30", "start")
+        opts = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
+        self._pg(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            opts,
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            "30",
+            "start",
+        )
         return self
 
     def stop(self, mode: str = "fast") -> None:
         """pg_ctl stop (fast: disconnects every client at once)."""
-        self._pg(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop",
-                 check=False)
+        self._pg(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop", check=False
+        )
 
     def url(self, database: str = "postgres", driver: str = "postgresql+psycopg") -> str:
         return f"{driver}://postgres@127.0.0.1:{self.port}/{database}"
@@ -160,7 +199,11 @@ class PostgresCluster:
 def migrate(database_url: str) -> None:
     """alembic upgrade head, as `make db` does."""
     subprocess.run(
-        [str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, check=True, capture_output=True, timeout=120,
+        [str(BIN / "alembic"), "upgrade", "head"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
         env=os.environ | {"DATABASE_URL": database_url},
     )
 
@@ -254,25 +297,49 @@ class Stack:
     @property
     def env(self) -> dict[str, str]:
         """The environment of every subprocess of this stack."""
-        return os.environ | RECOVERY_ENV | {
-            "DATABASE_URL": self.database_url,
-            "REDIS_URL": self.redis_url,
-            "CELERY_BROKER_URL": self.redis_url,
-            "DEFAULT_QUEUE": self.queue,
-            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-            "PYTHONUNBUFFERED": "1",
-        } | self.extra_env
+        return (
+            os.environ
+            | RECOVERY_ENV
+            | {
+                "DATABASE_URL": self.database_url,
+                "REDIS_URL": self.redis_url,
+                "CELERY_BROKER_URL": self.redis_url,
+                "DEFAULT_QUEUE": self.queue,
+                "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+                "PYTHONUNBUFFERED": "1",
+            }
+            | self.extra_env
+        )
 
     # -- processes, as the Procfile starts them
 
-    def start_worker(self, name: str, *, queues: Iterable[str] | None = None, concurrency: int = 16,
-                     wait: bool = True) -> Proc:
+    def start_worker(
+        self, name: str, *, queues: Iterable[str] | None = None, concurrency: int = 16, wait: bool = True
+    ) -> Proc:
         """`celery -A workers worker --pool threads` consuming `queues` (default: the stack's queue)."""
         hostname = f"{name}-{secrets.token_hex(2)}@e2e"
-        proc = Proc(name, [str(BIN / "celery"), "-A", "workers", "worker", "--loglevel", "INFO", "-E",
-                           "--pool", "threads", "--concurrency", str(concurrency),
-                           "-Q", ",".join(queues or [self.queue]), "-n", hostname],
-                    self.env, self.workdir)
+        proc = Proc(
+            name,
+            [
+                str(BIN / "celery"),
+                "-A",
+                "workers",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "-E",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(concurrency),
+                "-Q",
+                ",".join(queues or [self.queue]),
+                "-n",
+                hostname,
+            ],
+            self.env,
+            self.workdir,
+        )
         proc.hostname = hostname  # type: ignore[attr-defined]
         self.procs.append(proc.start())
         if wait:
@@ -296,17 +363,37 @@ class Stack:
     def start_beat(self) -> Proc:
         """`celery -A workers beat` (sends agentexec.reap every REAPER_INTERVAL)."""
         schedule = self.workdir / f"beat-schedule-{secrets.token_hex(3)}"
-        proc = Proc("beat", [str(BIN / "celery"), "-A", "workers", "beat", "--loglevel", "INFO",
-                             "--schedule", str(schedule)], self.env, self.workdir)
+        proc = Proc(
+            "beat",
+            [str(BIN / "celery"), "-A", "workers", "beat", "--loglevel", "INFO", "--schedule", str(schedule)],
+            self.env,
+            self.workdir,
+        )
         self.procs.append(proc.start())
         return proc
 
     def start_api(self) -> tuple[Proc, str]:
         """gunicorn `api:create_app()` (gthread); returns the process and its base URL."""
         port = free_port()
-        proc = Proc("web", [str(BIN / "gunicorn"), "--worker-class", "gthread", "--workers", "1",
-                            "--threads", "8", "--bind", f"127.0.0.1:{port}", "--timeout", "0",
-                            "api:create_app()"], self.env, self.workdir)
+        proc = Proc(
+            "web",
+            [
+                str(BIN / "gunicorn"),
+                "--worker-class",
+                "gthread",
+                "--workers",
+                "1",
+                "--threads",
+                "8",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--timeout",
+                "0",
+                "api:create_app()",
+            ],
+            self.env,
+            self.workdir,
+        )
         self.procs.append(proc.start())
         base = f"http://127.0.0.1:{port}"
         import httpx
@@ -347,8 +434,12 @@ class Stack:
             app.config_from_object("celeryconfig")
             # CELERY_BROKER_URL in this process's environment (the shared Redis of the other tests)
             # would win over broker_url; the read/write URLs are taken before it.
-            app.conf.update(broker_url=self.redis_url, broker_read_url=self.redis_url,
-                            broker_write_url=self.redis_url, task_default_queue=self.queue)
+            app.conf.update(
+                broker_url=self.redis_url,
+                broker_read_url=self.redis_url,
+                broker_write_url=self.redis_url,
+                task_default_queue=self.queue,
+            )
             self._celery = app
         return self._celery
 
@@ -362,12 +453,18 @@ class Stack:
             from workers.background import BackgroundTaskManager
 
             settings = Settings(
-                database_url=self.database_url, redis_url=self.redis_url, celery_broker_url=self.redis_url,
-                default_queue=self.queue, heartbeat_interval=0.5, lease_timeout=3, redeliver_after=3,
+                database_url=self.database_url,
+                redis_url=self.redis_url,
+                celery_broker_url=self.redis_url,
+                default_queue=self.queue,
+                heartbeat_interval=0.5,
+                lease_timeout=3,
+                redeliver_after=3,
                 reaper_interval=1,
             )
             self._service = build_service(
-                background_tasks=lambda hub: BackgroundTaskManager(self.celery, hub), settings=settings,
+                background_tasks=lambda hub: BackgroundTaskManager(self.celery, hub),
+                settings=settings,
                 session_factory=make_session_factory(get_engine(self.database_url, 5, 10)),
             )
         return self._service
@@ -399,8 +496,13 @@ class Stack:
         with self.service.repository.session_factory() as s:
             return {row.id: row for row in s.scalars(select(Execution).where(Execution.id.in_(ids)))}
 
-    def wait_states(self, ids: Iterable[uuid.UUID], states: Iterable[str] = FINAL, timeout: float = 30,
-                    what: str = "executions to finish") -> dict[uuid.UUID, Any]:
+    def wait_states(
+        self,
+        ids: Iterable[uuid.UUID],
+        states: Iterable[str] = FINAL,
+        timeout: float = 30,
+        what: str = "executions to finish",
+    ) -> dict[uuid.UUID, Any]:
         """Poll until every execution is in one of `states`; the rows."""
         ids, states = list(ids), set(states)
 
@@ -483,8 +585,9 @@ def audit(service: Any, execution_id: uuid.UUID) -> RunAudit:
         elif to == "RUNNING":
             claims_per_attempt[n] += 1
     problems += [f"attempt {a} claimed {c} times" for a, c in claims_per_attempt.items() if c > 1]
-    problems += [f"model call {m!r} started {c} times in attempt {a}"
-                 for (a, m), c in Counter(calls).items() if c > 1]
+    problems += [
+        f"model call {m!r} started {c} times in attempt {a}" for (a, m), c in Counter(calls).items() if c > 1
+    ]
     for name, done_in in checkpoints.items():
         later = [a for a in (x for x, m in calls if m == f"Step {name}") if a > done_in]
         if later:
@@ -497,8 +600,12 @@ def summarize(name: str, audits: list[RunAudit], **extra: Any) -> str:
     submitted = len(audits)
     completed = sum(1 for a in audits if a.state == "COMPLETED")
     twice = sum(1 for a in audits if a.problems)
-    bits = [f"submitted={submitted}", f"completed={completed}", f"lost={submitted - completed}",
-            f"run_twice={twice}"] + [f"{k}={v}" for k, v in extra.items()]
+    bits = [
+        f"submitted={submitted}",
+        f"completed={completed}",
+        f"lost={submitted - completed}",
+        f"run_twice={twice}",
+    ] + [f"{k}={v}" for k, v in extra.items()]
     line = f"[e2e figures] {name}: " + " ".join(bits)
     print(line)
     return line
@@ -506,9 +613,11 @@ def summarize(name: str, audits: list[RunAudit], **extra: Any) -> str:
 
 def latency_line(name: str, values: list[float]) -> str:
     """p50/p99/max of latencies in seconds, printed for the report."""
-    line = (f"[e2e figures] {name}: n={len(values)} p50={percentile(values, 50) * 1000:.0f}ms "
-            f"p99={percentile(values, 99) * 1000:.0f}ms max={max(values) * 1000:.0f}ms "
-            f"mean={statistics.mean(values) * 1000:.0f}ms")
+    line = (
+        f"[e2e figures] {name}: n={len(values)} p50={percentile(values, 50) * 1000:.0f}ms "
+        f"p99={percentile(values, 99) * 1000:.0f}ms max={max(values) * 1000:.0f}ms "
+        f"mean={statistics.mean(values) * 1000:.0f}ms"
+    )
     print(line)
     return line
 

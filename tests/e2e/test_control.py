@@ -36,16 +36,21 @@ def stack(new_database: Any, redis_server: Any, open_stack: Any) -> Iterator[Sta
 
 def standard(latency_ms: int, chunks: int = 10, **simulate: Any) -> dict[str, Any]:
     """Parameters of one model call with simulated latency streamed in `chunks`."""
-    return {"type": "standard", "input": f"e2e {uuid.uuid4().hex[:8]}",
-            "simulate": {"latency_ms": latency_ms, "chunks": chunks} | simulate}
+    return {
+        "type": "standard",
+        "input": f"e2e {uuid.uuid4().hex[:8]}",
+        "simulate": {"latency_ms": latency_ms, "chunks": chunks} | simulate,
+    }
 
 
 def wait_in_call(stack: Stack, ids: list[uuid.UUID], message: str = "Generate", timeout: float = 20) -> None:
     """Until every execution is RUNNING with `message` as progress (inside that model call)."""
     stack.wait_states(ids, {"RUNNING"}, timeout=timeout, what="executions to be claimed")
-    wait_for(lambda: all(r.state == "RUNNING" and r.progress_message == message
-                         for r in stack.rows(ids).values()),
-             timeout=timeout, what=f"every execution to be in its {message!r} call")
+    wait_for(
+        lambda: all(r.state == "RUNNING" and r.progress_message == message for r in stack.rows(ids).values()),
+        timeout=timeout,
+        what=f"every execution to be in its {message!r} call",
+    )
 
 
 def log_lines(stack: Stack, *needles: str) -> list[str]:
@@ -98,8 +103,9 @@ def test_cancel_of_a_pending_queued_or_paused_execution_is_immediate_and_a_late_
     assert svc.cancel_execution(queued.id, reason="e2e: not needed").state == "CANCELLED"
     # Delivered anyway, to a worker, under a task id that was never revoked: the claim fails.
     late_task = f"{queued.id}-late"
-    stack.celery.send_task("agentexec.run_execution", args=[str(queued.id), queued.attempt],
-                           task_id=late_task, queue=stack.queue)
+    stack.celery.send_task(
+        "agentexec.run_execution", args=[str(queued.id), queued.attempt], task_id=late_task, queue=stack.queue
+    )
     wait_for(lambda: log_lines(stack, late_task, "succeeded"), timeout=20, what="the late delivery to run")
     assert log_lines(stack, late_task, "skipped"), log_lines(stack, late_task)
 
@@ -125,16 +131,26 @@ def test_cancel_while_pausing_wins_and_ends_cancelled(stack: Stack) -> None:
     assert svc.pause_execution(execution.id).state == "PAUSING"
     assert svc.cancel_execution(execution.id).state == "CANCELLING"
     stack.wait_states([execution.id], {"CANCELLED"}, timeout=10)
-    assert [h.to_state for h in svc.get_state_history(execution.id, 3)] == ["PAUSING", "CANCELLING",
-                                                                            "CANCELLED"]
+    assert [h.to_state for h in svc.get_state_history(execution.id, 3)] == [
+        "PAUSING",
+        "CANCELLING",
+        "CANCELLED",
+    ]
 
 
 @pytest.mark.timeout(60)
 def test_pause_after_step_two_and_resume_does_not_run_steps_one_and_two_again(stack: Stack) -> None:
     svc = stack.service
     execution = stack.submit(pipeline(5, 1200))
-    wait_for(lambda: "s1" in ((r := svc.get_execution(execution.id)).context.get("steps") or {})
-             and r.progress_message == "Step s2", timeout=20, interval=0.02, what="step 2 to start")
+    wait_for(
+        lambda: (
+            "s1" in ((r := svc.get_execution(execution.id)).context.get("steps") or {})
+            and r.progress_message == "Step s2"
+        ),
+        timeout=20,
+        interval=0.02,
+        what="step 2 to start",
+    )
     assert svc.pause_execution(execution.id, reason="e2e: pause").state == "PAUSING"
     paused = stack.wait_states([execution.id], {"PAUSED"}, timeout=10)[execution.id]
     assert {k: v["attempt"] for k, v in paused.context["steps"].items()} == {"s1": 1, "s2": 1}
@@ -157,12 +173,16 @@ def test_a_message_delivered_three_times_runs_the_execution_once(stack: Stack) -
     execution = stack.submit(pipeline(2, 400), start=False)
     queued = svc.start_execution(execution.id)
     for _ in range(2):  # the same message (same task id and attempt) published again
-        svc.background_tasks.start_task(queued.id, queued.attempt, queue=queued.queue,
-                                        priority=queued.priority)
+        svc.background_tasks.start_task(
+            queued.id, queued.attempt, queue=queued.queue, priority=queued.priority
+        )
     stack.wait_states([execution.id], timeout=20)
     task_id = f"{execution.id}-{queued.attempt}"
-    wait_for(lambda: len(log_lines(stack, task_id, "succeeded")) == 3, timeout=20,
-             what="all three deliveries to be processed")
+    wait_for(
+        lambda: len(log_lines(stack, task_id, "succeeded")) == 3,
+        timeout=20,
+        what="all three deliveries to be processed",
+    )
     assert len(log_lines(stack, task_id, "skipped")) == 2
     report = audit(svc, execution.id)
     assert report.state == "COMPLETED" and report.problems == []
@@ -179,8 +199,9 @@ def test_a_stale_delivery_of_an_old_attempt_changes_nothing(stack: Stack) -> Non
     assert (done.state, done.attempt) == ("COMPLETED", 2)
     before = [(h.from_state, h.to_state) for h in svc.get_state_history(execution.id, 100)]
     stale = f"{execution.id}-stale"
-    stack.celery.send_task("agentexec.run_execution", args=[str(execution.id), 1], task_id=stale,
-                           queue=stack.queue)
+    stack.celery.send_task(
+        "agentexec.run_execution", args=[str(execution.id), 1], task_id=stale, queue=stack.queue
+    )
     wait_for(lambda: log_lines(stack, stale, "succeeded"), timeout=20, what="the stale delivery to run")
     assert log_lines(stack, stale, "skipped")
     assert [(h.from_state, h.to_state) for h in svc.get_state_history(execution.id, 100)] == before
@@ -198,8 +219,10 @@ def test_an_execution_with_a_one_second_timeout_is_timed_out_in_the_middle_of_a_
     wall = time.monotonic() - submitted
     assert row.state == "TIMED_OUT", row.state
     ran = (row.completed_at - row.started_at).total_seconds()
-    print(f"[e2e figures] timeout=1s, 3 s call: TIMED_OUT {ran * 1000:.0f}ms after the claim, "
-          f"{wall * 1000:.0f}ms after submission")
+    print(
+        f"[e2e figures] timeout=1s, 3 s call: TIMED_OUT {ran * 1000:.0f}ms after the claim, "
+        f"{wall * 1000:.0f}ms after submission"
+    )
     assert 0.9 <= ran < 2.0, ran
     assert row.error_message and "timed out" in row.error_message
     assert svc.get_state_history(execution.id, 1)[0].from_state == "RUNNING"
@@ -224,7 +247,8 @@ def test_retry_requeues_a_failed_or_timed_out_execution_under_a_new_attempt(stac
         report = audit(svc, eid)
         assert report.problems == [] and report.claims == 2
     assert [h.reason for h in svc.get_state_history(timed_out.id, 100) if h.from_state == "TIMED_OUT"] == [
-        "e2e: again"]
+        "e2e: again"
+    ]
     with pytest.raises(InvalidExecutionStateError):
         svc.retry_execution(failed.id)
 

@@ -62,9 +62,18 @@ def test_a_postgres_restart_mid_run_gives_503_then_recovers_and_every_execution_
     ids = [stack.submit(pipeline(3, 500), max_retries=0).id for _ in range(20)]
     one = f"{base}/v1/executions/{ids[0]}"
     assert get(one).status_code == 200
-    wait_for(lambda: sum(r.state == "RUNNING" and bool((r.context or {}).get("steps"))
-                         for r in stack.rows(ids).values()) >= 5,
-             timeout=30, interval=0.02, what="executions to be mid-pipeline")
+    wait_for(
+        lambda: (
+            sum(
+                r.state == "RUNNING" and bool((r.context or {}).get("steps"))
+                for r in stack.rows(ids).values()
+            )
+            >= 5
+        ),
+        timeout=30,
+        interval=0.02,
+        what="executions to be mid-pipeline",
+    )
 
     own_postgres.stop("fast")
     # The outage outlasts the lease, so every heartbeat is stale when PostgreSQL comes back.
@@ -83,16 +92,25 @@ def test_a_postgres_restart_mid_run_gives_503_then_recovers_and_every_execution_
     body = get(one).json()
     assert body["status"] == 503 and body["title"]
     # Hold the outage until the workers have felt it (a failed heartbeat) and the lease has passed.
-    wait_for(lambda: all("heartbeat failed" in w.log_text() for w in stack.workers)  # type: ignore[attr-defined]
-             and time.monotonic() >= back_after, timeout=15, what="the outage to outlast the lease")
+    wait_for(
+        lambda: (
+            all("heartbeat failed" in w.log_text() for w in stack.workers)  # type: ignore[attr-defined]
+            and time.monotonic() >= back_after
+        ),
+        timeout=15,
+        what="the outage to outlast the lease",
+    )
     own_postgres.start()
 
     wait_for(lambda: get(f"{base}/readyz").status_code == 200, timeout=30, what="/readyz to recover")
     wait_for(lambda: get(one).status_code == 200, timeout=10, what="GET /v1/executions/{id} to recover")
     stack.wait_states(ids, timeout=60, what="all 20 to finish after the restart")
     audits = [audit(svc, eid) for eid in ids]
-    summarize("PostgreSQL down 4 s mid-run (20 x 3-step pipelines, 500 ms/step, max_retries 0)", audits,
-              requeued=sum(a.attempt > 1 for a in audits))
+    summarize(
+        "PostgreSQL down 4 s mid-run (20 x 3-step pipelines, 500 ms/step, max_retries 0)",
+        audits,
+        requeued=sum(a.attempt > 1 for a in audits),
+    )
     assert [a.state for a in audits] == ["COMPLETED"] * 20, {str(a.execution_id): a.history for a in audits}
     assert [a.problems for a in audits] == [[]] * 20
     # The workers were alive all along: nothing was re-queued as "worker lost".

@@ -34,13 +34,19 @@ def stack(new_database: Any, redis_server: Any, open_stack: Any) -> Iterator[Sta
 
 
 def standard(latency_ms: int, chunks: int = 10) -> dict[str, Any]:
-    return {"type": "standard", "input": f"e2e {uuid.uuid4().hex[:8]}",
-            "simulate": {"latency_ms": latency_ms, "chunks": chunks}}
+    return {
+        "type": "standard",
+        "input": f"e2e {uuid.uuid4().hex[:8]}",
+        "simulate": {"latency_ms": latency_ms, "chunks": chunks},
+    }
 
 
 def task_lines(proc: Proc, task_id: str, *needles: str) -> list[str]:
-    return [line for line in proc.log_text().splitlines() if f"[{task_id}]" in line and all(
-        n in line for n in needles)]
+    return [
+        line
+        for line in proc.log_text().splitlines()
+        if f"[{task_id}]" in line and all(n in line for n in needles)
+    ]
 
 
 @pytest.mark.timeout(90)
@@ -51,18 +57,30 @@ def test_killing_a_worker_mid_run_loses_nothing_and_runs_nothing_twice(stack: St
 
     def victim_mid_pipeline() -> list[Any]:
         # Exactly one step done: two more to go (~600 ms), so these cannot finish before the kill.
-        return [r for r in stack.rows(ids).values() if r.worker == victim.hostname
-                and r.state == "RUNNING" and len((r.context or {}).get("steps") or {}) == 1]
+        return [
+            r
+            for r in stack.rows(ids).values()
+            if r.worker == victim.hostname
+            and r.state == "RUNNING"
+            and len((r.context or {}).get("steps") or {}) == 1
+        ]
 
-    held = wait_for(victim_mid_pipeline, timeout=30, interval=0.01,
-                    what="the victim worker to be in the middle of a pipeline")
+    held = wait_for(
+        victim_mid_pipeline,
+        timeout=30,
+        interval=0.01,
+        what="the victim worker to be in the middle of a pipeline",
+    )
     victim.kill9()
 
     rows = stack.wait_states(ids, timeout=60, what="all 20 executions to finish after the kill")
     audits = [audit(svc, eid) for eid in ids]
     recovered = [a for a in audits if any("worker lost" in (reason or "") for _, _, reason in a.history)]
-    summarize("worker kill -9 mid-run (20 x 3-step pipelines, 300 ms/step, 2 workers)", audits,
-              recovered_by_reaper=len(recovered))
+    summarize(
+        "worker kill -9 mid-run (20 x 3-step pipelines, 300 ms/step, 2 workers)",
+        audits,
+        recovered_by_reaper=len(recovered),
+    )
     assert [a.state for a in audits] == ["COMPLETED"] * 20, {str(a.execution_id): a.history for a in audits}
     assert [a.problems for a in audits] == [[]] * 20
     assert all(len(rows[eid].result["steps"]) == 3 for eid in ids)
@@ -98,8 +116,14 @@ def test_a_frozen_worker_loses_its_executions_to_the_reaper_and_writes_nothing_w
         cancelled = stack.submit(standard(60_000), queue=victim_queue)
         paused = stack.submit(pipeline(2, 60_000), queue=victim_queue)
         spent = stack.submit(standard(60_000), queue=victim_queue, max_retries=0)
-        wait_for(lambda: (r := svc.get_execution(requeued.id)).progress_message == "Step s2"
-                 and "s1" in r.context.get("steps", {}), timeout=30, what="step s1 to finish")
+        wait_for(
+            lambda: (
+                (r := svc.get_execution(requeued.id)).progress_message == "Step s2"
+                and "s1" in r.context.get("steps", {})
+            ),
+            timeout=30,
+            what="step s1 to finish",
+        )
         deadline = stack.submit(standard(60_000), queue=victim_queue, timeout_seconds=2)
         ids = [requeued.id, cancelled.id, paused.id, spent.id, deadline.id]
         stack.wait_states(ids, {"RUNNING"}, timeout=10, what="the victim to hold all five")
@@ -108,17 +132,29 @@ def test_a_frozen_worker_loses_its_executions_to_the_reaper_and_writes_nothing_w
         assert svc.cancel_execution(cancelled.id, reason="e2e: cancel while frozen").state == "CANCELLING"
         assert svc.pause_execution(paused.id).state == "PAUSING"
         # The survivor also serves the victim's queue from now on, so the re-queued attempt runs.
-        stack.celery.control.add_consumer(victim_queue, destination=[survivor.hostname], reply=True,
-                                          timeout=5)
+        stack.celery.control.add_consumer(
+            victim_queue, destination=[survivor.hostname], reply=True, timeout=5
+        )
 
-        final = {requeued.id: "COMPLETED", cancelled.id: "CANCELLED", paused.id: "PAUSED",
-                 spent.id: "FAILED", deadline.id: "TIMED_OUT"}
-        wait_for(lambda: {eid: r.state for eid, r in stack.rows(ids).items()} == final, timeout=40,
-                 what="the reaper to recover all five")
+        final = {
+            requeued.id: "COMPLETED",
+            cancelled.id: "CANCELLED",
+            paused.id: "PAUSED",
+            spent.id: "FAILED",
+            deadline.id: "TIMED_OUT",
+        }
+        wait_for(
+            lambda: {eid: r.state for eid, r in stack.rows(ids).items()} == final,
+            timeout=40,
+            what="the reaper to recover all five",
+        )
         reasons = {eid: svc.get_state_history(eid, 1)[0].reason for eid in ids if eid != requeued.id}
-        assert reasons == {cancelled.id: "worker lost while cancelling",
-                           paused.id: "worker lost while pausing", spent.id: "worker lost",
-                           deadline.id: "deadline passed and worker lost"}
+        assert reasons == {
+            cancelled.id: "worker lost while cancelling",
+            paused.id: "worker lost while pausing",
+            spent.id: "worker lost",
+            deadline.id: "deadline passed and worker lost",
+        }
         assert "worker lost" in svc.get_execution(spent.id).error_message
         report = audit(svc, requeued.id)
         assert report.problems == [] and report.attempt == 2
@@ -126,15 +162,28 @@ def test_a_frozen_worker_loses_its_executions_to_the_reaper_and_writes_nothing_w
         assert any("worker lost" in (reason or "") and to == "QUEUED" for _, to, reason in report.history)
 
         def snapshot() -> dict[uuid.UUID, tuple[Any, ...]]:
-            return {eid: (r.state, r.attempt, r.updated_at, r.heartbeat_at, r.context, r.result,
-                          r.progress_percentage, len(svc.get_events(eid, 0, 100_000)))
-                    for eid, r in stack.rows(ids).items()}
+            return {
+                eid: (
+                    r.state,
+                    r.attempt,
+                    r.updated_at,
+                    r.heartbeat_at,
+                    r.context,
+                    r.result,
+                    r.progress_percentage,
+                    len(svc.get_events(eid, 0, 100_000)),
+                )
+                for eid, r in stack.rows(ids).items()
+            }
 
         before = snapshot()
         victim.thaw()
         # The zombie notices it lost every lease and ends all five runs without a write.
-        wait_for(lambda: all(task_lines(victim, f"{eid}-1", "succeeded") for eid in ids), timeout=20,
-                 what="the zombie to end its five runs")
+        wait_for(
+            lambda: all(task_lines(victim, f"{eid}-1", "succeeded") for eid in ids),
+            timeout=20,
+            what="the zombie to end its five runs",
+        )
         assert snapshot() == before
     finally:
         victim.kill9()

@@ -44,7 +44,8 @@ def queued_messages(server: RedisServer, queue: str) -> int:
     client = server.client()
     return sum(
         sum(1 for m in client.lrange(key, 0, -1) if b"agentexec.run_execution" in m)
-        for key in client.keys(f"{queue}*") if client.type(key) == b"list"
+        for key in client.keys(f"{queue}*")
+        if client.type(key) == b"list"
     )
 
 
@@ -72,8 +73,9 @@ def test_twenty_executions_queued_while_no_worker_runs_survive_a_flushall(
         assert [a.problems for a in audits] == [[]] * 20
         # Re-sending keeps the attempt: the lost message is replaced, not the attempt.
         assert {a.attempt for a in audits} == {1}
-        assert all([to for _, to, _ in a.history] == ["PENDING", "QUEUED", "RUNNING", "COMPLETED"]
-                   for a in audits)
+        assert all(
+            [to for _, to, _ in a.history] == ["PENDING", "QUEUED", "RUNNING", "COMPLETED"] for a in audits
+        )
         assert redelivered(worker) >= 20
     finally:
         worker.stop(grace=2)
@@ -86,10 +88,17 @@ def test_executions_waiting_in_the_queue_survive_a_flushall_while_a_worker_runs(
     svc = stack.service
     worker = stack.start_worker("flush-w2", concurrency=2)
     try:
-        ids = [stack.submit({"type": "standard", "input": f"q {uuid.uuid4().hex[:6]}",
-                             "simulate": {"latency_ms": 1000}}).id for _ in range(12)]
-        wait_for(lambda: sum(r.state == "RUNNING" for r in stack.rows(ids).values()) == 2, timeout=20,
-                 what="the worker to hold two")
+        ids = [
+            stack.submit(
+                {"type": "standard", "input": f"q {uuid.uuid4().hex[:6]}", "simulate": {"latency_ms": 1000}}
+            ).id
+            for _ in range(12)
+        ]
+        wait_for(
+            lambda: sum(r.state == "RUNNING" for r in stack.rows(ids).values()) == 2,
+            timeout=20,
+            what="the worker to hold two",
+        )
         own_redis.flushall()
         stack.wait_states(ids, timeout=60, what="all 12 to finish after the flush")
         audits = [audit(svc, eid) for eid in ids]
@@ -111,8 +120,11 @@ def test_a_worker_still_consumes_after_redis_restarted_empty_behind_its_back(
     worker = stack.start_worker("flush-w3", concurrency=4)
     try:
         ids = [stack.submit(pipeline(2, 500)).id for _ in range(12)]
-        wait_for(lambda: sum(r.state == "RUNNING" for r in stack.rows(ids).values()) >= 2, timeout=20,
-                 what="the worker to start running")
+        wait_for(
+            lambda: sum(r.state == "RUNNING" for r in stack.rows(ids).values()) >= 2,
+            timeout=20,
+            what="the worker to start running",
+        )
         worker.freeze()
         own_redis.stop()
         own_redis.start()  # the same port, no persistence: empty

@@ -81,16 +81,33 @@ def api_server(settings, celery_worker, tmp_path_factory) -> Iterator[Server]:  
     """gunicorn (gthread, 2 workers) serving `api:create_app()` as the Procfile's web line does."""
     port = free_port()
     log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PROMETHEUS_MULTIPROC_DIR", "AGENTEXEC_METRICS_DIR_OWNER")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PROMETHEUS_MULTIPROC_DIR", "AGENTEXEC_METRICS_DIR_OWNER")
+    }
     env |= {"DATABASE_POOL_SIZE": "4", "DATABASE_MAX_OVERFLOW": "4", "SSE_HEARTBEAT_SECONDS": "0.5"}
-    cmd = [str(Path(sys.executable).parent / "gunicorn"), "--worker-class", "gthread", "--workers", "2",
-           "--threads", "8", "--bind", f"127.0.0.1:{port}", "--timeout", "0", "--graceful-timeout", "3",
-           "--no-control-socket",
-           "api:create_app()"]
+    cmd = [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "--worker-class",
+        "gthread",
+        "--workers",
+        "2",
+        "--threads",
+        "8",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--timeout",
+        "0",
+        "--graceful-timeout",
+        "3",
+        "--no-control-socket",
+        "api:create_app()",
+    ]
     with log.open("wb") as out:
-        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     server = Server(f"http://127.0.0.1:{port}", process, log)
 
     def ready() -> bool:

@@ -10,8 +10,15 @@ PROBLEM = "application/problem+json"
 
 
 def test_an_agent_is_created_read_listed_changed_and_deleted(api):  # type: ignore[no-untyped-def]
-    created = api.post("/v1/agents", json={"name": "  summarizer ", "model": "simulated-1",
-                                           "system_prompt": "Summarize.", "parameters": {"temperature": 0}})
+    created = api.post(
+        "/v1/agents",
+        json={
+            "name": "  summarizer ",
+            "model": "simulated-1",
+            "system_prompt": "Summarize.",
+            "parameters": {"temperature": 0},
+        },
+    )
     assert created.status_code == 201
     agent = created.get_json()
     assert agent["name"] == "summarizer" and agent["parameters"] == {"temperature": 0}
@@ -44,8 +51,13 @@ def test_a_taken_agent_name_is_a_conflict_on_create_and_on_rename(api):  # type:
 
 
 def test_invalid_agent_bodies_are_422_listing_the_fields(api):  # type: ignore[no-untyped-def]
-    for body, field in [({}, "name"), ({"name": "  "}, "name"), ({"name": "x", "model": ""}, "model"),
-                        ({"name": "x", "unknown": 1}, "unknown"), ({"name": 5}, "name")]:
+    for body, field in [
+        ({}, "name"),
+        ({"name": "  "}, "name"),
+        ({"name": "x", "model": ""}, "model"),
+        ({"name": "x", "unknown": 1}, "unknown"),
+        ({"name": 5}, "name"),
+    ]:
         resp = api.post("/v1/agents", json=body)
         assert resp.status_code == 422 and resp.content_type == PROBLEM, body
         problem = resp.get_json()
@@ -56,8 +68,11 @@ def test_invalid_agent_bodies_are_422_listing_the_fields(api):  # type: ignore[n
 
 def test_unknown_agents_are_404_on_read_change_and_delete(api):  # type: ignore[no-untyped-def]
     missing = uuid.uuid4()
-    for resp in (api.get(f"/v1/agents/{missing}"), api.patch(f"/v1/agents/{missing}", json={"model": "m"}),
-                 api.delete(f"/v1/agents/{missing}")):
+    for resp in (
+        api.get(f"/v1/agents/{missing}"),
+        api.patch(f"/v1/agents/{missing}", json={"model": "m"}),
+        api.delete(f"/v1/agents/{missing}"),
+    ):
         assert resp.status_code == 404 and resp.content_type == PROBLEM
         assert str(missing) in resp.get_json()["detail"]
 

@@ -49,13 +49,21 @@ def tenants(auth_app):  # type: ignore[no-untyped-def]
     for name in ("acme", "globex"):
         key, _ = _key(auth_app, name)
         agent = client.post("/v1/agents", json={"name": "shared-name"}, headers=_h(key)).get_json()
-        pending = client.post("/v1/executions", headers=_h(key) | {"Idempotency-Key": "same-key"},
-                              json={"agent_id": agent["id"], "parameters": {"input": "x"}, "start": False})
+        pending = client.post(
+            "/v1/executions",
+            headers=_h(key) | {"Idempotency-Key": "same-key"},
+            json={"agent_id": agent["id"], "parameters": {"input": "x"}, "start": False},
+        )
         assert pending.status_code == 201, pending.get_json()
-        done = client.post("/v1/executions", headers=_h(key),
-                           json={"agent_id": agent["id"], "parameters": {"input": "y"}}).get_json()
-        wait_for(lambda d=done, k=key: client.get(f"/v1/executions/{d['id']}", headers=_h(k))
-                 .get_json()["state"] == "COMPLETED", what="the finished execution")
+        done = client.post(
+            "/v1/executions", headers=_h(key), json={"agent_id": agent["id"], "parameters": {"input": "y"}}
+        ).get_json()
+        wait_for(
+            lambda d=done, k=key: (
+                client.get(f"/v1/executions/{d['id']}", headers=_h(k)).get_json()["state"] == "COMPLETED"
+            ),
+            what="the finished execution",
+        )
         out[name] = {"key": key, "agent": agent, "pending": pending.get_json(), "done": done}
     return client, out
 
@@ -65,29 +73,42 @@ def test_another_tenants_resources_are_404_on_every_route_and_change_nothing(ten
     mine, theirs = t["acme"], t["globex"]
     agent, pending, done = theirs["agent"]["id"], theirs["pending"]["id"], theirs["done"]["id"]
     calls = [
-        ("get", f"/v1/agents/{agent}", None), ("patch", f"/v1/agents/{agent}", {"model": "stolen"}),
+        ("get", f"/v1/agents/{agent}", None),
+        ("patch", f"/v1/agents/{agent}", {"model": "stolen"}),
         ("delete", f"/v1/agents/{agent}", None),
-        ("get", f"/v1/executions/{pending}", None), ("delete", f"/v1/executions/{done}", None),
-        ("get", f"/v1/executions/{done}/history", None), ("get", f"/v1/executions/{done}/events", None),
-        *(("post", f"/v1/executions/{pending}/{action}", {"reason": "x"})
-          for action in ("start", "cancel", "pause", "resume", "retry")),
+        ("get", f"/v1/executions/{pending}", None),
+        ("delete", f"/v1/executions/{done}", None),
+        ("get", f"/v1/executions/{done}/history", None),
+        ("get", f"/v1/executions/{done}/events", None),
+        *(
+            ("post", f"/v1/executions/{pending}/{action}", {"reason": "x"})
+            for action in ("start", "cancel", "pause", "resume", "retry")
+        ),
         ("post", f"/v1/executions/{done}/retry", None),
     ]
     for method, path, body in calls:
         resp = getattr(client, method)(path, json=body, headers=_h(mine["key"]))
         assert resp.status_code == 404, (method, path, resp.get_json())
         assert resp.mimetype == "application/problem+json"
-        unknown = path.replace(agent, str(uuid.uuid4())).replace(pending, str(uuid.uuid4())).replace(
-            done, str(uuid.uuid4()))
+        unknown = (
+            path.replace(agent, str(uuid.uuid4()))
+            .replace(pending, str(uuid.uuid4()))
+            .replace(done, str(uuid.uuid4()))
+        )
         same = getattr(client, method)(unknown, json=body, headers=_h(mine["key"]))
         assert same.status_code == 404 and same.get_json()["title"] == resp.get_json()["title"]
-    stream = client.get(f"/v1/executions/{done}/events",
-                        headers=_h(mine["key"]) | {"Accept": "text/event-stream"})
+    stream = client.get(
+        f"/v1/executions/{done}/events", headers=_h(mine["key"]) | {"Accept": "text/event-stream"}
+    )
     assert stream.status_code == 404
-    foreign_agent = client.post("/v1/executions", headers=_h(mine["key"]),
-                                json={"agent_id": agent, "parameters": {"input": "x"}})
-    random_agent = client.post("/v1/executions", headers=_h(mine["key"]),
-                               json={"agent_id": str(uuid.uuid4()), "parameters": {"input": "x"}})
+    foreign_agent = client.post(
+        "/v1/executions", headers=_h(mine["key"]), json={"agent_id": agent, "parameters": {"input": "x"}}
+    )
+    random_agent = client.post(
+        "/v1/executions",
+        headers=_h(mine["key"]),
+        json={"agent_id": str(uuid.uuid4()), "parameters": {"input": "x"}},
+    )
     assert foreign_agent.status_code == random_agent.status_code == 422
     owner = _h(theirs["key"])
     assert client.get(f"/v1/agents/{agent}", headers=owner).get_json()["model"] == theirs["agent"]["model"]
@@ -113,8 +134,19 @@ def test_agent_names_and_idempotency_keys_are_per_tenant(tenants):  # type: igno
     assert again.status_code == 409
 
 
-@pytest.mark.parametrize("header", [None, "", "Basic dXNlcjpwYXNz", "Bearer", "Bearer a b", "bearer",
-                                    "Bearer agx_unknown", "Bearer not-even-a-key"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Basic dXNlcjpwYXNz",
+        "Bearer",
+        "Bearer a b",
+        "bearer",
+        "Bearer agx_unknown",
+        "Bearer not-even-a-key",
+    ],
+)
 def test_missing_malformed_and_unknown_keys_get_401_with_a_challenge(auth_app, header):  # type: ignore[no-untyped-def]
     headers = {} if header is None else {"Authorization": header}
     for method, path in (("get", "/v1/executions"), ("post", "/v1/agents"), ("get", "/v1/nope")):
@@ -170,8 +202,12 @@ def test_the_rate_limit_answers_429_with_retry_after_and_recovers(settings, sess
 def test_every_response_carries_security_headers_and_cors_is_off_by_default(auth_app):  # type: ignore[no-untyped-def]
     client = auth_app.test_client()
     key, _ = _key(auth_app, "acme")
-    for resp in (client.get("/healthz"), client.get("/v1/agents", headers=_h(key)), client.get("/v1/agents"),
-                 client.get("/v1/agents", headers=_h(key) | {"Origin": "https://evil.example"})):
+    for resp in (
+        client.get("/healthz"),
+        client.get("/v1/agents", headers=_h(key)),
+        client.get("/v1/agents"),
+        client.get("/v1/agents", headers=_h(key) | {"Origin": "https://evil.example"}),
+    ):
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
         assert resp.headers["X-Frame-Options"] == "DENY"
         assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
@@ -197,8 +233,14 @@ def test_schemathesis_with_a_valid_key_finds_no_server_error(auth_app):  # type:
     for result in schema.get_all_operations():
         operation = result.ok()
 
-        @hsettings(max_examples=8, derandomize=True, deadline=None, database=None,
-                   phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @hsettings(
+            max_examples=8,
+            derandomize=True,
+            deadline=None,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy())
         def check(case):  # type: ignore[no-untyped-def]
             case.headers = {**(case.headers or {}), **_h(key)}
@@ -208,8 +250,9 @@ def test_schemathesis_with_a_valid_key_finds_no_server_error(auth_app):  # type:
                 case.body = {**case.body, "start": False}
             response = case.call()
             assert response.status_code != 401, (case.operation.label, response.text)
-            case.validate_response(response, checks=[not_a_server_error, response_schema_conformance,
-                                                     status_code_conformance])
+            case.validate_response(
+                response, checks=[not_a_server_error, response_schema_conformance, status_code_conformance]
+            )
 
         try:
             check()

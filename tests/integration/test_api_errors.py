@@ -29,8 +29,9 @@ def _assert_problem(resp: Any, status: int | tuple[int, ...]) -> dict[str, Any]:
 
 def test_malformed_requests_get_only_4xx_problem_json(api, api_agent):  # type: ignore[no-untyped-def]
     agent_id = api_agent["id"]
-    pending = api.post("/v1/executions",
-                       json={"agent_id": agent_id, "parameters": {}, "start": False}).get_json()
+    pending = api.post(
+        "/v1/executions", json={"agent_id": agent_id, "parameters": {}, "start": False}
+    ).get_json()
     huge = json.dumps({"agent_id": agent_id, "parameters": {"input": "x" * (1024 * 1024)}})
     deep: Any = "x"
     for _ in range(40):
@@ -202,9 +203,12 @@ def test_the_api_answers_503_while_postgresql_is_down_and_recovers_by_itself(pro
     assert client.get("/readyz").status_code == 200
 
     proxy.down()
-    for resp in (client.get("/v1/agents"), client.get(f"/v1/agents/{agent.get_json()['id']}"),
-                 client.post("/v1/executions", json={"agent_id": agent.get_json()["id"], "parameters": {}}),
-                 client.get(f"/v1/executions/{uuid.uuid4()}")):
+    for resp in (
+        client.get("/v1/agents"),
+        client.get(f"/v1/agents/{agent.get_json()['id']}"),
+        client.post("/v1/executions", json={"agent_id": agent.get_json()["id"], "parameters": {}}),
+        client.get(f"/v1/executions/{uuid.uuid4()}"),
+    ):
         _assert_problem(resp, 503)
         assert int(resp.headers["Retry-After"]) > 0
     assert client.get("/readyz").status_code == 503

@@ -15,8 +15,11 @@ def api_without_redis(settings, session_factory, celery_worker, clean_db):  # ty
     from api import create_app
     from app.events import EventBus
 
-    app = create_app(settings=settings, session_factory=session_factory,
-                     event_bus=EventBus(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.2))
+    app = create_app(
+        settings=settings,
+        session_factory=session_factory,
+        event_bus=EventBus(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.2),
+    )
     return app.test_client()
 
 
@@ -24,18 +27,28 @@ def test_an_sse_stream_falls_back_to_polling_the_log_when_redis_is_down(api_with
     api = api_without_redis
     agent = api.post("/v1/agents", json={"name": "no-redis"}).get_json()
     steps = [{"name": f"s{i}", "prompt": "{input}"} for i in range(3)]
-    execution = api.post("/v1/executions", json={
-        "agent_id": agent["id"],
-        "parameters": {"type": "pipeline", "input": "x", "steps": steps, "simulate": {"latency_ms": 200}},
-    })
+    execution = api.post(
+        "/v1/executions",
+        json={
+            "agent_id": agent["id"],
+            "parameters": {"type": "pipeline", "input": "x", "steps": steps, "simulate": {"latency_ms": 200}},
+        },
+    )
     assert execution.status_code == 201  # publishing failed; the event rows are in the log all the same
-    resp = api.get(f"/v1/executions/{execution.get_json()['id']}/events",
-                   headers={"Accept": "text/event-stream"}, buffered=False)
+    resp = api.get(
+        f"/v1/executions/{execution.get_json()['id']}/events",
+        headers={"Accept": "text/event-stream"},
+        buffered=False,
+    )
     assert resp.status_code == 200 and resp.mimetype == "text/event-stream"
     frames = b"".join(resp.response).decode().split("\n\n")  # ends only after the final event
     resp.close()
-    data = [json.loads(line[len("data: "):]) for f in frames for line in f.splitlines()
-            if line.startswith("data: ")]
+    data = [
+        json.loads(line[len("data: ") :])
+        for f in frames
+        for line in f.splitlines()
+        if line.startswith("data: ")
+    ]
     ids = [d["id"] for d in data]
     assert ids == sorted(set(ids))
     assert data[0]["payload"]["new_state"] == "PENDING"

@@ -11,9 +11,26 @@ from tests.integration.conftest import wait_finished
 
 PROBLEM = "application/problem+json"
 EXECUTION_FIELDS = {
-    "id", "agent_id", "task_id", "parameters", "state", "progress", "context", "result", "error_message",
-    "attempt", "max_retries", "timeout_seconds", "queue", "priority", "metadata", "created_at", "updated_at",
-    "queued_at", "started_at", "completed_at",
+    "id",
+    "agent_id",
+    "task_id",
+    "parameters",
+    "state",
+    "progress",
+    "context",
+    "result",
+    "error_message",
+    "attempt",
+    "max_retries",
+    "timeout_seconds",
+    "queue",
+    "priority",
+    "metadata",
+    "created_at",
+    "updated_at",
+    "queued_at",
+    "started_at",
+    "completed_at",
 }
 
 
@@ -32,9 +49,12 @@ def _history(api, execution_id: str, limit: int = 100) -> list[tuple[str | None,
 
 
 def _slow_pipeline(steps: int = 3, latency_ms: int = 400) -> dict[str, Any]:
-    return {"type": "pipeline", "input": "text",
-            "steps": [{"name": f"s{i}", "prompt": f"step {i}: {{input}}"} for i in range(steps)],
-            "simulate": {"latency_ms": latency_ms, "chunks": 20}}
+    return {
+        "type": "pipeline",
+        "input": "text",
+        "steps": [{"name": f"s{i}", "prompt": f"step {i}: {{input}}"} for i in range(steps)],
+        "simulate": {"latency_ms": latency_ms, "chunks": 20},
+    }
 
 
 def test_a_submitted_execution_runs_to_completion_and_reads_back_with_every_field(api, api_agent):
@@ -51,8 +71,12 @@ def test_a_submitted_execution_runs_to_completion_and_reads_back_with_every_fiel
     assert done["state"] == "COMPLETED" and "hello world" in done["result"]["output"]
     assert done["progress"] == {"percentage": 100.0, "message": "Finalize"}
     assert done["started_at"] and done["completed_at"] and done["error_message"] is None
-    assert _history(api, created["id"]) == [(None, "PENDING"), ("PENDING", "QUEUED"), ("QUEUED", "RUNNING"),
-                                            ("RUNNING", "COMPLETED")]
+    assert _history(api, created["id"]) == [
+        (None, "PENDING"),
+        ("PENDING", "QUEUED"),
+        ("QUEUED", "RUNNING"),
+        ("RUNNING", "COMPLETED"),
+    ]
     assert _history(api, created["id"], limit=2) == [("QUEUED", "RUNNING"), ("RUNNING", "COMPLETED")]
     history = api.get(f"/v1/executions/{created['id']}/history").get_json()["items"]
     assert set(history[0]) == {"from_state", "to_state", "reason", "created_at"}
@@ -72,19 +96,25 @@ def test_start_false_leaves_it_pending_until_start_which_works_once(api, api_age
 
 def test_a_repeated_idempotency_key_returns_the_first_execution_and_another_body_conflicts(api, api_agent):
     headers = {"Idempotency-Key": "order-42"}
-    first = api.post("/v1/executions", json={"agent_id": api_agent["id"], "parameters": {"input": "a"}},
-                     headers=headers)
+    first = api.post(
+        "/v1/executions", json={"agent_id": api_agent["id"], "parameters": {"input": "a"}}, headers=headers
+    )
     # The same body with its keys in another order is the same request.
-    repeat = api.post("/v1/executions", json={"parameters": {"input": "a"}, "agent_id": api_agent["id"]},
-                      headers=headers)
-    other = api.post("/v1/executions", json={"agent_id": api_agent["id"], "parameters": {"input": "b"}},
-                     headers=headers)
+    repeat = api.post(
+        "/v1/executions", json={"parameters": {"input": "a"}, "agent_id": api_agent["id"]}, headers=headers
+    )
+    other = api.post(
+        "/v1/executions", json={"agent_id": api_agent["id"], "parameters": {"input": "b"}}, headers=headers
+    )
     assert first.status_code == 201 and repeat.status_code == 200
     assert repeat.get_json()["id"] == first.get_json()["id"]
     assert other.status_code == 409 and other.content_type == PROBLEM
     assert api.get("/v1/executions").get_json()["total"] == 1
-    too_long = api.post("/v1/executions", json={"agent_id": api_agent["id"], "parameters": {}},
-                        headers={"Idempotency-Key": "k" * 256})
+    too_long = api.post(
+        "/v1/executions",
+        json={"agent_id": api_agent["id"], "parameters": {}},
+        headers={"Idempotency-Key": "k" * 256},
+    )
     assert too_long.status_code == 422 and too_long.get_json()["errors"][0]["loc"][0] == "header"
 
 
@@ -93,16 +123,27 @@ def test_an_unknown_agent_or_bad_parameters_are_422(api, api_agent):  # type: ig
     assert unknown.status_code == 422 and unknown.content_type == PROBLEM
     assert "agent" in unknown.get_json()["detail"]
     steps = [{"name": f"s{i}", "prompt": "p"} for i in range(51)]
-    for parameters in [{"type": "batch"}, {"type": "pipeline"}, {"type": "pipeline", "steps": []},
-                       {"type": "pipeline", "steps": steps},
-                       {"type": "pipeline", "steps": [{"name": "a", "prompt": "x"}] * 2},
-                       {"type": "standard", "steps": [{"name": "a", "prompt": "x"}]},
-                       {"simulate": {"latency_ms": -1}}, "not an object"]:
+    for parameters in [
+        {"type": "batch"},
+        {"type": "pipeline"},
+        {"type": "pipeline", "steps": []},
+        {"type": "pipeline", "steps": steps},
+        {"type": "pipeline", "steps": [{"name": "a", "prompt": "x"}] * 2},
+        {"type": "standard", "steps": [{"name": "a", "prompt": "x"}]},
+        {"simulate": {"latency_ms": -1}},
+        "not an object",
+    ]:
         resp = _create(api, api_agent["id"], parameters=parameters)
         assert resp.status_code == 422 and resp.content_type == PROBLEM, parameters
         assert resp.get_json()["errors"][0]["loc"][:2] == ["body", "parameters"], resp.get_json()
-    for fields in [{"priority": 10}, {"timeout_seconds": 0}, {"max_retries": -1}, {"queue": "no spaces"},
-                   {"task_id": "nope"}, {"start": "maybe"}]:
+    for fields in [
+        {"priority": 10},
+        {"timeout_seconds": 0},
+        {"max_retries": -1},
+        {"queue": "no spaces"},
+        {"task_id": "nope"},
+        {"start": "maybe"},
+    ]:
         resp = _create(api, api_agent["id"], **fields)
         assert resp.status_code == 422, fields
     assert api.get("/v1/executions").get_json()["total"] == 0
@@ -132,8 +173,15 @@ def test_the_list_filters_by_every_field_pages_newest_first_and_refuses_unknown_
     assert len(listed(f"created_after={past}&created_before={future}")) == 4
     page = api.get("/v1/executions?page=2&page_size=3").get_json()
     assert page["total"] == 4 and page["page"] == 2 and page["page_size"] == 3 and len(page["items"]) == 1
-    for query in ["state=DONE", "state=", "colour=red", "page_size=201", "page=0", "agent_id=42",
-                  "created_after=yesterday"]:
+    for query in [
+        "state=DONE",
+        "state=",
+        "colour=red",
+        "page_size=201",
+        "page=0",
+        "agent_id=42",
+        "created_after=yesterday",
+    ]:
         resp = api.get(f"/v1/executions?{query}")
         assert resp.status_code == 422 and resp.content_type == PROBLEM, query
         assert resp.get_json()["errors"][0]["loc"][0] == "query"

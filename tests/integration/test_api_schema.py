@@ -21,14 +21,24 @@ from schemathesis.specs.openapi.checks import (
 from app.execution.transitions import as_table
 
 ROUTES = {
-    ("/v1/agents", "post"), ("/v1/agents", "get"), ("/v1/agents/{agent_id}", "get"),
-    ("/v1/agents/{agent_id}", "patch"), ("/v1/agents/{agent_id}", "delete"),
-    ("/v1/executions", "post"), ("/v1/executions", "get"), ("/v1/executions/{execution_id}", "get"),
-    ("/v1/executions/{execution_id}", "delete"), ("/v1/executions/{execution_id}/history", "get"),
+    ("/v1/agents", "post"),
+    ("/v1/agents", "get"),
+    ("/v1/agents/{agent_id}", "get"),
+    ("/v1/agents/{agent_id}", "patch"),
+    ("/v1/agents/{agent_id}", "delete"),
+    ("/v1/executions", "post"),
+    ("/v1/executions", "get"),
+    ("/v1/executions/{execution_id}", "get"),
+    ("/v1/executions/{execution_id}", "delete"),
+    ("/v1/executions/{execution_id}/history", "get"),
     ("/v1/executions/{execution_id}/events", "get"),
-    ("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get"),
-    *((f"/v1/executions/{{execution_id}}/{action}", "post")
-      for action in ("start", "cancel", "pause", "resume", "retry")),
+    ("/healthz", "get"),
+    ("/readyz", "get"),
+    ("/metrics", "get"),
+    *(
+        (f"/v1/executions/{{execution_id}}/{action}", "post")
+        for action in ("start", "cancel", "pause", "resume", "retry")
+    ),
 }
 
 
@@ -37,8 +47,13 @@ def negative_data_is_rejected(ctx, response, case):  # type: ignore[no-untyped-d
     return True if response.status_code == 413 else negative_data_rejection(ctx, response, case)
 
 
-CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance,
-          response_headers_conformance]
+CHECKS = [
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+]
 
 
 def test_the_openapi_document_is_3_1_covers_every_route_and_carries_the_transition_table(api):
@@ -78,8 +93,12 @@ def test_the_docs_ui_is_served_with_local_assets_only(api):  # type: ignore[no-u
 def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(api_app, api, mode):
     # Known ids: half of the positive cases aim at an existing agent and execution instead of random ids.
     agent_id = api.post("/v1/agents", json={"name": "fuzzed"}).get_json()["id"]
-    known = {"agent_id": agent_id, "execution_id": api.post("/v1/executions", json={
-        "agent_id": agent_id, "parameters": {"input": "fuzz"}, "start": False}).get_json()["id"]}
+    known = {
+        "agent_id": agent_id,
+        "execution_id": api.post(
+            "/v1/executions", json={"agent_id": agent_id, "parameters": {"input": "fuzz"}, "start": False}
+        ).get_json()["id"],
+    }
     schema = schemathesis.openapi.from_wsgi("/openapi.json", api_app)
     checks = CHECKS + ([negative_data_is_rejected] if mode is GenerationMode.NEGATIVE else [])
     operations = [result.ok() for result in schema.get_all_operations()]
@@ -100,8 +119,14 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(api
         if mode is GenerationMode.NEGATIVE and not negatable:
             continue  # nothing in the request can be made invalid
 
-        @settings(max_examples=15, derandomize=True, deadline=None, database=None,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=15,
+            derandomize=True,
+            deadline=None,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy(generation_mode=mode))
         def check(case):  # type: ignore[no-untyped-def]
             aim_at_known_resources(case)

@@ -67,17 +67,22 @@ def server_agent(api_server: Server, clean_db) -> dict[str, Any]:  # type: ignor
 
 
 def _pipeline(steps: int, latency_ms: int) -> dict[str, Any]:
-    return {"type": "pipeline", "input": "hello",
-            "steps": [{"name": f"s{i}", "prompt": f"{i}: {{input}}"} for i in range(steps)],
-            "simulate": {"latency_ms": latency_ms, "chunks": 5}}
+    return {
+        "type": "pipeline",
+        "input": "hello",
+        "steps": [{"name": f"s{i}", "prompt": f"{i}: {{input}}"} for i in range(steps)],
+        "simulate": {"latency_ms": latency_ms, "chunks": 5},
+    }
 
 
 def test_an_sse_client_that_reconnects_with_last_event_id_gets_exactly_the_missed_events_then_the_rest(
     api_server: Server, server_agent: dict[str, Any]
 ) -> None:
     with api_server.client() as c:
-        execution = c.post("/v1/executions", json={"agent_id": server_agent["id"],
-                                                  "parameters": _pipeline(steps=5, latency_ms=300)}).json()
+        execution = c.post(
+            "/v1/executions",
+            json={"agent_id": server_agent["id"], "parameters": _pipeline(steps=5, latency_ms=300)},
+        ).json()
         url = f"/v1/executions/{execution['id']}/events"
         with c.stream("GET", url, headers=SSE_HEADERS) as first:
             assert first.status_code == 200
@@ -127,8 +132,9 @@ def test_heartbeats_find_a_gone_client_and_release_its_subscription(
 ) -> None:  # type: ignore[no-untyped-def]
     r = redis.Redis.from_url(settings.redis_url)
     with api_server.client() as c:
-        pending = c.post("/v1/executions", json={"agent_id": server_agent["id"], "parameters": {},
-                                                "start": False}).json()
+        pending = c.post(
+            "/v1/executions", json={"agent_id": server_agent["id"], "parameters": {}, "start": False}
+        ).json()
         channel = f"agent.execution.events.{pending['id']}"
         with c.stream("GET", f"/v1/executions/{pending['id']}/events", headers=SSE_HEADERS) as resp:
             frames = read_sse(resp.iter_lines())
@@ -137,8 +143,11 @@ def test_heartbeats_find_a_gone_client_and_release_its_subscription(
             assert next(f for f in frames if "comment" in f) == {"comment": "keepalive"}
             assert dict(r.pubsub_numsub(channel))[channel.encode()] == 1
         # The client is gone; the next heartbeat write fails and the server unsubscribes.
-        wait_for(lambda: dict(r.pubsub_numsub(channel))[channel.encode()] == 0, timeout=10,
-                 what="the server to release the subscription of a gone client")
+        wait_for(
+            lambda: dict(r.pubsub_numsub(channel))[channel.encode()] == 0,
+            timeout=10,
+            what="the server to release the subscription of a gone client",
+        )
 
 
 def test_fifty_concurrent_creates_with_one_idempotency_key_make_one_execution(
@@ -191,8 +200,10 @@ def test_metrics_parse_and_move_when_executions_run_summed_over_gunicorn_workers
     with api_server.client() as c:
         before = _samples(c.get("/metrics").text)
         for _ in range(3):
-            created = c.post("/v1/executions", json={"agent_id": server_agent["id"],
-                                                    "parameters": {"input": "count these words"}})
+            created = c.post(
+                "/v1/executions",
+                json={"agent_id": server_agent["id"], "parameters": {"input": "count these words"}},
+            )
             assert created.status_code == 201
             wait_finished(c, created.json()["id"])
         for _ in range(20):
@@ -225,8 +236,9 @@ def test_metrics_parse_and_move_when_executions_run_summed_over_gunicorn_workers
     assert moved("agentexec_model_call_seconds_count") >= 3
     assert moved("agentexec_model_tokens_total", kind="prompt") >= 3 * 3
     assert moved("agentexec_model_tokens_total", kind="completion") > 0
-    assert _value(after, "agentexec_execution_duration_seconds_bucket", state="COMPLETED", le="+Inf") == \
-        _value(after, "agentexec_execution_duration_seconds_count", state="COMPLETED")
+    assert _value(
+        after, "agentexec_execution_duration_seconds_bucket", state="COMPLETED", le="+Inf"
+    ) == _value(after, "agentexec_execution_duration_seconds_count", state="COMPLETED")
 
 
 def test_a_body_over_max_request_bytes_is_413_with_content_length_or_chunked(api_server: Server) -> None:
@@ -234,7 +246,7 @@ def test_a_body_over_max_request_bytes_is_413_with_content_length_or_chunked(api
 
     def chunked() -> Iterator[bytes]:
         for start in range(0, len(too_big), 64 * 1024):
-            yield too_big[start:start + 64 * 1024]
+            yield too_big[start : start + 64 * 1024]
 
     for content in (too_big, chunked()):
         with api_server.client() as c:  # a new connection: the server closes one whose body it did not read

@@ -78,8 +78,13 @@ class Cli:
 
     def process(self, *args: str, code: int) -> subprocess.CompletedProcess[str]:
         """Run the installed `agentexec` command (its output is the CLI's alone)."""
-        proc = subprocess.run([AGENTEXEC, *args], capture_output=True, text=True, timeout=30,
-                              env={"PATH": os.environ["PATH"], "AGENTEXEC_API_URL": self.url})
+        proc = subprocess.run(
+            [AGENTEXEC, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"PATH": os.environ["PATH"], "AGENTEXEC_API_URL": self.url},
+        )
         assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
         return proc
 
@@ -111,24 +116,41 @@ def test_agents_can_be_created_listed_shown_and_deleted_by_name(cli, writer):  #
 
 
 def test_submit_with_watch_follows_a_pipeline_to_completion_and_prints_its_result(cli, writer):  # type: ignore[no-untyped-def]
-    result = cli("submit", "writer", "--input", "tides and moons", "--type", "pipeline",
-                 "--step", "outline=Outline {input}", "--step", "draft=Write from {steps.outline}",
-                 "--simulate", "latency_ms=300", "--watch")
+    result = cli(
+        "submit",
+        "writer",
+        "--input",
+        "tides and moons",
+        "--type",
+        "pipeline",
+        "--step",
+        "outline=Outline {input}",
+        "--step",
+        "draft=Write from {steps.outline}",
+        "--simulate",
+        "latency_ms=300",
+        "--watch",
+    )
     assert "tides and moons" in result.stdout
     assert re.search(r"submitted [0-9a-f-]{36} to writer", result.stderr)
     assert "COMPLETED" in result.stderr and "100%" in result.stderr
     executions = cli.json("list")["items"]
     assert len(executions) == 1 and executions[0]["state"] == "COMPLETED"
     history = cli("history", executions[0]["id"]).stdout
-    assert [s for s in ("PENDING", "QUEUED", "RUNNING", "COMPLETED") if s in history] == \
-        ["PENDING", "QUEUED", "RUNNING", "COMPLETED"]
+    assert [s for s in ("PENDING", "QUEUED", "RUNNING", "COMPLETED") if s in history] == [
+        "PENDING",
+        "QUEUED",
+        "RUNNING",
+        "COMPLETED",
+    ]
     events = cli("events", executions[0]["id"]).stdout.splitlines()
     assert "state_changed" in events[0] and "completed" in events[-1]
     assert any("progress" in line and "outline" in line.lower() for line in events)
 
 
 def test_submit_by_id_from_a_params_file_with_an_idempotency_key_returns_the_same_execution(
-        cli, writer, tmp_path: Path):  # type: ignore[no-untyped-def]
+    cli, writer, tmp_path: Path
+):  # type: ignore[no-untyped-def]
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"input": "from a file"}))
     first = cli("submit", writer["id"], "--params", str(params), "--idempotency-key", "k-1").stdout.strip()
@@ -146,8 +168,19 @@ def test_a_permanently_failing_execution_exits_1_with_its_error_under_watch(cli,
 
 
 def test_cancel_stops_a_running_execution_and_follow_reports_it_with_exit_1(cli, writer):  # type: ignore[no-untyped-def]
-    execution_id = cli("submit", "writer", "--input", "long", "--type", "pipeline", "--step", "a=A {input}",
-                       "--step", "b=B", *SLOW).stdout.strip()
+    execution_id = cli(
+        "submit",
+        "writer",
+        "--input",
+        "long",
+        "--type",
+        "pipeline",
+        "--step",
+        "a=A {input}",
+        "--step",
+        "b=B",
+        *SLOW,
+    ).stdout.strip()
     wait_for(lambda: cli.execution(execution_id)["state"] == "RUNNING", what="the run to start")
     cancelled = cli("cancel", execution_id, "--reason", "operator said stop").stdout
     assert execution_id in cancelled and ("CANCELLING" in cancelled or "CANCELLED" in cancelled)
@@ -189,15 +222,18 @@ def test_api_errors_are_one_clear_line_with_exit_1(cli, writer):  # type: ignore
     assert "error: no agent named 'nobody'" in unknown.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ["submit", "writer"],
-    ["submit", "writer", "--input", "x", "--params", "p.json"],
-    ["submit", "writer", "--input", "x", "--type", "pipeline"],
-    ["submit", "writer", "--input", "x", "--step", "no-equals-sign"],
-    ["list", "--state", "SLEEPING"],
-    ["submit", "writer", "--input", "x", "--priority", "11"],
-    ["frobnicate"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["submit", "writer"],
+        ["submit", "writer", "--input", "x", "--params", "p.json"],
+        ["submit", "writer", "--input", "x", "--type", "pipeline"],
+        ["submit", "writer", "--input", "x", "--step", "no-equals-sign"],
+        ["list", "--state", "SLEEPING"],
+        ["submit", "writer", "--input", "x", "--priority", "11"],
+        ["frobnicate"],
+    ],
+)
 def test_bad_usage_exits_2_without_calling_the_api(cli, args):  # type: ignore[no-untyped-def]
     result = cli(*args, code=2)
     assert "Usage" in result.output
@@ -205,11 +241,17 @@ def test_bad_usage_exits_2_without_calling_the_api(cli, args):  # type: ignore[n
 
 def test_the_installed_command_reports_an_unreachable_api_in_one_line():
     port = free_port()
-    proc = subprocess.run([AGENTEXEC, "--api-url",
-                           f"http://127.0.0.1:{port}", "list"], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [AGENTEXEC, "--api-url", f"http://127.0.0.1:{port}", "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 1
-    assert proc.stderr.strip() == (f"error: cannot connect to the agentexec API at http://127.0.0.1:{port} "
-                                   "(is it running? set --api-url or AGENTEXEC_API_URL)")
+    assert proc.stderr.strip() == (
+        f"error: cannot connect to the agentexec API at http://127.0.0.1:{port} "
+        "(is it running? set --api-url or AGENTEXEC_API_URL)"
+    )
     assert proc.stdout == ""
 
 
@@ -285,14 +327,23 @@ def test_the_api_key_is_sent_as_a_bearer_token_and_validation_problems_name_thei
 
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(422, headers={"content-type": "application/problem+json"}, json={
-            "type": "about:blank", "title": "Unprocessable Content", "status": 422,
-            "detail": "the request body is invalid",
-            "errors": [{"loc": ["body", "parameters", "steps"], "msg": "a pipeline needs 1 to 50 steps"}]})
+        return httpx.Response(
+            422,
+            headers={"content-type": "application/problem+json"},
+            json={
+                "type": "about:blank",
+                "title": "Unprocessable Content",
+                "status": 422,
+                "detail": "the request body is invalid",
+                "errors": [{"loc": ["body", "parameters", "steps"], "msg": "a pipeline needs 1 to 50 steps"}],
+            },
+        )
 
     client = ApiClient("http://api.invalid", api_key="k-123", transport=httpx.MockTransport(answer))
     with pytest.raises(CliError) as caught:
         client.post("/v1/executions", {"agent_id": "x"})
     assert seen[0].headers["authorization"] == "Bearer k-123"
-    assert str(caught.value) == ("Unprocessable Content: the request body is invalid "
-                                 "[body.parameters.steps: a pipeline needs 1 to 50 steps] (HTTP 422)")
+    assert str(caught.value) == (
+        "Unprocessable Content: the request body is invalid "
+        "[body.parameters.steps: a pipeline needs 1 to 50 steps] (HTTP 422)"
+    )

@@ -29,16 +29,28 @@ def flower_stack(settings, session_factory, clean_db, tmp_path: Path) -> Iterato
     port = free_port()
     auth = ("ops", secrets.token_urlsafe(12))
     worker = start_procfile_process(
-        "worker", {"CELERY_QUEUES": queue, "WORKER_CONCURRENCY": "2", "LOG_LEVEL": "WARNING",
-                   "WORKER_NAME": node}, tmp_path / "worker.log")
+        "worker",
+        {"CELERY_QUEUES": queue, "WORKER_CONCURRENCY": "2", "LOG_LEVEL": "WARNING", "WORKER_NAME": node},
+        tmp_path / "worker.log",
+    )
     flower = start_procfile_process(
-        "flower", {"FLOWER_PORT": str(port), "FLOWER_BASIC_AUTH": f"{auth[0]}:{auth[1]}"},
-        tmp_path / "flower.log")
-    svc = build_service(background_tasks=BackgroundTaskManager(celery_app), settings=settings,
-                        session_factory=session_factory)
+        "flower",
+        {"FLOWER_PORT": str(port), "FLOWER_BASIC_AUTH": f"{auth[0]}:{auth[1]}"},
+        tmp_path / "flower.log",
+    )
+    svc = build_service(
+        background_tasks=BackgroundTaskManager(celery_app), settings=settings, session_factory=session_factory
+    )
     try:
-        yield {"url": f"http://127.0.0.1:{port}", "auth": auth, "queue": queue, "node": node, "service": svc,
-               "worker": worker, "logs": tmp_path}
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "auth": auth,
+            "queue": queue,
+            "node": node,
+            "service": svc,
+            "worker": worker,
+            "logs": tmp_path,
+        }
     finally:
         stop_process(flower)
         stop_process(worker)
@@ -48,8 +60,9 @@ def flower_stack(settings, session_factory, clean_db, tmp_path: Path) -> Iterato
 
 def _get(stack: dict[str, Any], path: str, auth: Any = "default", **params: Any) -> httpx.Response:
     try:
-        return httpx.get(stack["url"] + path, params=params, timeout=10,
-                         auth=stack["auth"] if auth == "default" else auth)
+        return httpx.get(
+            stack["url"] + path, params=params, timeout=10, auth=stack["auth"] if auth == "default" else auth
+        )
     except httpx.TransportError:
         return httpx.Response(599)
 
@@ -59,20 +72,24 @@ def _alive(stack: dict[str, Any]) -> str | None:
     response = _get(stack, "/api/workers", status="true")
     if response.status_code != 200:
         return None
-    return next((name for name, alive in response.json().items()
-                 if alive and name.startswith(stack["node"] + "@")), None)
+    return next(
+        (name for name, alive in response.json().items() if alive and name.startswith(stack["node"] + "@")),
+        None,
+    )
 
 
 def test_flower_lists_the_worker_and_its_run_execution_tasks_with_credentials_only(flower_stack):  # type: ignore[no-untyped-def]
     stack = flower_stack
-    wait_for(lambda: _get(stack, "/healthcheck", auth=None).status_code == 200, timeout=30,
-             what="Flower to answer")
+    wait_for(
+        lambda: _get(stack, "/healthcheck", auth=None).status_code == 200, timeout=30, what="Flower to answer"
+    )
     assert _get(stack, "/api/workers", auth=None).status_code == 401
     assert _get(stack, "/api/workers", auth=("ops", "wrong")).status_code == 401
     assert _get(stack, "/api/tasks", auth=None).status_code == 401
 
-    name = wait_for(lambda: _alive(stack), timeout=30, interval=0.3,
-                    what="Flower to see the Procfile worker alive")
+    name = wait_for(
+        lambda: _alive(stack), timeout=30, interval=0.3, what="Flower to see the Procfile worker alive"
+    )
 
     def inspected() -> dict[str, Any] | None:
         # One inspect broadcast may miss a busy worker's reply (Flower waits 1 s): ask again.
@@ -85,8 +102,12 @@ def test_flower_lists_the_worker_and_its_run_execution_tasks_with_credentials_on
 
     svc = stack["service"]
     agent = svc.create_agent(AgentCreate(name="flowered"))
-    ids = [svc.create_execution(ExecutionCreate(agent_id=agent.id, queue=stack["queue"],
-                                                parameters={"input": f"f{i}"}))[0].id for i in range(3)]
+    ids = [
+        svc.create_execution(
+            ExecutionCreate(agent_id=agent.id, queue=stack["queue"], parameters={"input": f"f{i}"})
+        )[0].id
+        for i in range(3)
+    ]
     task_ids = {f"{i}-1" for i in ids}
 
     def succeeded_in_flower() -> dict[str, Any] | None:
@@ -95,8 +116,12 @@ def test_flower_lists_the_worker_and_its_run_execution_tasks_with_credentials_on
         done = {tid: t for tid, t in tasks.items() if tid in task_ids and t.get("state") == "SUCCESS"}
         return tasks if len(done) == len(task_ids) else None
 
-    tasks = wait_for(succeeded_in_flower, timeout=30, interval=0.3,
-                     what="Flower to list the three run_execution tasks as succeeded")
+    tasks = wait_for(
+        succeeded_in_flower,
+        timeout=30,
+        interval=0.3,
+        what="Flower to list the three run_execution tasks as succeeded",
+    )
     for tid in task_ids:
         assert tasks[tid]["name"] == "agentexec.run_execution"
         assert tasks[tid]["worker"] == name
@@ -106,8 +131,13 @@ def test_flower_lists_the_worker_and_its_run_execution_tasks_with_credentials_on
 def test_the_procfile_flower_line_refuses_to_start_without_credentials():
     env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
     # `echo` instead of exec: the expansion alone must fail, before anything would start.
-    proc = subprocess.run(["bash", "-c", f"echo {procfile_command('flower')}"], env=env, capture_output=True,
-                          text=True, timeout=10)
+    proc = subprocess.run(
+        ["bash", "-c", f"echo {procfile_command('flower')}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert proc.returncode != 0
     assert "FLOWER_BASIC_AUTH" in proc.stderr
     assert "--address=${FLOWER_ADDRESS:-127.0.0.1}" in procfile_command("flower")

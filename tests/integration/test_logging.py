@@ -1,6 +1,4 @@
-"""Structured logs: a worker started as in the Procfile writes JSON lines that carry the run's ids.
-
-"""
+"""Structured logs: a worker started as in the Procfile writes JSON lines that carry the run's ids."""
 
 from __future__ import annotations
 
@@ -31,8 +29,15 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def _run_script(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=os.environ | env, capture_output=True,
-                          text=True, timeout=30, check=True)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
 
 
 _SCRIPT = """
@@ -71,32 +76,48 @@ def test_debug_level_shows_prompt_text_and_console_format_is_readable_text():
 
 
 def test_a_procfile_worker_logs_json_lines_with_the_execution_id_and_no_input_text(
-        settings, session_factory, clean_db, tmp_path: Path):  # type: ignore[no-untyped-def]
+    settings, session_factory, clean_db, tmp_path: Path
+):  # type: ignore[no-untyped-def]
     from app.bootstrap import build_service
     from workers.background import BackgroundTaskManager
     from workers.celery_app import celery_app
 
     queue = f"test-logging-{secrets.token_hex(4)}"
     log_path = tmp_path / "worker.log"
-    worker = start_procfile_process("worker", {
-        "LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "CELERY_QUEUES": queue, "WORKER_CONCURRENCY": "2",
-        "MODEL_API_KEY": "sk-key-canary",
-    }, log_path)
-    svc = build_service(background_tasks=BackgroundTaskManager(celery_app), settings=settings,
-                        session_factory=session_factory)
+    worker = start_procfile_process(
+        "worker",
+        {
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "INFO",
+            "CELERY_QUEUES": queue,
+            "WORKER_CONCURRENCY": "2",
+            "MODEL_API_KEY": "sk-key-canary",
+        },
+        log_path,
+    )
+    svc = build_service(
+        background_tasks=BackgroundTaskManager(celery_app), settings=settings, session_factory=session_factory
+    )
     try:
         agent = svc.create_agent(AgentCreate(name="logged", system_prompt="system-canary"))
-        execution, _ = svc.create_execution(ExecutionCreate(
-            agent_id=agent.id, queue=queue, parameters={"input": "input-canary"}))
-        wait_for(lambda: svc.get_execution(execution.id).state == "COMPLETED", timeout=30,
-                 what="the execution to complete on the Procfile worker")
+        execution, _ = svc.create_execution(
+            ExecutionCreate(agent_id=agent.id, queue=queue, parameters={"input": "input-canary"})
+        )
+        wait_for(
+            lambda: svc.get_execution(execution.id).state == "COMPLETED",
+            timeout=30,
+            what="the execution to complete on the Procfile worker",
+        )
         execution_id = str(execution.id)
 
         def run_lines() -> list[dict[str, Any]]:
             return [r for r in json_lines(log_path) if r.get("execution_id") == execution_id]
 
-        lines = wait_for(lambda: [r for r in run_lines() if r["event"] == "run finished"] and run_lines(),
-                         timeout=10, what="the worker's 'run finished' line")
+        lines = wait_for(
+            lambda: [r for r in run_lines() if r["event"] == "run finished"] and run_lines(),
+            timeout=10,
+            what="the worker's 'run finished' line",
+        )
     finally:
         stop_process(worker)
         if svc.control_hub is not None:

@@ -23,8 +23,14 @@ def test_upgrade_downgrade_upgrade_round_trips_on_an_empty_database():
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     try:
         migrate(url)
-        assert {"agents", "executions", "execution_state_history", "execution_events", "api_keys",
-                "alembic_version"} <= _tables(plain)
+        assert {
+            "agents",
+            "executions",
+            "execution_state_history",
+            "execution_events",
+            "api_keys",
+            "alembic_version",
+        } <= _tables(plain)
         migrate(url, "base", "downgrade")
         assert _tables(plain) == {"alembic_version"}
         migrate(url)
@@ -40,7 +46,8 @@ def test_the_models_and_the_migrations_describe_the_same_schema(settings):  # ty
 
     from tests.conftest import ROOT
 
-    done = subprocess.run([sys.executable, "-m", "alembic", "check"], cwd=ROOT, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "No new upgrade operations detected" in done.stdout + done.stderr

@@ -14,36 +14,66 @@ from app.schemas import AgentCreate, ExecutionCreate
 def openai_service(settings, session_factory, clean_db, dispatcher, httpserver):  # type: ignore[no-untyped-def]
     from app.bootstrap import build_service
 
-    local = Settings(**(settings.model_dump() | {"model_base_url": httpserver.url_for("/v1"),
-                                                  "model_api_key": "test-key", "model_timeout": 5}))
+    local = Settings(
+        **(
+            settings.model_dump()
+            | {"model_base_url": httpserver.url_for("/v1"), "model_api_key": "test-key", "model_timeout": 5}
+        )
+    )
     return build_service(background_tasks=dispatcher, settings=local, session_factory=session_factory)
 
 
 def _submit(svc, stream: bool, max_retries: int = 0):  # type: ignore[no-untyped-def]
-    agent = svc.create_agent(AgentCreate(name=f"oa-{stream}-{max_retries}", model="tiny-llm",
-                                         system_prompt="You are terse.",
-                                         parameters={"provider": "openai", "stream": stream}))
-    ex, _ = svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "Say hi"},
-                                                 max_retries=max_retries))
+    agent = svc.create_agent(
+        AgentCreate(
+            name=f"oa-{stream}-{max_retries}",
+            model="tiny-llm",
+            system_prompt="You are terse.",
+            parameters={"provider": "openai", "stream": stream},
+        )
+    )
+    ex, _ = svc.create_execution(
+        ExecutionCreate(agent_id=agent.id, parameters={"input": "Say hi"}, max_retries=max_retries)
+    )
     return ex
 
 
 def _completion(text: str) -> dict:
-    return {"id": "c1", "object": "chat.completion", "created": 1, "model": "tiny-llm",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}}
+    return {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "tiny-llm",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+    }
 
 
 def _sse(chunks: list[str]) -> str:
     lines = []
     for i, piece in enumerate(chunks):
-        body = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "tiny-llm",
-                "choices": [{"index": 0, "delta": {"content": piece},
-                             "finish_reason": "stop" if i == len(chunks) - 1 else None}]}
+        body = {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "tiny-llm",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": piece},
+                    "finish_reason": "stop" if i == len(chunks) - 1 else None,
+                }
+            ],
+        }
         lines.append(f"data: {json.dumps(body)}\n\n")
-    usage = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "tiny-llm", "choices": [],
-             "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+    usage = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "tiny-llm",
+        "choices": [],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    }
     lines.append(f"data: {json.dumps(usage)}\n\n")
     lines.append("data: [DONE]\n\n")
     return "".join(lines)
@@ -55,18 +85,25 @@ def test_a_plain_response_becomes_the_result(openai_service, httpserver):  # typ
     assert openai_service.task_runner.run(ex.id, 1, "w") == "COMPLETED"
     done = openai_service.get_execution(ex.id)
     assert done.result["output"] == "Hi!"
-    assert done.result["usage"] == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9,
-                                    "model_calls": 1}
+    assert done.result["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 2,
+        "total_tokens": 9,
+        "model_calls": 1,
+    }
     sent = json.loads(httpserver.log[0][0].data)
     assert sent["model"] == "tiny-llm"
-    assert sent["messages"] == [{"role": "system", "content": "You are terse."},
-                                {"role": "user", "content": "Say hi"}]
+    assert sent["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Say hi"},
+    ]
     assert httpserver.log[0][0].headers["Authorization"] == "Bearer test-key"
 
 
 def test_a_streamed_response_is_assembled_from_its_chunks(openai_service, httpserver):  # type: ignore[no-untyped-def]
     httpserver.expect_request("/v1/chat/completions", method="POST").respond_with_data(
-        _sse(["Hel", "lo", " there"]), content_type="text/event-stream")
+        _sse(["Hel", "lo", " there"]), content_type="text/event-stream"
+    )
     ex = _submit(openai_service, stream=True)
     assert openai_service.task_runner.run(ex.id, 1, "w") == "COMPLETED"
     done = openai_service.get_execution(ex.id)
@@ -77,9 +114,11 @@ def test_a_streamed_response_is_assembled_from_its_chunks(openai_service, httpse
 
 def test_a_429_is_retried_as_a_new_attempt(openai_service, httpserver, dispatcher):  # type: ignore[no-untyped-def]
     httpserver.expect_ordered_request("/v1/chat/completions").respond_with_json(
-        {"error": {"message": "slow down"}}, status=429)
+        {"error": {"message": "slow down"}}, status=429
+    )
     httpserver.expect_ordered_request("/v1/chat/completions").respond_with_data(
-        _sse(["ok"]), content_type="text/event-stream")
+        _sse(["ok"]), content_type="text/event-stream"
+    )
     ex = _submit(openai_service, stream=True, max_retries=2)
     assert openai_service.task_runner.run(ex.id, 1, "w") == "QUEUED"
     assert dispatcher.started[-1][:2] == (ex.id, 2)
@@ -89,7 +128,8 @@ def test_a_429_is_retried_as_a_new_attempt(openai_service, httpserver, dispatche
 
 def test_a_400_fails_without_retry(openai_service, httpserver):  # type: ignore[no-untyped-def]
     httpserver.expect_request("/v1/chat/completions").respond_with_json(
-        {"error": {"message": "bad model"}}, status=400)
+        {"error": {"message": "bad model"}}, status=400
+    )
     ex = _submit(openai_service, stream=True, max_retries=3)
     assert openai_service.task_runner.run(ex.id, 1, "w") == "FAILED"
     done = openai_service.get_execution(ex.id)

@@ -28,8 +28,17 @@ def _agent(repo: ExecutionRepository, name: str = "a") -> Agent:
 
 
 def _execution(agent: Agent, **kw) -> Execution:  # type: ignore[no-untyped-def]
-    return Execution(**({"agent_id": agent.id, "parameters": {"type": "standard", "input": "x"},
-                         "state": "PENDING", "context": {}} | kw))
+    return Execution(
+        **(
+            {
+                "agent_id": agent.id,
+                "parameters": {"type": "standard", "input": "x"},
+                "state": "PENDING",
+                "context": {},
+            }
+            | kw
+        )
+    )
 
 
 def test_create_and_get_by_id_round_trip(repo):  # type: ignore[no-untyped-def]
@@ -56,8 +65,13 @@ def test_update_state_is_guarded_by_the_expected_state_and_attempt(repo):  # typ
     assert repo.update_state(ex.id, ExecutionState.QUEUED, expected_state=ExecutionState.RUNNING) is None
     assert repo.update_state(ex.id, ExecutionState.QUEUED, expected_attempt=5) is None
     now = datetime.now(UTC)
-    done = repo.update_state(ex.id, ExecutionState.QUEUED, {"queued_at": now},
-                             expected_state=ExecutionState.PENDING, expected_attempt=0)
+    done = repo.update_state(
+        ex.id,
+        ExecutionState.QUEUED,
+        {"queued_at": now},
+        expected_state=ExecutionState.PENDING,
+        expected_attempt=0,
+    )
     assert done is not None and done.state == "QUEUED" and done.queued_at == now
     assert repo.update_state(uuid.uuid4(), ExecutionState.QUEUED) is None
 
@@ -84,8 +98,9 @@ def test_state_history_is_the_last_n_oldest_first(repo):  # type: ignore[no-unty
     ex = repo.create(_execution(_agent(repo)))
     chain = ["PENDING", "QUEUED", "RUNNING", "FAILED", "QUEUED", "RUNNING", "COMPLETED"]
     for before, after in itertools.pairwise([None, *chain]):
-        repo.create_state_history(ExecutionStateHistory(execution_id=ex.id, from_state=before,
-                                                        to_state=after, reason="r"))
+        repo.create_state_history(
+            ExecutionStateHistory(execution_id=ex.id, from_state=before, to_state=after, reason="r")
+        )
     assert [h.to_state for h in repo.get_state_history(ex.id, limit=3)] == ["QUEUED", "RUNNING", "COMPLETED"]
     assert [h.to_state for h in repo.get_state_history(ex.id, limit=100)] == chain
     assert repo.get_state_history(uuid.uuid4()) == []
@@ -126,9 +141,17 @@ def many(repo, session_factory):  # type: ignore[no-untyped-def]
     base = datetime(2026, 1, 1, tzinfo=UTC)
     rows = []
     for i in range(1200):
-        rows.append(dict(id=uuid.uuid4(), agent_id=agents[i % 3].id, task_id=tasks[i % 4],
-                         state=STATES[i % 5], parameters={"type": "standard"}, context={},
-                         created_at=base + timedelta(minutes=i)))
+        rows.append(
+            dict(
+                id=uuid.uuid4(),
+                agent_id=agents[i % 3].id,
+                task_id=tasks[i % 4],
+                state=STATES[i % 5],
+                parameters={"type": "standard"},
+                context={},
+                created_at=base + timedelta(minutes=i),
+            )
+        )
     with session_factory() as s:
         s.execute(Execution.__table__.insert(), [r | {"metadata": {}} for r in rows])
         s.commit()
@@ -183,8 +206,9 @@ def test_pagination_walks_every_row_once_newest_first(repo, many):  # type: igno
 def test_an_unreachable_database_raises_database_unavailable():
     from sqlalchemy import create_engine
 
-    engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none",
-                           connect_args={"connect_timeout": 2})
+    engine = create_engine(
+        "postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 2}
+    )
     repo = ExecutionRepository(make_session_factory(engine))
     with pytest.raises(DatabaseUnavailableError):
         repo.get_by_id(uuid.uuid4())
@@ -206,8 +230,7 @@ def test_a_failure_inside_a_shared_transaction_rolls_back_every_write(repo, sess
     agent = _agent(repo)
     with pytest.raises(DatabaseError), repo.unit_of_work() as uow:
         repo.create(_execution(agent), uow=uow)
-        repo.create(Execution(agent_id=uuid.uuid4(), parameters={}, state="PENDING", context={}),
-                    uow=uow)
+        repo.create(Execution(agent_id=uuid.uuid4(), parameters={}, state="PENDING", context={}), uow=uow)
     with session_factory() as s:
         assert s.scalar(select(func.count()).select_from(Execution)) == 0
         assert s.execute(text("SELECT 1")).scalar() == 1

@@ -24,9 +24,21 @@ from tests.integration.redis_server import OwnRedis
 def _insert(session_factory, agent, state: S, n: int = 1, attempt: int = 1) -> list[uuid.UUID]:  # type: ignore[no-untyped-def]
     ids = [uuid.uuid4() for _ in range(n)]
     with session_factory() as s:
-        s.execute(Execution.__table__.insert(), [
-            {"id": i, "agent_id": agent.id, "parameters": {"type": "standard"}, "state": state.value,
-             "context": {}, "metadata": {}, "attempt": attempt} for i in ids])
+        s.execute(
+            Execution.__table__.insert(),
+            [
+                {
+                    "id": i,
+                    "agent_id": agent.id,
+                    "parameters": {"type": "standard"},
+                    "state": state.value,
+                    "context": {},
+                    "metadata": {},
+                    "attempt": attempt,
+                }
+                for i in ids
+            ],
+        )
         s.commit()
     return ids
 
@@ -85,8 +97,9 @@ def test_a_stale_attempt_changes_nothing(service, agent, session_factory):  # ty
             service.state_manager.change_state(eid, target, expected_attempt=2)
         assert "attempt 3" in str(info.value)
     with pytest.raises(InvalidExecutionStateError):
-        service.progress_tracker.update_progress(eid, ExecutionProgressUpdate(percentage=5),
-                                                 expected_attempt=2)
+        service.progress_tracker.update_progress(
+            eid, ExecutionProgressUpdate(percentage=5), expected_attempt=2
+        )
     row = service.repository.get_by_id(eid)
     assert row.state == "RUNNING" and row.progress_percentage == 0
     assert _counts(session_factory, ExecutionStateHistory, eid) == 0
@@ -109,8 +122,9 @@ def test_racing_transitions_have_exactly_one_winner_per_round(service, agent, se
         for r, eid in enumerate(ids):
             barrier.wait()
             try:
-                service.state_manager.change_state(eid, targets[(k + r) % THREADS], f"race {r}",
-                                                   expected_state=S.RUNNING)
+                service.state_manager.change_state(
+                    eid, targets[(k + r) % THREADS], f"race {r}", expected_state=S.RUNNING
+                )
                 wins[r][k] = 1
             except InvalidExecutionStateError:
                 with lock:
@@ -126,24 +140,33 @@ def test_racing_transitions_have_exactly_one_winner_per_round(service, agent, se
     assert [sum(w) for w in wins] == [1] * ROUNDS
     assert refused[0] == ROUNDS * (THREADS - 1)
     with session_factory() as s:
-        hist = s.execute(select(ExecutionStateHistory.execution_id, ExecutionStateHistory.to_state)
-                         .where(ExecutionStateHistory.execution_id.in_(ids))).all()
-        changed = s.execute(select(ExecutionEvent.execution_id, ExecutionEvent.payload)
-                            .where(ExecutionEvent.execution_id.in_(ids),
-                                   ExecutionEvent.type == "agent.execution.state_changed")).all()
+        hist = s.execute(
+            select(ExecutionStateHistory.execution_id, ExecutionStateHistory.to_state).where(
+                ExecutionStateHistory.execution_id.in_(ids)
+            )
+        ).all()
+        changed = s.execute(
+            select(ExecutionEvent.execution_id, ExecutionEvent.payload).where(
+                ExecutionEvent.execution_id.in_(ids), ExecutionEvent.type == "agent.execution.state_changed"
+            )
+        ).all()
         states = dict(s.execute(select(Execution.id, Execution.state).where(Execution.id.in_(ids))).all())
     assert len(hist) == ROUNDS
     assert sorted((h.execution_id, h.to_state) for h in hist) == sorted(
-        (e.execution_id, e.payload["new_state"]) for e in changed)
+        (e.execution_id, e.payload["new_state"]) for e in changed
+    )
     assert all(states[h.execution_id] == h.to_state for h in hist)
     with capsys.disabled():
-        print(f"\n[race] rounds={ROUNDS} threads={THREADS} winners={ROUNDS} refused={refused[0]} "
-              f"attempts/s={ROUNDS * THREADS / elapsed:.0f} accepted transitions/s={ROUNDS / elapsed:.0f} "
-              f"elapsed={elapsed:.2f}s")
+        print(
+            f"\n[race] rounds={ROUNDS} threads={THREADS} winners={ROUNDS} refused={refused[0]} "
+            f"attempts/s={ROUNDS * THREADS / elapsed:.0f} accepted transitions/s={ROUNDS / elapsed:.0f} "
+            f"elapsed={elapsed:.2f}s"
+        )
 
 
-def _listen(bus: EventBus, channels: list[str], sink: list, ready: threading.Event,
-            stop: threading.Event) -> None:
+def _listen(
+    bus: EventBus, channels: list[str], sink: list, ready: threading.Event, stop: threading.Event
+) -> None:
     ps = bus.pubsub()
     ps.subscribe(*channels)
     ready.set()
@@ -162,10 +185,15 @@ def _of(got: list, execution_id: uuid.UUID) -> list:
 def test_a_redis_subscriber_receives_every_event_on_both_channels(service, agent):  # type: ignore[no-untyped-def]
     from app.schemas import ExecutionCreate
 
-    ex, _ = service.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"},
-                                                     start=False))
-    channels = [execution_channel(ex.id), "agent.execution.state_changed", "agent.execution.progress",
-                "agent.execution.completed"]
+    ex, _ = service.create_execution(
+        ExecutionCreate(agent_id=agent.id, parameters={"input": "x"}, start=False)
+    )
+    channels = [
+        execution_channel(ex.id),
+        "agent.execution.state_changed",
+        "agent.execution.progress",
+        "agent.execution.completed",
+    ]
     got: list = []
     ready, stop = threading.Event(), threading.Event()
     listener = threading.Thread(target=_listen, args=(service.event_bus, channels, got, ready, stop))
@@ -174,12 +202,14 @@ def test_a_redis_subscriber_receives_every_event_on_both_channels(service, agent
     try:
         service.start_execution(ex.id)
         service.state_manager.change_state(ex.id, S.RUNNING)
-        service.progress_tracker.update_progress(ex.id, ExecutionProgressUpdate(percentage=50,
-                                                                                message="half"))
+        service.progress_tracker.update_progress(
+            ex.id, ExecutionProgressUpdate(percentage=50, message="half")
+        )
         service.state_manager.change_state(ex.id, S.COMPLETED, values={"result": {"output": "o"}})
         logged = service.get_events(ex.id)[1:]  # the creation event was published before we listened
-        wait_for(lambda: len(_of(got, ex.id)) >= 2 * len(logged), timeout=10,
-                 what="all events on both channels")
+        wait_for(
+            lambda: len(_of(got, ex.id)) >= 2 * len(logged), timeout=10, what="all events on both channels"
+        )
     finally:
         stop.set()
         listener.join()
@@ -197,16 +227,21 @@ def test_a_redis_subscriber_receives_every_event_on_both_channels(service, agent
     assert any(ch == "agent.execution.completed" for ch, _ in got)
 
 
-def test_transitions_commit_while_redis_is_down_and_events_flow_again_after(settings, session_factory,  # type: ignore[no-untyped-def]
-                                                                             clean_db, dispatcher):
+def test_transitions_commit_while_redis_is_down_and_events_flow_again_after(
+    settings,
+    session_factory,  # type: ignore[no-untyped-def]
+    clean_db,
+    dispatcher,
+):
     from app.bootstrap import build_service
     from app.schemas import AgentCreate, ExecutionCreate
 
     own = OwnRedis().start()
     try:
         bus = EventBus(own.url, socket_timeout=0.5, backoff_seconds=0.2)
-        svc = build_service(background_tasks=dispatcher, settings=settings, session_factory=session_factory,
-                            event_bus=bus)
+        svc = build_service(
+            background_tasks=dispatcher, settings=settings, session_factory=session_factory, event_bus=bus
+        )
         agent = svc.create_agent(AgentCreate(name="redis-down"))
         ex, _ = svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"}))
         own.stop()
@@ -215,8 +250,10 @@ def test_transitions_commit_while_redis_is_down_and_events_flow_again_after(sett
         svc.progress_tracker.update_progress(ex.id, ExecutionProgressUpdate(percentage=10))
         assert time.monotonic() - started < 5
         assert svc.get_execution(ex.id).state == "RUNNING"
-        assert [e.type for e in svc.get_events(ex.id)][-2:] == ["agent.execution.state_changed",
-                                                                "agent.execution.progress"]
+        assert [e.type for e in svc.get_events(ex.id)][-2:] == [
+            "agent.execution.state_changed",
+            "agent.execution.progress",
+        ]
         own.start()
         got: list = []
         ready, stop = threading.Event(), threading.Event()
@@ -224,9 +261,11 @@ def test_transitions_commit_while_redis_is_down_and_events_flow_again_after(sett
         listener.start()
         ready.wait(5)
         try:
+
             def publish_again():  # type: ignore[no-untyped-def]
                 svc.progress_tracker.update_progress(ex.id, ExecutionProgressUpdate(percentage=20 + len(got)))
                 return got
+
             wait_for(publish_again, timeout=10, interval=0.3, what="events after Redis came back")
         finally:
             stop.set()
@@ -247,10 +286,12 @@ def test_progress_refuses_bad_percentages_and_states_and_merges_context(service,
     for bad in (-1, 100.5, 1000):
         with pytest.raises(ValidationError):
             ExecutionProgressUpdate(percentage=bad)
-    service.progress_tracker.update_progress(eid, ExecutionProgressUpdate(
-        percentage=30, message="a", context_update={"a": 1}))
-    row = service.progress_tracker.update_progress(eid, ExecutionProgressUpdate(
-        percentage=30, message="b", context_update={"b": 2}))
+    service.progress_tracker.update_progress(
+        eid, ExecutionProgressUpdate(percentage=30, message="a", context_update={"a": 1})
+    )
+    row = service.progress_tracker.update_progress(
+        eid, ExecutionProgressUpdate(percentage=30, message="b", context_update={"b": 2})
+    )
     assert row.context == {"a": 1, "b": 2} and row.progress_message == "b"
     with pytest.raises(InvalidProgressError):
         service.progress_tracker.update_progress(eid, ExecutionProgressUpdate(percentage=29))

@@ -18,8 +18,18 @@ import yaml
 from tests.conftest import ROOT
 
 APP_SERVICES = ("migrate", "web", "worker", "beat", "flower")
-SHARED_ENV = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DEFAULT_QUEUE", "MODEL_PROVIDER",
-              "AUTH_ENABLED", "LOG_FORMAT", "LOG_LEVEL", "HEARTBEAT_INTERVAL", "WORKER_POOL")
+SHARED_ENV = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "DEFAULT_QUEUE",
+    "MODEL_PROVIDER",
+    "AUTH_ENABLED",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+    "HEARTBEAT_INTERVAL",
+    "WORKER_POOL",
+)
 
 
 def compose_command() -> list[str]:
@@ -30,15 +40,23 @@ def compose_command() -> list[str]:
             return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    pytest.fail("Docker Compose is missing: neither `docker compose` nor `docker-compose` runs here "
-                "(apt-get install -y --no-install-recommends docker-compose)")
+    pytest.fail(
+        "Docker Compose is missing: neither `docker compose` nor `docker-compose` runs here "
+        "(apt-get install -y --no-install-recommends docker-compose)"
+    )
 
 
 def compose(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run compose on the project's file with a minimal environment (no engine needed)."""
     base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
-    return subprocess.run([*compose_command(), "-f", str(ROOT / "docker-compose.yml"), *args], cwd=ROOT,
-                          env=base | env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [*compose_command(), "-f", str(ROOT / "docker-compose.yml"), *args],
+        cwd=ROOT,
+        env=base | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,16 @@ class _Bus:
 
 
 def _execution(**kw) -> Execution:  # type: ignore[no-untyped-def]
-    base = dict(id=uuid.uuid4(), agent_id=uuid.uuid4(), task_id=None, state="RUNNING",
-                progress_percentage=40.0, progress_message="Step a", result=None, error_message=None)
+    base = dict(
+        id=uuid.uuid4(),
+        agent_id=uuid.uuid4(),
+        task_id=None,
+        state="RUNNING",
+        progress_percentage=40.0,
+        progress_message="Step a",
+        result=None,
+        error_message=None,
+    )
     return Execution(**(base | kw))
 
 
@@ -37,8 +45,15 @@ def test_state_changed_payload_has_the_seed_fields():
     ex = _execution()
     row = ExecutionEventEmitter(_Bus()).emit_state_changed(ex, "QUEUED", "claimed", session=_Session())
     assert row.type == events.STATE_CHANGED
-    assert set(row.payload) == {"execution_id", "agent_id", "task_id", "previous_state", "new_state",
-                                "reason", "timestamp"}
+    assert set(row.payload) == {
+        "execution_id",
+        "agent_id",
+        "task_id",
+        "previous_state",
+        "new_state",
+        "reason",
+        "timestamp",
+    }
     assert row.payload["previous_state"] == "QUEUED"
     assert row.payload["new_state"] == "RUNNING"
     assert row.payload["task_id"] is None
@@ -62,11 +77,19 @@ def test_completed_payload_has_final_state_and_result_or_error():
 
 def test_the_published_message_carries_the_row_id_type_and_payload():
     ex_id = uuid.uuid4()
-    row = ExecutionEvent(id=42, execution_id=ex_id, type=events.PROGRESS, payload={"percentage": 1},
-                         created_at=datetime(2026, 1, 1, tzinfo=UTC))
+    row = ExecutionEvent(
+        id=42,
+        execution_id=ex_id,
+        type=events.PROGRESS,
+        payload={"percentage": 1},
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
     assert event_message(row) == {
-        "id": 42, "type": events.PROGRESS, "execution_id": str(ex_id),
-        "created_at": "2026-01-01T00:00:00+00:00", "payload": {"percentage": 1},
+        "id": 42,
+        "type": events.PROGRESS,
+        "execution_id": str(ex_id),
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "payload": {"percentage": 1},
     }
     bus = _Bus()
     ExecutionEventEmitter(bus).publish([row])

@@ -33,10 +33,24 @@ def _runner() -> ExecutionTaskRunner:
 def test_process_results_sums_usage_over_pipeline_steps():
     raw = {
         "steps": [
-            ("a", {"output": "A", "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5},
-                   "model": "m", "finish_reason": "stop"}),
-            ("b", {"output": "B", "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5},
-                   "model": "m", "finish_reason": "length"}),
+            (
+                "a",
+                {
+                    "output": "A",
+                    "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5},
+                    "model": "m",
+                    "finish_reason": "stop",
+                },
+            ),
+            (
+                "b",
+                {
+                    "output": "B",
+                    "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5},
+                    "model": "m",
+                    "finish_reason": "length",
+                },
+            ),
         ],
         "responses": None,
     }
@@ -51,9 +65,17 @@ def test_process_results_sums_usage_over_pipeline_steps():
 
 
 def test_process_results_of_a_standard_task_has_no_steps():
-    raw = {"steps": None, "responses": [{"output": "O", "usage": {"prompt_tokens": 1, "completion_tokens": 1,
-                                                                  "total_tokens": 2}, "model": "m",
-                                         "finish_reason": "stop"}]}
+    raw = {
+        "steps": None,
+        "responses": [
+            {
+                "output": "O",
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                "model": "m",
+                "finish_reason": "stop",
+            }
+        ],
+    }
     result = _runner().process_results(raw)
     assert "steps" not in result
     assert result["usage"]["model_calls"] == 1
@@ -95,8 +117,12 @@ def test_a_cancel_interrupts_a_simulated_call_between_chunks():
             control.request(CANCEL)
         control.check_urgent()
 
-    request = ModelRequest(prompt="p", simulate={"latency_ms": 10_000, "chunks": 1000},
-                           checkpoint=checkpoint, sleep=control.sleep)
+    request = ModelRequest(
+        prompt="p",
+        simulate={"latency_ms": 10_000, "chunks": 1000},
+        checkpoint=checkpoint,
+        sleep=control.sleep,
+    )
     with pytest.raises(ExecutionInterrupted) as info:
         SimulatedProvider().generate(request)
     assert info.value.kind == CANCEL

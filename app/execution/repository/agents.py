@@ -54,10 +54,15 @@ class AgentRows(RepositoryBase):
         where = [] if tenant is None else [Agent.tenant == tenant]
         with self._work(None, "list_agents") as work:
             total = work.session.scalar(select(func.count()).select_from(Agent).where(*where)) or 0
-            items = list(work.session.scalars(
-                select(Agent).where(*where).order_by(Agent.name, Agent.id)
-                .offset((p.page - 1) * p.page_size).limit(p.page_size)
-            ))
+            items = list(
+                work.session.scalars(
+                    select(Agent)
+                    .where(*where)
+                    .order_by(Agent.name, Agent.id)
+                    .offset((p.page - 1) * p.page_size)
+                    .limit(p.page_size)
+                )
+            )
             return items, int(total)
 
     def update_agent(
@@ -82,9 +87,13 @@ class AgentRows(RepositoryBase):
 
     def agent_has_active_executions(self, agent_id: uuid.UUID) -> bool:
         """True while any execution of the agent is not finished."""
-        stmt = select(Execution.id).where(
-            Execution.agent_id == agent_id, Execution.state.notin_([st.value for st in FINISHED_STATES])
-        ).limit(1)
+        stmt = (
+            select(Execution.id)
+            .where(
+                Execution.agent_id == agent_id, Execution.state.notin_([st.value for st in FINISHED_STATES])
+            )
+            .limit(1)
+        )
         with self._work(None, "agent_has_active_executions") as work:
             return work.session.scalar(stmt) is not None
 
@@ -99,7 +108,9 @@ class AgentRows(RepositoryBase):
 
     def find_api_key(self, key_hash: str) -> tuple[uuid.UUID, str] | None:
         """(id, tenant) of the unrevoked key with this hash, or None."""
-        stmt = select(ApiKey.id, ApiKey.tenant).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+        stmt = select(ApiKey.id, ApiKey.tenant).where(
+            ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)
+        )
         with self._work(None, "find_api_key") as work:
             row = work.session.execute(stmt).one_or_none()
         return None if row is None else (row.id, row.tenant)
@@ -114,7 +125,11 @@ class AgentRows(RepositoryBase):
 
     def revoke_api_key(self, key_id: uuid.UUID) -> str | None:
         """Revoke a key; its hash, or None when unknown or already revoked."""
-        stmt = (update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-                .values(revoked_at=func.now()).returning(ApiKey.key_hash))
+        stmt = (
+            update(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=func.now())
+            .returning(ApiKey.key_hash)
+        )
         with self._work(None, "revoke_api_key") as work:
             return work.session.scalar(stmt)

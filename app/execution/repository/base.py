@@ -24,11 +24,16 @@ class RepositoryBase:
         self.session_factory = session_factory
 
     def unit_of_work(
-        self, *, autocommit: bool = False, operation: str = "database call", execution_id: uuid.UUID | None = None
+        self,
+        *,
+        autocommit: bool = False,
+        operation: str = "database call",
+        execution_id: uuid.UUID | None = None,
     ) -> UnitOfWork:
         """A new unit of work on this repository's database."""
-        return UnitOfWork(self.session_factory, autocommit=autocommit, operation=operation,
-                          execution_id=execution_id)
+        return UnitOfWork(
+            self.session_factory, autocommit=autocommit, operation=operation, execution_id=execution_id
+        )
 
     @contextmanager
     def _work(

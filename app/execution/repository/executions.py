@@ -51,8 +51,15 @@ class ExecutionRows(RepositoryBase):
         the tenant already used the idempotency key.
         """
         with self._work(uow, "create_execution", values.get("id")) as work:
-            return writer.insert(work.connection, values, agent_id=values["agent_id"], agent_tenant=agent_tenant,
-                                 events=events, history=history, skip_if_key_exists=skip_if_key_exists)
+            return writer.insert(
+                work.connection,
+                values,
+                agent_id=values["agent_id"],
+                agent_tenant=agent_tenant,
+                events=events,
+                history=history,
+                skip_if_key_exists=skip_if_key_exists,
+            )
 
     def create(self, execution: Execution, *, uow: UnitOfWork | None = None) -> Execution:
         """Insert an execution row as given, logging nothing (imports and tests; the service
@@ -115,8 +122,9 @@ class ExecutionRows(RepositoryBase):
         capped = select(func.count()).select_from(matching.limit(exact_up_to + 1).subquery())
         counted: int | None
         with self._work(None, "count_executions", autocommit=False) as work:
-            work.session.execute(text("SELECT set_config('statement_timeout', :ms, true)"),
-                                 {"ms": str(int(count_timeout_ms))})
+            work.session.execute(
+                text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(int(count_timeout_ms))}
+            )
             try:
                 counted = int(work.session.scalar(capped) or 0)
             except OperationalError as exc:
@@ -135,18 +143,27 @@ class ExecutionRows(RepositoryBase):
 
     def get_state_history(self, execution_id: uuid.UUID, limit: int = 10) -> list[ExecutionStateHistory]:
         """The last `limit` transitions of an execution, oldest first."""
-        stmt = (select(ExecutionStateHistory).where(ExecutionStateHistory.execution_id == execution_id)
-                .order_by(ExecutionStateHistory.id.desc()).limit(limit))
+        stmt = (
+            select(ExecutionStateHistory)
+            .where(ExecutionStateHistory.execution_id == execution_id)
+            .order_by(ExecutionStateHistory.id.desc())
+            .limit(limit)
+        )
         with self._work(None, "get_state_history", execution_id) as work:
             rows = list(work.session.scalars(stmt))
         rows.reverse()
         return rows
 
-    def get_events(self, execution_id: uuid.UUID, after_id: int = 0, limit: int = 1000) -> list[ExecutionEvent]:
+    def get_events(
+        self, execution_id: uuid.UUID, after_id: int = 0, limit: int = 1000
+    ) -> list[ExecutionEvent]:
         """Events of an execution with id greater than `after_id`, in order."""
-        stmt = (select(ExecutionEvent)
-                .where(ExecutionEvent.execution_id == execution_id, ExecutionEvent.id > after_id)
-                .order_by(ExecutionEvent.id).limit(limit))
+        stmt = (
+            select(ExecutionEvent)
+            .where(ExecutionEvent.execution_id == execution_id, ExecutionEvent.id > after_id)
+            .order_by(ExecutionEvent.id)
+            .limit(limit)
+        )
         with self._work(None, "get_events", execution_id) as work:
             return list(work.session.scalars(stmt))
 
@@ -180,11 +197,15 @@ class ExecutionRows(RepositoryBase):
         from_state = None if expected_state is None else _state(expected_state)
         with self._work(uow, "transition", execution_id) as work:
             return writer.update(
-                work.connection, execution_id, guards=guards,
+                work.connection,
+                execution_id,
+                guards=guards,
                 values={"state": _state(target), "updated_at": Expr.NOW} | (values or {}),
-                events=events, history=[(from_state, _state(target), reason)],
+                events=events,
+                history=[(from_state, _state(target), reason)],
                 sources=None if expected_state is not None else sorted(s.value for s in sources or ()),
-                params=params, with_agent=with_agent,
+                params=params,
+                with_agent=with_agent,
             )
 
     def update_state(
@@ -200,7 +221,9 @@ class ExecutionRows(RepositoryBase):
         """The guarded UPDATE alone (no history, no events); None when not found or a guard failed."""
         with self._work(None, "update_state", execution_id) as work:
             return writer.update(
-                work.connection, execution_id, guards=_guards(expected_state, expected_attempt, None),
+                work.connection,
+                execution_id,
+                guards=_guards(expected_state, expected_attempt, None),
                 values={"state": _state(state), "updated_at": Expr.NOW} | (timestamps or {}) | (values or {}),
             ).execution
 
@@ -219,15 +242,19 @@ class ExecutionRows(RepositoryBase):
         guards: dict[str, Any] = {"state": ExecutionState.RUNNING.value, "progress_percentage": percentage}
         if expected_attempt is not None:
             guards["attempt"] = expected_attempt
-        values: dict[str, Any] = {"progress_percentage": percentage, "progress_message": message,
-                                  "updated_at": Expr.NOW}
+        values: dict[str, Any] = {
+            "progress_percentage": percentage,
+            "progress_message": message,
+            "updated_at": Expr.NOW,
+        }
         params = None
         if context_update:
             values["context"] = Expr.MERGE_CONTEXT
             params = {"context_update": context_update}
         with self._work(uow, "record_progress", execution_id) as work:
-            return writer.update(work.connection, execution_id, guards=guards, values=values, events=events,
-                                 params=params)
+            return writer.update(
+                work.connection, execution_id, guards=guards, values=values, events=events, params=params
+            )
 
     def update_progress(
         self,
@@ -239,23 +266,33 @@ class ExecutionRows(RepositoryBase):
         expected_attempt: int | None = None,
     ) -> Execution | None:
         """record_progress without an event; None when missing, not RUNNING, another attempt or further."""
-        return self.record_progress(execution_id, percentage, message, context_update, events=[],
-                                    expected_attempt=expected_attempt).execution
+        return self.record_progress(
+            execution_id, percentage, message, context_update, events=[], expected_attempt=expected_attempt
+        ).execution
 
     def update_result(
         self, execution_id: uuid.UUID, result: dict[str, Any] | None, error_message: str | None = None
     ) -> Execution | None:
         """Store the result and error message of an execution."""
         with self._work(None, "update_result", execution_id) as work:
-            return writer.update(work.connection, execution_id, guards={}, values={
-                "result": result, "error_message": error_message, "updated_at": Expr.NOW}).execution
+            return writer.update(
+                work.connection,
+                execution_id,
+                guards={},
+                values={"result": result, "error_message": error_message, "updated_at": Expr.NOW},
+            ).execution
 
     def save_checkpoint(self, execution_id: uuid.UUID, attempt: int, context_update: dict[str, Any]) -> bool:
         """Merge `context_update` into context while this attempt holds the execution."""
         with self._work(None, "save_checkpoint", execution_id) as work:
-            written = writer.update(work.connection, execution_id, guards={"attempt": attempt},
-                                    values={"context": Expr.MERGE_CONTEXT, "updated_at": Expr.NOW},
-                                    sources=_HELD, params={"context_update": context_update})
+            written = writer.update(
+                work.connection,
+                execution_id,
+                guards={"attempt": attempt},
+                values={"context": Expr.MERGE_CONTEXT, "updated_at": Expr.NOW},
+                sources=_HELD,
+                params={"context_update": context_update},
+            )
         return written.execution is not None
 
     def create_state_history(self, history_item: ExecutionStateHistory) -> ExecutionStateHistory:
@@ -273,9 +310,11 @@ class ExecutionRows(RepositoryBase):
         """
         if not held:
             return {}
-        sql = ("UPDATE executions SET heartbeat_at = now() "
-               "WHERE (id, attempt) IN (SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[])) "
-               "AND state = ANY(%(held)s::text[]) RETURNING id, state")
+        sql = (
+            "UPDATE executions SET heartbeat_at = now() "
+            "WHERE (id, attempt) IN (SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[])) "
+            "AND state = ANY(%(held)s::text[]) RETURNING id, state"
+        )
         params = {"ids": list(held), "attempts": list(held.values()), "held": _HELD}
         with self._work(None, "heartbeat") as work:
             return {row[0]: row[1] for row in work.connection.exec_driver_sql(sql, params)}
@@ -331,16 +370,22 @@ def _filter_clauses(f: ExecutionFilters, tenant: str | None) -> list[Any]:
 
 def _page(work: UnitOfWork, where: list[Any], p: Pagination) -> list[Execution]:
     stmt: Select[Any] = (
-        select(Execution).where(*where).order_by(Execution.created_at.desc(), Execution.id.desc())
-        .offset((p.page - 1) * p.page_size).limit(p.page_size)
+        select(Execution)
+        .where(*where)
+        .order_by(Execution.created_at.desc(), Execution.id.desc())
+        .offset((p.page - 1) * p.page_size)
+        .limit(p.page_size)
     )
     return list(work.session.scalars(stmt))
 
 
 def _estimate(work: UnitOfWork, matching: Select[Any]) -> int:
     """The planner's row estimate for `matching` (EXPLAIN, nothing is read)."""
-    compiled = matching.compile(dialect=work.session.get_bind().dialect,
-                                compile_kwargs={"render_postcompile": True})
-    plan = work.connection.exec_driver_sql("EXPLAIN (FORMAT JSON) " + compiled.string, compiled.params).scalar()
+    compiled = matching.compile(
+        dialect=work.session.get_bind().dialect, compile_kwargs={"render_postcompile": True}
+    )
+    plan = work.connection.exec_driver_sql(
+        "EXPLAIN (FORMAT JSON) " + compiled.string, compiled.params
+    ).scalar()
     data: Any = json.loads(plan) if isinstance(plan, str) else plan
     return int(data[0]["Plan"]["Plan Rows"])

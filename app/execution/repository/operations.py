@@ -39,14 +39,21 @@ class OperationRows(RepositoryBase):
         one while it was down), so nothing counts as stale within one lease of the start.
         """
         edge = func.now() - _seconds(lease_timeout)
-        stmt = select(
-            Execution.id, Execution.state, Execution.attempt, Execution.max_retries,
-            (Execution.deadline_at < func.now()).label("past_deadline"),
-        ).where(
-            Execution.state.in_([s.value for s in HELD_BY_WORKER]),
-            Execution.heartbeat_at < edge,
-            func.pg_postmaster_start_time() < edge,
-        ).limit(limit)
+        stmt = (
+            select(
+                Execution.id,
+                Execution.state,
+                Execution.attempt,
+                Execution.max_retries,
+                (Execution.deadline_at < func.now()).label("past_deadline"),
+            )
+            .where(
+                Execution.state.in_([s.value for s in HELD_BY_WORKER]),
+                Execution.heartbeat_at < edge,
+                func.pg_postmaster_start_time() < edge,
+            )
+            .limit(limit)
+        )
         with self._work(None, "stale_held") as work:
             return work.session.execute(stmt).all()
 
@@ -54,12 +61,18 @@ class OperationRows(RepositoryBase):
         """QUEUED executions no worker claimed for `redeliver_after` s: their queued_at is reset
         (so the next pass leaves them alone) and their (id, attempt, queue, priority) returned."""
         queued = ExecutionState.QUEUED.value
-        stale = (select(Execution.id)
-                 .where(Execution.state == queued, Execution.queued_at < func.now() - _seconds(redeliver_after))
-                 .limit(limit).scalar_subquery())
-        stmt = (update(Execution).where(Execution.id.in_(stale), Execution.state == queued)
-                .values(queued_at=func.now())
-                .returning(Execution.id, Execution.attempt, Execution.queue, Execution.priority))
+        stale = (
+            select(Execution.id)
+            .where(Execution.state == queued, Execution.queued_at < func.now() - _seconds(redeliver_after))
+            .limit(limit)
+            .scalar_subquery()
+        )
+        stmt = (
+            update(Execution)
+            .where(Execution.id.in_(stale), Execution.state == queued)
+            .values(queued_at=func.now())
+            .returning(Execution.id, Execution.attempt, Execution.queue, Execution.priority)
+        )
         with self._work(None, "requeue_unclaimed") as work:
             return work.session.execute(stmt).all()
 

@@ -19,8 +19,15 @@ def _bucket_columns(expr: str, buckets: Sequence[float], weight: str = "1") -> s
     )
 
 
-def _histogram_sql(source: str, expr: str, buckets: Sequence[float], *, label: str = "''",
-                   weight: str = "1", total: str | None = None) -> str:
+def _histogram_sql(
+    source: str,
+    expr: str,
+    buckets: Sequence[float],
+    *,
+    label: str = "''",
+    weight: str = "1",
+    total: str | None = None,
+) -> str:
     return (
         f"SELECT {label} AS label, coalesce(sum({weight}), 0) AS n, coalesce(sum({total or expr}), 0) AS s, "
         f"{_bucket_columns(expr, buckets, weight)} FROM ({source}) t GROUP BY 1"
@@ -40,7 +47,10 @@ STATS_QUERIES = {
     "duration": _histogram_sql(
         "SELECT state, extract(epoch FROM completed_at - started_at)::float8 AS d FROM executions "
         "WHERE completed_at IS NOT NULL AND started_at IS NOT NULL AND completed_at >= started_at",
-        "d", DURATION_BUCKETS, label="state"),
+        "d",
+        DURATION_BUCKETS,
+        label="state",
+    ),
     "queue_wait": _histogram_sql(
         "SELECT extract(epoch FROM created_at - prev_at)::float8 AS w FROM ("
         " SELECT to_state, created_at,"
@@ -48,14 +58,20 @@ STATS_QUERIES = {
         " lag(to_state) OVER (PARTITION BY execution_id ORDER BY id) AS prev_state"
         " FROM execution_state_history WHERE to_state IN ('QUEUED', 'RUNNING')) h"
         " WHERE to_state = 'RUNNING' AND prev_state = 'QUEUED'",
-        "w", DURATION_BUCKETS),
+        "w",
+        DURATION_BUCKETS,
+    ),
     "model_call": _histogram_sql(
         f"SELECT calls, extract(epoch FROM completed_at - started_at)::float8 AS d,"
         f" extract(epoch FROM completed_at - started_at)::float8 / calls AS per_call FROM ("
         f" SELECT {_CALLS} AS calls, completed_at, started_at FROM executions"
         f" WHERE state = 'COMPLETED' AND attempt = 1 AND started_at IS NOT NULL"
         f" AND completed_at >= started_at) c WHERE calls > 0",
-        "per_call", MODEL_BUCKETS, weight="calls", total="d"),
+        "per_call",
+        MODEL_BUCKETS,
+        weight="calls",
+        total="d",
+    ),
     "tokens": (
         "SELECT coalesce(sum(" + _NUMBER.format(key="prompt_tokens") + "), 0),"
         " coalesce(sum(" + _NUMBER.format(key="completion_tokens") + "), 0),"
@@ -63,5 +79,3 @@ STATS_QUERIES = {
         " FROM executions WHERE state = 'COMPLETED' AND result IS NOT NULL"
     ),
 }
-
-
