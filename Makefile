@@ -8,7 +8,7 @@ export FLOWER_PORT ?= 5555
 export FLOWER_BASIC_AUTH ?= admin:agentexec
 PYTEST_ARGS ?=
 
-.PHONY: install services db run test lint bench bench-full clean
+.PHONY: install services db run test test-unit lint format bench bench-full clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -35,9 +35,19 @@ run: db
 test: install services
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The unit tier: pure logic and in-memory fakes; needs no PostgreSQL, Redis or worker.
+test-unit: install
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+LINTED := app api workers cli tests bench scripts celeryconfig.py migrations
 lint: install
-	$(VENV)/bin/ruff check app api workers cli tests bench
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff check --fix $(LINTED)
+	$(VENV)/bin/ruff format $(LINTED)
 
 bench: install services
 	$(PY) -m bench --mode short
