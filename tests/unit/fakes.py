@@ -203,18 +203,13 @@ class FakeRepository:
         if expected_state is None and not sources:
             raise ValueError("a transition needs an expected state or the states it may come from")
         target_value = ExecutionState(target).value
+        from_state = None if expected_state is None else ExecutionState(expected_state).value
         return self._update(
             execution_id,
             guards=_guards(expected_state, expected_attempt, tenant),
             values={"state": target_value, "updated_at": Expr.NOW} | (values or {}),
             events=events,
-            history=[
-                (
-                    None if expected_state is None else ExecutionState(expected_state).value,
-                    target_value,
-                    reason,
-                )
-            ],
+            history=[(from_state, target_value, reason)],
             sources=None if expected_state is not None else sorted(s.value for s in sources or ()),
             params=params,
             with_agent=with_agent,
