@@ -334,8 +334,8 @@ class ExecutionTaskRunner:
                         stop=stop.value,
                         state=found.value,
                     )
-                    return Outcome.of(found)
-        return Outcome.of(S(execution.state))
+                    return Outcome.ENDED_ELSEWHERE
+        return Outcome.ENDED_ELSEWHERE
 
     def _write_end(
         self,
