@@ -55,16 +55,15 @@ class Stop(str, enum.Enum):
 class Action(str, enum.Enum):
     """What to do when the end write was refused."""
 
-    AGAIN = "again"  # the state moved but still allows the write: try once more
     CANCEL = "cancel"  # a cancel is under way: end as CANCELLED instead
     FAIL = "fail"  # a retry is no longer possible: end as FAILED
     GIVE_UP = "give_up"  # someone else ended it: write nothing more
 
 
 # (why the run stopped, the state it found) -> action; any pair not listed: GIVE_UP.
+# Every end write is fenced by the run's attempt, so a refusal that finds a state the write
+# accepts (a finish finding RUNNING or PAUSING) means another attempt holds it: give up.
 REFUSED: dict[tuple[Stop, ExecutionState], Action] = {
-    (Stop.FINISH, S.RUNNING): Action.AGAIN,
-    (Stop.FINISH, S.PAUSING): Action.AGAIN,
     (Stop.FINISH, S.CANCELLING): Action.CANCEL,
     (Stop.RETRY, S.PAUSING): Action.FAIL,
     (Stop.RETRY, S.CANCELLING): Action.CANCEL,

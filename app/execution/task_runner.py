@@ -317,24 +317,18 @@ class ExecutionTaskRunner:
         if stop is Stop.LOST:
             log.warning("lease lost; stopping without writing", execution_id=str(execution.id))
             return Outcome.LOST
-        for _ in range(3):
-            try:
-                return Outcome.of(self._write_end(execution, stop, target, reason, result, error))
-            except InvalidExecutionStateError as exc:
-                found = S(exc.current_state)
-                action = when_refused(stop, found)
-                if action is Action.CANCEL:
-                    return self._end(execution, Stop.CANCEL)
-                if action is Action.FAIL:
-                    return self._end(execution, Stop.FINISH, S.FAILED, "model call failed", error=error)
-                if action is Action.GIVE_UP:
-                    log.info(
-                        "run ended by someone else",
-                        execution_id=str(execution.id),
-                        stop=stop.value,
-                        state=found.value,
-                    )
-                    return Outcome.ENDED_ELSEWHERE
+        try:
+            return Outcome.of(self._write_end(execution, stop, target, reason, result, error))
+        except InvalidExecutionStateError as exc:
+            found = S(exc.current_state)
+            action = when_refused(stop, found)
+        if action is Action.CANCEL:
+            return self._end(execution, Stop.CANCEL)
+        if action is Action.FAIL:
+            return self._end(execution, Stop.FINISH, S.FAILED, "model call failed", error=error)
+        log.info(
+            "run ended by someone else", execution_id=str(execution.id), stop=stop.value, state=found.value
+        )
         return Outcome.ENDED_ELSEWHERE
 
     def _write_end(

@@ -23,8 +23,6 @@ from app.schemas import ExecutionState as S
 
 # (why the run stopped, the state its refused write found) -> what it does; every other pair: GIVE_UP.
 EXPECTED = {
-    (Stop.FINISH, S.RUNNING): Action.AGAIN,
-    (Stop.FINISH, S.PAUSING): Action.AGAIN,
     (Stop.FINISH, S.CANCELLING): Action.CANCEL,
     (Stop.RETRY, S.PAUSING): Action.FAIL,
     (Stop.RETRY, S.CANCELLING): Action.CANCEL,
@@ -47,11 +45,9 @@ def test_the_table_lists_only_pairs_that_change_the_default():
     assert all(action is not Action.GIVE_UP for action in REFUSED.values())
 
 
-def test_a_finish_tries_again_only_from_states_its_write_accepts():
-    for (stop, found), action in REFUSED.items():
-        if action is Action.AGAIN:
-            assert stop is Stop.FINISH
-            assert found in sources_of(S.COMPLETED) and found in sources_of(S.FAILED)
+def test_a_refused_finish_that_finds_a_state_its_write_accepts_gives_up_another_attempt_holds_it():
+    for found in sources_of(S.COMPLETED) & sources_of(S.FAILED):
+        assert when_refused(Stop.FINISH, found) is Action.GIVE_UP
 
 
 def test_a_refused_write_turns_into_a_cancel_only_when_a_cancel_is_under_way():
