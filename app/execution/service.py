@@ -310,9 +310,7 @@ class ExecutionService:
         return agent
 
     def delete_agent(self, agent_id: uuid.UUID, *, tenant: str | None = None) -> None:
-        """Delete an agent with its finished executions; ConflictError while any is active."""
-        self.get_agent(agent_id, tenant=tenant)
-        if self.repository.agent_has_active_executions(agent_id):
-            raise ConflictError(f"agent {agent_id} has executions that are not finished")
+        """Delete an agent with its finished executions (their history and events too), in one
+        transaction; ConflictError while any is active."""
         if not self.repository.delete_agent(agent_id, tenant=tenant):
             raise AgentNotFoundError(agent_id)

@@ -149,7 +149,7 @@ def _insert_cte(shape: Shape) -> str:
     )
     return (
         f"u AS (INSERT INTO executions ({', '.join(_quote(c) for c in columns)}) "
-        f"SELECT {selected} FROM agents a WHERE a.id = %(p_agent_id)s{tenant}{conflict} RETURNING *)"
+        f"SELECT {selected} FROM agents a WHERE a.id = %(p_agent_id)s{tenant} FOR KEY SHARE{conflict} RETURNING *)"
     )
 
 

@@ -77,25 +77,29 @@ class AgentRows(RepositoryBase):
             return work.session.scalars(stmt).one_or_none()
 
     def delete_agent(self, agent_id: uuid.UUID, *, tenant: str | None = None) -> bool:
-        """Delete an agent and its finished executions; False when not found."""
-        stmt = delete(Agent).where(Agent.id == agent_id)
-        if tenant is not None:
-            stmt = stmt.where(Agent.tenant == tenant)
-        with self._work(None, "delete_agent", autocommit=False) as work:
-            work.session.execute(delete(Execution).where(Execution.agent_id == agent_id))
-            return (work.session.execute(stmt).rowcount or 0) > 0  # type: ignore[attr-defined]
+        """Delete an agent and its finished executions in ONE transaction; False when not found.
 
-    def agent_has_active_executions(self, agent_id: uuid.UUID) -> bool:
-        """True while any execution of the agent is not finished."""
-        stmt = (
+        The agent row is locked first (FOR UPDATE), so an execution being created for it
+        (whose insert takes FOR KEY SHARE on the agent) either commits before the check
+        below sees it, or finds no agent once this commits. ConflictError while any
+        execution of the agent is not finished; then nothing is deleted.
+        """
+        found = select(Agent.id).where(Agent.id == agent_id).with_for_update()
+        if tenant is not None:
+            found = found.where(Agent.tenant == tenant)
+        active = (
             select(Execution.id)
-            .where(
-                Execution.agent_id == agent_id, Execution.state.notin_([st.value for st in FINISHED_STATES])
-            )
+            .where(Execution.agent_id == agent_id, Execution.state.notin_([s.value for s in FINISHED_STATES]))
             .limit(1)
         )
-        with self._work(None, "agent_has_active_executions") as work:
-            return work.session.scalar(stmt) is not None
+        with self._work(None, "delete_agent", autocommit=False) as work:
+            if work.session.scalar(found) is None:
+                return False
+            if work.session.scalar(active) is not None:
+                raise ConflictError(f"agent {agent_id} has executions that are not finished")
+            work.session.execute(delete(Execution).where(Execution.agent_id == agent_id))
+            work.session.execute(delete(Agent).where(Agent.id == agent_id))
+            return True
 
     # ------------------------------------------------------------------ API keys
 
