@@ -149,7 +149,9 @@ def _insert_cte(shape: Shape) -> str:
     )
     return (
         f"u AS (INSERT INTO executions ({', '.join(_quote(c) for c in columns)}) "
-        f"SELECT {selected} FROM agents a WHERE a.id = %(p_agent_id)s{tenant} FOR KEY SHARE{conflict} RETURNING *)"
+        # FOR KEY SHARE: a delete of the agent (FOR UPDATE) waits for this insert, or it for the delete.
+        f"SELECT {selected} FROM agents a WHERE a.id = %(p_agent_id)s{tenant} FOR KEY SHARE"
+        f"{conflict} RETURNING *)"
     )
 
 
