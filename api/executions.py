@@ -8,7 +8,7 @@ from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 from flask_openapi3.types import ResponseDict
 
-from api.deps import answer, service, tenant
+from api.deps import answer, service, settings, tenant
 from api.guards import strict_body
 from api.models import (
     ControlBody,
@@ -23,6 +23,7 @@ from api.models import (
     IdempotencyHeader,
 )
 from api.openapi import BODY_ERRORS, optional_control_body, problems
+from api.problems import problem
 from api.security import SECURITY
 from app.models import Execution
 from app.schemas import ExecutionFilters, ExecutionState, Pagination
@@ -45,6 +46,15 @@ def create_execution(header: IdempotencyHeader, body: ExecutionCreateBody) -> Re
     answer 200 with the first execution; the same key with another body answers 409.
     An unknown `agent_id` or bad `parameters` answer 422.
     """
+    accepted = settings().accepted_queues
+    if body.queue is not None and body.queue not in accepted:
+        names = ", ".join(sorted(accepted))
+        return problem(
+            422,
+            "Unprocessable Content",
+            f"queue {body.queue!r} is not read by any worker of this deployment; use one of: {names}",
+            errors=[{"loc": ["body", "queue"], "msg": f"must be one of: {names}", "type": "unknown_queue"}],
+        )
     row, created = service().create_execution(body, idempotency_key=header.idempotency_key, tenant=tenant())
     return answer(
         ExecutionOut.of(row), 201 if created else 200, headers={"Location": f"/v1/executions/{row.id}"}

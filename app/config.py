@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     retry_backoff_base: float = Field(1.0, ge=0)
     retry_backoff_cap: float = Field(30.0, ge=0)
     default_queue: str = "executions"
+    # Queues the API accepts (comma-separated), besides the default queue: those your workers read.
+    execution_queues: str = ""
     worker_pool: str = "threads"
     worker_concurrency: int = Field(32, gt=0)
 
@@ -55,6 +57,12 @@ class Settings(BaseSettings):
         if not self.celery_broker_url:
             self.celery_broker_url = self.redis_url
         return self
+
+    @property
+    def accepted_queues(self) -> frozenset[str]:
+        """The default queue and every queue named in EXECUTION_QUEUES."""
+        listed = {q.strip() for q in self.execution_queues.split(",") if q.strip()}
+        return frozenset(listed | {self.default_queue})
 
     @property
     def event_channel_prefix(self) -> str:

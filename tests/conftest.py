@@ -101,6 +101,9 @@ class RecordingDispatcher:
     def signal_task(self, execution_id, command):  # type: ignore[no-untyped-def]
         self.signals.append((execution_id, command))
 
+    def queue_depth(self, queue):  # type: ignore[no-untyped-def]
+        return 0  # nothing is ever sent, so nothing waits
+
 
 @pytest.fixture
 def dispatcher() -> RecordingDispatcher:

@@ -65,6 +65,14 @@ class BackgroundTaskManager:
         if self.control_hub is not None:
             self.control_hub.send(execution_id, command)
 
+    def queue_depth(self, queue: str) -> int:
+        """Messages waiting in the broker on `queue` (all priorities); 0 when it does not exist."""
+        with self.celery_app.connection_for_read() as conn:
+            try:
+                return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+            except conn.channel_errors:  # no such queue: Redis drops an empty list
+                return 0
+
     def get_task(self, execution_id: uuid.UUID) -> AsyncResult | None:
         """The AsyncResult of the last task sent for the execution from this process."""
         with self._lock:

@@ -44,7 +44,15 @@ class Reaper:
 
     def run_once(self) -> dict[str, int]:
         """One pass; returns what it did, by kind. Skips when another reaper holds the lock."""
-        counts = {"requeued": 0, "failed": 0, "timed_out": 0, "cancelled": 0, "paused": 0, "redelivered": 0}
+        counts = {
+            "requeued": 0,
+            "failed": 0,
+            "timed_out": 0,
+            "cancelled": 0,
+            "paused": 0,
+            "redelivered": 0,
+            "still_in_broker": 0,
+        }
         with self.repository.reaper_lock() as held:
             if not held:
                 return counts | {"skipped": 1}
@@ -111,8 +119,16 @@ class Reaper:
         bg = self.background_tasks
         if bg is None:
             return
+        waiting: dict[str, int] = {}  # queue -> messages in the broker, read once per pass
         for row in self.repository.requeue_unclaimed(self.settings.redeliver_after, _BATCH):
             try:
+                if row.queue not in waiting:
+                    waiting[row.queue] = bg.queue_depth(row.queue)
+                if waiting[row.queue] > 0:
+                    # Its message may still be waiting there (workers busy, or none reading this
+                    # queue): another one would only pile up. Looked at again next time.
+                    counts["still_in_broker"] += 1
+                    continue
                 bg.start_task(row.id, row.attempt, queue=row.queue, priority=row.priority)
                 counts["redelivered"] += 1
             except Exception as exc:  # broker still down: the next pass tries again
