@@ -8,6 +8,7 @@ open on loopback and needs a key from anywhere else.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from typing import Any
 
@@ -15,9 +16,11 @@ from flask import Flask, Response, g, request
 from flask_cors import CORS
 from flask_openapi3 import OpenAPI
 
+from api.operations import API_METRICS_KEY
 from api.problems import problem
 from app.config import Settings
 from app.execution.service import ExecutionService
+from app.metrics import ApiMetrics
 from app.models import DEFAULT_TENANT
 
 REALM = 'Bearer realm="agentexec"'
@@ -54,11 +57,52 @@ def _bearer_token() -> tuple[str | None, Response | None]:
     return token, None
 
 
-def _is_loopback() -> bool:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def trusted_networks(setting: str) -> list[Network]:
+    """TRUSTED_PROXIES (comma-separated addresses or CIDR networks) parsed; bad entries are an error."""
+    return [ipaddress.ip_network(part.strip(), strict=False) for part in setting.split(",") if part.strip()]
+
+
+def _address(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(request.remote_addr or "").is_loopback
+        return ipaddress.ip_address((value or "").strip())
     except ValueError:
+        return None
+
+
+def is_local_client(trusted: list[Network]) -> bool:
+    """True when the client (not a proxy in front of it) is on loopback.
+
+    A forwarded request (X-Forwarded-For or Forwarded) is local only when it came through
+    a trusted proxy and the right-most address not of a trusted proxy is loopback, so a
+    reverse proxy on the same host never makes the world's requests look local.
+    """
+    peer = _address(request.remote_addr)
+    forwarded = request.headers.getlist("X-Forwarded-For")
+    if not forwarded and "Forwarded" not in request.headers:
+        return peer is not None and peer.is_loopback
+    hops = [hop for value in forwarded for hop in value.split(",") if hop.strip()]
+
+    def is_trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
+        return address is not None and any(address in net for net in trusted)
+
+    if not is_trusted(peer):
+        return False  # forwarded by a peer we do not trust: whoever it forwards is not local
+    client = peer
+    while hops and is_trusted(client):
+        client = _address(hops.pop())
+    if client is None or is_trusted(client):
         return False
+    return client.is_loopback
+
+
+def _check_metrics_token(expected: str) -> Response | None:
+    scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode()):
+        return None
+    return _unauthorized("/metrics needs 'Authorization: Bearer <METRICS_TOKEN>'", "invalid_token")
 
 
 def document_security(app: OpenAPI, enabled: bool) -> None:
@@ -79,6 +123,8 @@ def init_security(app: Flask, service: ExecutionService, settings: Settings) -> 
     """Register authentication, rate limiting, security headers and (configured) CORS."""
     store = service.keys
     limiter = service.rate_limiter
+    trusted = trusted_networks(settings.trusted_proxies)
+    metrics: ApiMetrics = app.extensions[API_METRICS_KEY]
     assert store is not None, "the composition root builds the key store"
     app.extensions["agentexec.keys"] = store
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
@@ -97,8 +143,10 @@ def init_security(app: Flask, service: ExecutionService, settings: Settings) -> 
         if request.method == "OPTIONS" and origins:
             return None  # CORS preflight carries no credentials
         needs_key = path.startswith("/v1/") or path == "/v1"
-        if path == "/metrics" and not _is_loopback():
-            needs_key = True
+        if path == "/metrics":
+            if settings.metrics_token:  # explicit: this token, from anywhere, and nothing else
+                return _check_metrics_token(settings.metrics_token)
+            needs_key = not is_local_client(trusted)
         if not needs_key or not settings.auth_enabled:
             return None
         token, refusal = _bearer_token()
@@ -111,6 +159,8 @@ def init_security(app: Flask, service: ExecutionService, settings: Settings) -> 
         g.key_id = principal.key_id
         if limiter is not None:
             decision = limiter.hit(str(principal.key_id))
+            if decision.failed_open:
+                metrics.rate_limit_failed_open.inc()
             g.rate_remaining = decision.remaining
             if not decision.allowed:
                 detail = (

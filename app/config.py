@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     rate_limit: int = Field(600, ge=0)
     rate_limit_window: int = Field(60, ge=1)
     cors_origins: str = ""
+    # Reverse proxies whose X-Forwarded-For is believed (comma-separated addresses or networks).
+    trusted_proxies: str = ""
+    # When set, /metrics needs `Authorization: Bearer <METRICS_TOKEN>` (from anywhere); when
+    # empty, it is open to loopback clients only and needs an API key from anywhere else.
+    metrics_token: str = ""
 
     # Logs.
     log_format: str = "console"

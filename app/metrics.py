@@ -127,6 +127,7 @@ class ApiMetrics:
 
     requests: Counter
     latency: Histogram
+    rate_limit_failed_open: Counter
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answered request."""
@@ -146,6 +147,11 @@ def api_metrics() -> ApiMetrics:
             "HTTP request latency.",
             labels,
             buckets=HTTP_BUCKETS,
+            registry=None,
+        ),
+        rate_limit_failed_open=Counter(
+            "agentexec_rate_limit_failed_open",
+            "Requests let through unchecked because the rate limiter's Redis was unreachable.",
             registry=None,
         ),
     )

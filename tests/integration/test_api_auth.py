@@ -194,8 +194,13 @@ def test_the_rate_limit_answers_429_with_retry_after_and_recovers(settings, sess
     assert limited.mimetype == "application/problem+json"
     assert 1 <= int(limited.headers["Retry-After"]) <= window + 1
     assert answers[0].headers["X-RateLimit-Limit"] == "3"
-    wait_for(lambda: current() != start, timeout=window + 1, what="the next window")
-    assert client.get("/v1/agents", headers=_h(key)).status_code == 200
+    # A sliding window: the requests age out `window` s after they were made (Retry-After says when).
+    wait_for(
+        lambda: client.get("/v1/agents", headers=_h(key)).status_code == 200,
+        timeout=window + 1,
+        interval=0.2,
+        what="the oldest request to age out",
+    )
     app.extensions["agentexec.service"].control_hub.stop()
 
 
@@ -258,3 +263,42 @@ def test_schemathesis_with_a_valid_key_finds_no_server_error(auth_app):  # type:
             check()
         except Exception as exc:
             raise AssertionError(f"{operation.label}: {exc}") from exc
+
+
+def test_metrics_behind_a_proxy_on_the_same_host_is_not_open_to_the_proxys_clients(  # type: ignore[no-untyped-def]
+    settings, session_factory, clean_db
+):
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+    app = _app(settings, session_factory)
+    client = app.test_client()
+    assert client.get("/metrics").status_code == 200  # a local client
+    assert client.get("/metrics", headers=forwarded).status_code == 401  # forwarded by an untrusted peer
+    app.extensions["agentexec.service"].control_hub.stop()
+    app = _app(settings, session_factory, trusted_proxies="127.0.0.1")
+    client = app.test_client()
+    assert client.get("/metrics", headers=forwarded).status_code == 401  # the proxy's client is remote
+    assert client.get("/metrics", headers={"X-Forwarded-For": "::1"}).status_code == 200
+    app.extensions["agentexec.service"].control_hub.stop()
+
+
+def test_a_metrics_token_is_needed_from_everywhere_once_set(settings, session_factory, clean_db):  # type: ignore[no-untyped-def]
+    app = _app(settings, session_factory, metrics_token="s3cret-metrics")
+    client = app.test_client()
+    assert client.get("/metrics").status_code == 401  # loopback too
+    assert client.get("/metrics", headers=_h("wrong")).status_code == 401
+    assert client.get("/metrics", headers=_h("s3cret-metrics")).status_code == 200
+    remote = {"REMOTE_ADDR": "192.0.2.7"}
+    assert client.get("/metrics", environ_base=remote, headers=_h("s3cret-metrics")).status_code == 200
+    app.extensions["agentexec.service"].control_hub.stop()
+
+
+def test_requests_let_through_while_the_rate_limiter_is_down_are_counted(settings, session_factory, clean_db):  # type: ignore[no-untyped-def]
+    app = _app(settings, session_factory, rate_limit=5, redis_url="redis://127.0.0.1:1/0")
+    key, _ = _key(app, "outage")
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/v1/agents", headers=_h(key)).status_code == 200
+    text = client.get("/metrics").get_data(as_text=True)
+    line = next(x for x in text.splitlines() if x.startswith("agentexec_rate_limit_failed_open_total"))
+    assert float(line.split()[-1]) >= 3
+    app.extensions["agentexec.service"].control_hub.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 
 import redis
 from sqlalchemy import select
@@ -47,3 +48,34 @@ def test_the_rate_limit_refuses_past_the_limit_with_a_retry_after(settings):  # 
 def test_the_rate_limit_lets_requests_through_when_redis_is_down():
     client = redis.Redis(port=1, socket_connect_timeout=0.2)
     assert RateLimiter(client, limit=1).hit("k").allowed
+
+
+def test_no_window_of_the_limits_length_ever_lets_more_than_the_limit_through(settings):  # type: ignore[no-untyped-def]
+    """A fixed window let twice the limit through across its edge; a sliding one never does."""
+    client = redis.Redis.from_url(settings.redis_url)
+    limit, window = 5, 1
+    limiter = RateLimiter(
+        client, limit=limit, window=window, prefix=f"agentexec:test-slide:{secrets.token_hex(4)}:"
+    )
+    accepted: list[float] = []
+    end = time.monotonic() + 2.5 * window
+    while time.monotonic() < end:  # a steady stream across two window edges
+        if limiter.hit("k").allowed:
+            accepted.append(time.monotonic())
+        time.sleep(0.01)
+    assert len(accepted) >= 2 * limit  # it does let requests through again as old ones age out
+    for i, t in enumerate(accepted):
+        in_window = [u for u in accepted[: i + 1] if u > t - window + 0.02]  # 20 ms for clock granularity
+        assert len(in_window) <= limit, (i, len(in_window))
+
+
+def test_a_redis_outage_is_logged_once_and_each_request_let_through_is_marked():
+    from structlog.testing import capture_logs
+
+    limiter = RateLimiter(redis.Redis(port=1, socket_connect_timeout=0.2), limit=1)
+    with capture_logs() as logs:
+        decisions = [limiter.hit("k") for _ in range(3)]
+    assert all(d.allowed and d.failed_open for d in decisions)
+    assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == [
+        "rate limiter unavailable; letting requests through until Redis answers"
+    ]
