@@ -1,0 +1,236 @@
+"""Every API request as a `Call`, and the paging of lists: written once for both clients.
+
+Reads are reconnectable; a create carries an idempotency key (one is made up when the
+caller gives none), so it is reconnectable too; updates, deletes and control actions
+are not (a dropped connection may have hidden a change that happened).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+
+from agentexec_client._core import Call, path_id
+from agentexec_client.events import AnyEvent, parse_event
+from agentexec_client.models import (
+    Agent,
+    AgentCreate,
+    AgentPage,
+    AgentUpdate,
+    Execution,
+    ExecutionCreate,
+    ExecutionPage,
+    ExecutionParameters,
+    ExecutionState,
+    History,
+    HistoryItem,
+)
+
+AGENTS = "/v1/agents"
+EXECUTIONS = "/v1/executions"
+CONTROL_ACTIONS = ("start", "cancel", "pause", "resume", "retry")
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _agent(response: httpx.Response) -> Agent:
+    return Agent.model_validate(response.json())
+
+
+def _execution(response: httpx.Response) -> Execution:
+    return Execution.model_validate(response.json())
+
+
+def _nothing(response: httpx.Response) -> None:
+    return None
+
+
+# ------------------------------------------------------------------ agents
+
+
+def agent_create(name: str, **fields: Any) -> Call[Agent]:
+    """POST /v1/agents."""
+    body = AgentCreate(name=name, **_given(**fields)).body()
+    return Call("POST", AGENTS, _agent, json=body)
+
+
+def agent_get(agent_id: uuid.UUID) -> Call[Agent]:
+    """GET /v1/agents/{id}."""
+    return Call("GET", f"{AGENTS}/{agent_id}", _agent, reconnectable=True)
+
+
+def agent_page(page: int, page_size: int) -> Call[AgentPage]:
+    """GET /v1/agents: one page, by name."""
+    params = {"page": page, "page_size": page_size}
+    return Call("GET", AGENTS, lambda r: AgentPage.model_validate(r.json()), params, reconnectable=True)
+
+
+def agent_update(agent_id: uuid.UUID, **fields: Any) -> Call[Agent]:
+    """PATCH /v1/agents/{id} with the fields given."""
+    return Call("PATCH", f"{AGENTS}/{agent_id}", _agent, json=AgentUpdate(**_given(**fields)).body())
+
+
+def agent_delete(agent_id: uuid.UUID) -> Call[None]:
+    """DELETE /v1/agents/{id}."""
+    return Call("DELETE", f"{AGENTS}/{agent_id}", _nothing)
+
+
+# -------------------------------------------------------------- executions
+
+
+def parameters_of(
+    parameters: ExecutionParameters | Mapping[str, Any] | None, input: str | None
+) -> dict[str, Any]:
+    """The `parameters` object from either `parameters` or the `input` shorthand."""
+    if (parameters is None) == (input is None):
+        raise TypeError("give either parameters or input=")
+    if input is not None:
+        return {"input": input}
+    if isinstance(parameters, ExecutionParameters):
+        return parameters.body()
+    return dict(parameters or {})
+
+
+def execution_create(
+    agent_id: uuid.UUID, parameters: dict[str, Any], idempotency_key: str | None, **options: Any
+) -> Call[Execution]:
+    """POST /v1/executions with an Idempotency-Key (a new one when none is given), so it may be retried."""
+    generated = idempotency_key is None
+    key = f"agentexec-client-{uuid.uuid4()}" if idempotency_key is None else idempotency_key
+    body = ExecutionCreate(agent_id=agent_id, parameters=parameters, **_given(**options)).body()
+
+    def parse(response: httpx.Response) -> Execution:
+        execution = _execution(response)
+        # 200 answers an existing execution with this key: with a key made up here, it is
+        # the one an earlier attempt of this same call created before its answer was lost.
+        execution._created = response.status_code == 201 or generated
+        return execution
+
+    return Call("POST", EXECUTIONS, parse, json=body, headers={"Idempotency-Key": key}, reconnectable=True)
+
+
+def execution_get(execution_id: Any) -> Call[Execution]:
+    """GET /v1/executions/{id}."""
+    return Call("GET", f"{EXECUTIONS}/{path_id(execution_id)}", _execution, reconnectable=True)
+
+
+def execution_delete(execution_id: Any) -> Call[None]:
+    """DELETE /v1/executions/{id}."""
+    return Call("DELETE", f"{EXECUTIONS}/{path_id(execution_id)}", _nothing)
+
+
+def control(action: str, execution_id: Any, reason: str | None) -> Call[Execution]:
+    """POST /v1/executions/{id}/{action}, with the reason kept in the history."""
+    path = f"{EXECUTIONS}/{path_id(execution_id)}/{action}"
+    return Call("POST", path, _execution, json={"reason": reason} if reason is not None else None)
+
+
+def history(execution_id: Any, limit: int) -> Call[list[HistoryItem]]:
+    """GET /v1/executions/{id}/history: the last `limit` transitions, oldest first."""
+    path = f"{EXECUTIONS}/{path_id(execution_id)}/history"
+    return Call(
+        "GET", path, lambda r: History.model_validate(r.json()).items, {"limit": limit}, reconnectable=True
+    )
+
+
+def events_page(execution_id: Any, after: int, limit: int) -> Call[list[AnyEvent]]:
+    """GET /v1/executions/{id}/events as JSON: up to `limit` logged events after `after`."""
+    path = f"{EXECUTIONS}/{path_id(execution_id)}/events"
+    params = {"after": after, "limit": limit}
+    return Call(
+        "GET", path, lambda r: [parse_event(e) for e in r.json()["items"]], params, reconnectable=True
+    )
+
+
+StateFilter = ExecutionState | str | Iterable[ExecutionState | str] | None
+
+
+def states_of(state: StateFilter) -> list[str]:
+    """The `state` filter as a list of names."""
+    if state is None:
+        return []
+    if isinstance(state, str):
+        return [ExecutionState(state.upper()).value]
+    return [ExecutionState(str(s).upper()).value for s in state]
+
+
+def filters_of(
+    state: StateFilter,
+    agent_id: uuid.UUID | None,
+    task_id: Any,
+    created_after: datetime | None,
+    created_before: datetime | None,
+) -> dict[str, Any]:
+    """The query filters of a listing."""
+    return {
+        "state": states_of(state),
+        "agent_id": None if agent_id is None else str(agent_id),
+        "task_id": None if task_id is None else str(task_id),
+        "created_after": created_after,
+        "created_before": created_before,
+    }
+
+
+def execution_page(page: int, page_size: int, filters: Mapping[str, Any]) -> Call[ExecutionPage]:
+    """GET /v1/executions: one page, newest first."""
+    params: dict[str, Any] = {"page": page, "page_size": page_size}
+    for name, value in filters.items():
+        params[name] = value.isoformat() if isinstance(value, datetime) else value
+    return Call(
+        "GET", EXECUTIONS, lambda r: ExecutionPage.model_validate(r.json()), params, reconnectable=True
+    )
+
+
+class ExecutionPager:
+    """Walks every page of a listing; each execution once.
+
+    After the first page the listing is pinned to executions created no later than its
+    newest one (unless `created_before` was given), so executions created meanwhile do
+    not shift the later pages.
+    """
+
+    def __init__(self, filters: dict[str, Any], page_size: int):
+        self.filters, self.page_size, self.page = dict(filters), page_size, 1
+        self.seen: set[uuid.UUID] = set()
+        self.done = False
+
+    def call(self) -> Call[ExecutionPage]:
+        """The request of the next page."""
+        return execution_page(self.page, self.page_size, self.filters)
+
+    def take(self, answer: ExecutionPage) -> list[Execution]:
+        """The executions of a page not yielded before; marks the end."""
+        if self.page == 1 and answer.items and self.filters.get("created_before") is None:
+            self.filters["created_before"] = answer.items[0].created_at + timedelta(microseconds=1)
+        self.page += 1
+        self.done = len(answer.items) < self.page_size
+        fresh = [e for e in answer.items if e.id not in self.seen]
+        self.seen.update(e.id for e in fresh)
+        return fresh
+
+
+class AgentPager:
+    """Walks every page of the agents, by name; each agent once."""
+
+    def __init__(self, page_size: int):
+        self.page_size, self.page = page_size, 1
+        self.seen: set[uuid.UUID] = set()
+        self.done = False
+
+    def call(self) -> Call[AgentPage]:
+        """The request of the next page."""
+        return agent_page(self.page, self.page_size)
+
+    def take(self, answer: AgentPage) -> list[Agent]:
+        """The agents of a page not yielded before; marks the end."""
+        self.page += 1
+        self.done = len(answer.items) < self.page_size
+        fresh = [a for a in answer.items if a.id not in self.seen]
+        self.seen.update(a.id for a in fresh)
+        return fresh

@@ -1,0 +1,116 @@
+"""The events of an execution: the logged envelope (`EventOut`) with a typed payload per event type.
+
+`parse_event` turns one event (a JSON page item or an SSE frame's data) into the class
+of its type; a type this client does not know, or a payload it cannot read, stays a
+plain `Event` with its payload as a dict, so a newer server never breaks a stream.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from agentexec_client.models import ExecutionState, Model
+
+
+class EventType(str, enum.Enum):
+    """The event types an execution emits."""
+
+    STATE_CHANGED = "agent.execution.state_changed"
+    PROGRESS = "agent.execution.progress"
+    COMPLETED = "agent.execution.completed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class _Envelope(Model):
+    """What every logged event has: its position in the log, its type and its execution."""
+
+    SCHEMA = "EventOut"
+    id: int
+    type: str
+    execution_id: uuid.UUID
+    created_at: datetime | None
+
+
+class Event(_Envelope):
+    """An event of any type; `payload` as sent."""
+
+    payload: dict[str, Any]
+
+
+class _Payload(Model):
+    """Fields of every payload (not in /openapi.json: checked against the server's PAYLOADS)."""
+
+    execution_id: uuid.UUID
+    agent_id: uuid.UUID
+    task_id: uuid.UUID | None
+    timestamp: datetime | None
+
+
+class StateChangedPayload(_Payload):
+    """A transition: from `previous_state` (None at creation) to `new_state`."""
+
+    previous_state: ExecutionState | None
+    new_state: ExecutionState
+    reason: str | None
+
+
+class ProgressPayload(_Payload):
+    """How far the run is and what it is doing."""
+
+    percentage: float
+    message: str | None
+
+
+class CompletedPayload(_Payload):
+    """The end of a run (any final state), with its result or error."""
+
+    state: ExecutionState
+    result: dict[str, Any] | None
+    error_message: str | None
+
+
+class StateChangedEvent(_Envelope):
+    """`agent.execution.state_changed`."""
+
+    type: Literal["agent.execution.state_changed"]
+    payload: StateChangedPayload
+
+
+class ProgressEvent(_Envelope):
+    """`agent.execution.progress`."""
+
+    type: Literal["agent.execution.progress"]
+    payload: ProgressPayload
+
+
+class CompletedEvent(_Envelope):
+    """`agent.execution.completed`: the last event of a run."""
+
+    type: Literal["agent.execution.completed"]
+    payload: CompletedPayload
+
+
+AnyEvent = StateChangedEvent | ProgressEvent | CompletedEvent | Event
+TYPED: dict[str, type[StateChangedEvent] | type[ProgressEvent] | type[CompletedEvent]] = {
+    EventType.STATE_CHANGED.value: StateChangedEvent,
+    EventType.PROGRESS.value: ProgressEvent,
+    EventType.COMPLETED.value: CompletedEvent,
+}
+
+
+def parse_event(data: dict[str, Any]) -> AnyEvent:
+    """The typed event of `data`, or a plain Event when its type or payload is unknown here."""
+    typed = TYPED.get(str(data.get("type")))
+    if typed is not None:
+        try:
+            return typed.model_validate(data)
+        except ValidationError:
+            pass
+    return Event.model_validate(data)

@@ -1,0 +1,257 @@
+"""The resources of the agentexec API as pydantic models, mirroring /openapi.json.
+
+Each answer model carries the component schema it mirrors in `SCHEMA` (the drift test
+compares their fields). Answer models keep fields a newer server adds (`extra="allow"`),
+so an older client still reads them; request models send only the fields given.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+
+class ExecutionState(str, enum.Enum):
+    """The states an execution can be in (the `ExecutionState` schema)."""
+
+    PENDING = "PENDING"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    PAUSING = "PAUSING"
+    PAUSED = "PAUSED"
+    CANCELLING = "CANCELLING"
+    CANCELLED = "CANCELLED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_final(self) -> bool:
+        """True for the states an execution never leaves by itself."""
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset(
+    {ExecutionState.COMPLETED, ExecutionState.FAILED, ExecutionState.CANCELLED, ExecutionState.TIMED_OUT}
+)
+
+
+class Model(BaseModel):
+    """An answer of the API; fields a newer server adds are kept, not refused."""
+
+    model_config = ConfigDict(extra="allow")
+    SCHEMA: ClassVar[str]
+
+
+class RequestModel(BaseModel):
+    """A request body; only the fields that were given are sent (the server fills defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+    SCHEMA: ClassVar[str]
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body: the fields set, nothing else."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+# ------------------------------------------------------------------ agents
+
+
+class Agent(Model):
+    """A named model configuration."""
+
+    SCHEMA = "AgentOut"
+    id: uuid.UUID
+    name: str
+    model: str
+    system_prompt: str
+    parameters: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class AgentPage(Model):
+    """A page of agents, by name."""
+
+    SCHEMA = "AgentPage"
+    items: list[Agent]
+    total: int
+    page: int
+    page_size: int
+
+
+class AgentCreate(RequestModel):
+    """The body of POST /v1/agents."""
+
+    SCHEMA = "AgentCreateBody"
+    name: str
+    model: str | None = None
+    system_prompt: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class AgentUpdate(RequestModel):
+    """The body of PATCH /v1/agents/{id}: any subset of the fields."""
+
+    SCHEMA = "AgentUpdateBody"
+    name: str | None = None
+    model: str | None = None
+    system_prompt: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+# -------------------------------------------------------------- executions
+
+
+class Progress(Model):
+    """How far the current attempt is."""
+
+    SCHEMA = "Progress"
+    percentage: float
+    message: str | None
+
+
+class Execution(Model):
+    """A run of an agent on a task."""
+
+    SCHEMA = "ExecutionOut"
+    id: uuid.UUID
+    agent_id: uuid.UUID
+    task_id: uuid.UUID | None
+    parameters: dict[str, Any]
+    state: ExecutionState
+    progress: Progress
+    context: dict[str, Any]
+    result: dict[str, Any] | None
+    error_message: str | None
+    attempt: int
+    max_retries: int
+    timeout_seconds: int
+    queue: str
+    priority: int
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    _created: bool | None = PrivateAttr(default=None)
+
+    @property
+    def created(self) -> bool | None:
+        """From `executions.create()`: True when this call made it, False when an execution with
+        the same idempotency key existed already (the API answered 200); None otherwise."""
+        return self._created
+
+    @property
+    def is_final(self) -> bool:
+        """True once the execution has ended (completed, failed, cancelled or timed out)."""
+        return self.state in FINAL_STATES
+
+    @property
+    def output(self) -> str | None:
+        """The text the run produced (`result["output"]`), if any."""
+        value = (self.result or {}).get("output")
+        return value if isinstance(value, str) else None
+
+
+class ExecutionPage(Model):
+    """A page of executions, newest first (`total` is an estimate unless `total_exact`)."""
+
+    SCHEMA = "ExecutionPage"
+    items: list[Execution]
+    total: int
+    total_exact: bool = True
+    page: int
+    page_size: int
+
+
+class PipelineStep(RequestModel):
+    """One model call of a pipeline; the prompt may use {input} and {steps.<name>}."""
+
+    SCHEMA = "PipelineStep"
+    name: str
+    prompt: str
+
+
+class SimulateOptions(RequestModel):
+    """Knobs of the simulated model provider (for demos and tests)."""
+
+    SCHEMA = "SimulateOptions"
+    latency_ms: int | None = None
+    fail_times: int | None = None
+    fail_permanently: bool | None = None
+    chunks: int | None = None
+
+
+class ExecutionParameters(RequestModel):
+    """What to run: the task type, its input, pipeline steps and simulation knobs."""
+
+    SCHEMA = "ExecutionParameters"
+    model_config = ConfigDict(extra="allow")
+    type: str | None = None
+    input: str | None = None
+    steps: list[PipelineStep] | None = None
+    simulate: SimulateOptions | None = None
+
+
+class ExecutionCreate(RequestModel):
+    """The body of POST /v1/executions (`parameters` is checked by the server, not here)."""
+
+    SCHEMA = "ExecutionCreateBody"
+    agent_id: uuid.UUID
+    parameters: dict[str, Any]
+    task_id: uuid.UUID | None = None
+    start: bool | None = None
+    queue: str | None = None
+    priority: int | None = None
+    timeout_seconds: int | None = None
+    max_retries: int | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class HistoryItem(Model):
+    """One accepted state transition (no from_state for the creation)."""
+
+    SCHEMA = "HistoryItem"
+    from_state: ExecutionState | None
+    to_state: ExecutionState
+    reason: str | None
+    created_at: datetime
+
+
+class History(Model):
+    """The last transitions of an execution, oldest first."""
+
+    SCHEMA = "HistoryOut"
+    items: list[HistoryItem]
+
+
+# ------------------------------------------------------------------ errors
+
+
+class FieldError(Model):
+    """One invalid field of a request."""
+
+    SCHEMA = "FieldError"
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(Model):
+    """An RFC 9457 problem: the body of every error answer."""
+
+    SCHEMA = "Problem"
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
