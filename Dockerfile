@@ -17,7 +17,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
 
 COPY . .
-RUN pip install --no-deps . \
+# ./sdk is agentexec-client, the library the CLI is built on (its own deps are among the above).
+RUN pip install --no-deps ./sdk . \
     && useradd --system --uid 10001 --home-dir /srv/agentexec --shell /usr/sbin/nologin agentexec \
     && mkdir -p /var/lib/agentexec && chown agentexec /var/lib/agentexec
 USER agentexec

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml sdk/pyproject.toml | sha1sum | cut -c1-12)
 export PORT ?= 8000
 export FLOWER_PORT ?= 5555
 export FLOWER_BASIC_AUTH ?= admin:agentexec
@@ -10,10 +10,11 @@ PYTEST_ARGS ?=
 
 .PHONY: install services db run test test-unit lint format bench bench-full clean
 
-$(STAMP): pyproject.toml
+# The client library (sdk/, agentexec-client) is its own distribution; the CLI is built on it.
+$(STAMP): pyproject.toml sdk/pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e ./sdk -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -39,7 +40,7 @@ test: install services
 test-unit: install
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
-LINTED := app api workers cli tests bench scripts celeryconfig.py migrations
+LINTED := app api workers cli sdk tests bench scripts celeryconfig.py migrations
 lint: install
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
