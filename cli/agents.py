@@ -8,42 +8,30 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from agentexec_client import Agent, Client, NotFound
 
-from cli.client import ApiClient, CliError
 from cli.context import client_of
-from cli.render import agents_table, err, out, print_json
+from cli.render import CliError, agents_table, err, out, print_json
 
 app = typer.Typer(help="Create, list, show and delete agents.", no_args_is_help=True)
 
-PAGE_SIZE = 200
 
-
-def iter_agents(client: ApiClient) -> list[dict[str, Any]]:
-    """Every agent, page by page."""
-    agents: list[dict[str, Any]] = []
-    page = 1
-    while True:
-        body = client.get("/v1/agents", page=page, page_size=PAGE_SIZE)
-        items = body if isinstance(body, list) else body.get("items", [])
-        agents.extend(items)
-        total = None if isinstance(body, list) else body.get("total")
-        if isinstance(body, list) or not items or total is None or len(agents) >= int(total):
-            return agents
-        page += 1
-
-
-def resolve_agent(client: ApiClient, ref: str) -> dict[str, Any]:
-    """The agent with this id or (else) this name; CliError when there is none."""
+def resolve_agent(client: Client, ref: str) -> Agent:
+    """The agent with this id or (else) this name; CliError when no agent has the name."""
     try:
-        agent_id = uuid.UUID(ref)
+        return client.agents.get(ref)
+    except NotFound:
+        if _is_id(ref):
+            raise  # an id the API does not know: its own 404 line
+        raise CliError(f"no agent named {ref!r} (see `agentexec agents list`)") from None
+
+
+def _is_id(ref: str) -> bool:
+    try:
+        uuid.UUID(ref)
     except ValueError:
-        agent_id = None
-    if agent_id is not None:
-        return client.get(f"/v1/agents/{agent_id}")
-    for agent in iter_agents(client):
-        if agent.get("name") == ref:
-            return agent
-    raise CliError(f"no agent named {ref!r} (see `agentexec agents list`)")
+        return False
+    return True
 
 
 def key_values(pairs: list[str], option: str) -> dict[str, Any]:
@@ -80,21 +68,19 @@ def create(
     """Create an agent."""
     if system_prompt is not None and system_prompt_file is not None:
         raise typer.BadParameter("give --system-prompt or --system-prompt-file, not both")
-    body: dict[str, Any] = {"name": name}
-    if model:
-        body["model"] = model
     if system_prompt_file is not None:
-        body["system_prompt"] = system_prompt_file.read_text()
-    elif system_prompt is not None:
-        body["system_prompt"] = system_prompt
-    if param:
-        body["parameters"] = key_values(param, "--param")
-    agent = client_of(ctx).post("/v1/agents", body).json()
+        system_prompt = system_prompt_file.read_text()
+    agent = client_of(ctx).agents.create(
+        name,
+        model=model or None,
+        system_prompt=system_prompt,
+        parameters=key_values(param, "--param") if param else None,
+    )
     if as_json:
-        print_json(agent)
+        print_json(agent.model_dump(mode="json"))
     else:
-        out.print(agent["id"])
-        err.print(f"created agent {agent['name']!r}")
+        out.print(str(agent.id))
+        err.print(f"created agent {agent.name!r}")
 
 
 @app.command("list")
@@ -103,7 +89,7 @@ def list_agents(
     as_json: Annotated[bool, typer.Option("--json", help="Print the agents as JSON.")] = False,
 ) -> None:
     """List agents."""
-    agents = iter_agents(client_of(ctx))
+    agents = [a.model_dump(mode="json") for a in client_of(ctx).agents.list()]
     if as_json:
         print_json(agents)
     else:
@@ -116,7 +102,7 @@ def show(
     agent: Annotated[str, typer.Argument(help="Agent id or name.")],
 ) -> None:
     """Show one agent as JSON."""
-    print_json(resolve_agent(client_of(ctx), agent))
+    print_json(resolve_agent(client_of(ctx), agent).model_dump(mode="json"))
 
 
 @app.command("delete")
@@ -127,5 +113,5 @@ def delete(
     """Delete an agent."""
     client = client_of(ctx)
     found = resolve_agent(client, agent)
-    client.delete(f"/v1/agents/{found['id']}")
-    err.print(f"deleted agent {found.get('name')!r}")
+    client.agents.delete(found.id)
+    err.print(f"deleted agent {found.name!r}")

@@ -1,10 +1,9 @@
-"""What every command shares: where the API is and a lazily created client for it."""
+"""What every command shares: where the API is and a lazily created SDK client for it."""
 
 from __future__ import annotations
 
 import typer
-
-from cli.client import ApiClient
+from agentexec_client import Client
 
 
 class Context:
@@ -12,13 +11,13 @@ class Context:
 
     def __init__(self, api_url: str, api_key: str | None, timeout: float):
         self.api_url, self.api_key, self.timeout = api_url, api_key, timeout
-        self._client: ApiClient | None = None
+        self._client: Client | None = None
 
     @property
-    def client(self) -> ApiClient:
+    def client(self) -> Client:
         """The API client, created on first use."""
         if self._client is None:
-            self._client = ApiClient(self.api_url, self.api_key, self.timeout)
+            self._client = Client(self.api_url, self.api_key, self.timeout)
         return self._client
 
     def close(self) -> None:
@@ -28,7 +27,7 @@ class Context:
             self._client = None
 
 
-def client_of(ctx: typer.Context) -> ApiClient:
+def client_of(ctx: typer.Context) -> Client:
     """The API client of the running command."""
     root = ctx.find_root()
     if not isinstance(root.obj, Context):  # pragma: no cover - the callback always sets it

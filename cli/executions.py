@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from agentexec_client import FINAL_STATES, AgentexecError, ExecutionState
 from rich.markup import escape
 from rich.table import Table
 
-from cli.agents import iter_agents, key_values, resolve_agent
-from cli.client import FINAL_STATES, CliError
+from cli.agents import key_values, resolve_agent
 from cli.context import client_of
 from cli.render import (
     err,
@@ -28,6 +28,7 @@ from cli.render import (
 from cli.watch import follow_lines, report_outcome, watch_execution
 
 EVENTS_PAGE = 1000
+IN_PROGRESS = frozenset({ExecutionState.CANCELLING, ExecutionState.PAUSING})
 
 
 class TaskType(str, Enum):
@@ -35,21 +36,6 @@ class TaskType(str, Enum):
 
     standard = "standard"
     pipeline = "pipeline"
-
-
-class State(str, Enum):
-    """The execution states, for --state."""
-
-    PENDING = "PENDING"
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    PAUSING = "PAUSING"
-    PAUSED = "PAUSED"
-    CANCELLING = "CANCELLING"
-    CANCELLED = "CANCELLED"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    TIMED_OUT = "TIMED_OUT"
 
 
 def _read_params(path: str) -> dict[str, Any]:
@@ -138,25 +124,19 @@ def submit(
     parameters = build_parameters(input_text, params_file, task_type, step or [], simulate or [])
     client = client_of(ctx)
     found = resolve_agent(client, agent)
-    body: dict[str, Any] = {"agent_id": found["id"], "parameters": parameters}
-    for key, value in (
-        ("priority", priority),
-        ("queue", queue),
-        ("timeout_seconds", timeout_seconds),
-        ("max_retries", max_retries),
-    ):
-        if value is not None:
-            body[key] = value
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-    response = client.post("/v1/executions", body, headers=headers)
-    execution = response.json()
-    again = " (existing, same idempotency key)" if response.status_code == 200 else ""
-    err.print(
-        f"submitted {execution['id']} to {escape(str(found.get('name')))}: "
-        f"{state_text(execution.get('state'))}{again}"
+    execution = client.executions.create(
+        found.id,
+        parameters,
+        idempotency_key=idempotency_key or None,
+        priority=priority,
+        queue=queue,
+        timeout_seconds=timeout_seconds,
+        max_retries=max_retries,
     )
+    again = "" if execution.created else " (existing, same idempotency key)"
+    err.print(f"submitted {execution.id} to {escape(found.name)}: {state_text(execution.state)}{again}")
     if not watch:
-        out.print(execution["id"])
+        out.print(str(execution.id))
         return
     raise typer.Exit(report_outcome(watch_execution(client, execution)))
 
@@ -164,7 +144,7 @@ def submit(
 def list_executions(
     ctx: typer.Context,
     state: Annotated[
-        list[State] | None,
+        list[ExecutionState] | None,
         typer.Option("--state", case_sensitive=False, help="Only these states; repeatable."),
     ] = None,
     agent: Annotated[str | None, typer.Option("--agent", "-a", help="Agent id or name.")] = None,
@@ -174,23 +154,16 @@ def list_executions(
 ) -> None:
     """List executions, newest first."""
     client = client_of(ctx)
-    agent_id = resolve_agent(client, agent)["id"] if agent else None
-    body = client.get(
-        "/v1/executions",
-        state=[s.value for s in state or []],
-        agent_id=agent_id,
-        page=page,
-        page_size=page_size,
-    )
+    agent_id = resolve_agent(client, agent).id if agent else None
+    found = client.executions.list_page(page, page_size, state=state, agent=agent_id)
+    body = found.model_dump(mode="json")
     if as_json:
         print_json(body)
         return
-    names = {str(a["id"]): str(a.get("name")) for a in iter_agents(client)}
-    out.print(executions_table(body.get("items", []), names))
-    total = body.get("total", 0)
-    shown = len(body.get("items", []))
-    about = "" if body.get("total_exact", True) else "about "
-    err.print(f"[dim]{shown} of {about}{total} (page {body.get('page', page)})[/dim]")
+    names = {str(a.id): a.name for a in client.agents.list()}
+    out.print(executions_table(body["items"], names))
+    about = "" if found.total_exact else "about "
+    err.print(f"[dim]{len(found.items)} of {about}{found.total} (page {found.page})[/dim]")
 
 
 def show(
@@ -200,15 +173,15 @@ def show(
 ) -> None:
     """Show one execution."""
     client = client_of(ctx)
-    item = client.get(f"/v1/executions/{execution_id}")
+    item = client.executions.get(execution_id)
     if as_json:
-        print_json(item)
+        print_json(item.model_dump(mode="json"))
         return
     try:
-        name = client.get(f"/v1/agents/{item['agent_id']}").get("name")
-    except CliError:  # the agent's name is a nicety; the execution is what was asked for
+        name: str | None = client.agents.get(item.agent_id).name
+    except AgentexecError:  # the agent's name is a nicety; the execution is what was asked for
         name = None
-    show_execution(item, name)
+    show_execution(item.model_dump(mode="json"), name)
 
 
 def history(
@@ -217,11 +190,11 @@ def history(
     limit: Annotated[int, typer.Option("--limit", min=1, help="The last N transitions.")] = 100,
 ) -> None:
     """Show the state history of an execution, oldest first."""
-    body = client_of(ctx).get(f"/v1/executions/{execution_id}/history", limit=limit)
+    items = client_of(ctx).executions.history(execution_id, limit=limit)
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name in ("AT", "FROM", "TO", "REASON"):
         table.add_column(name, no_wrap=name != "REASON")
-    for row in body.get("items", []):
+    for row in (item.model_dump(mode="json") for item in items):
         table.add_row(
             short_time(row.get("created_at")),
             row.get("from_state") or "-",
@@ -235,19 +208,16 @@ def events(
     ctx: typer.Context,
     execution_id: Annotated[str, typer.Argument(metavar="ID", help="Execution id.")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new events until the end.")] = False,
-    after: Annotated[str | None, typer.Option("--after", help="Only events after this event id.")] = None,
+    after: Annotated[
+        int | None, typer.Option("--after", min=0, help="Only events after this event id.")
+    ] = None,
 ) -> None:
     """Show the events of an execution; with --follow, stream them until it ends."""
     client = client_of(ctx)
     if not follow:
-        while True:
-            path = f"/v1/executions/{execution_id}/events"
-            items = client.get(path, after=after, limit=EVENTS_PAGE)["items"]
-            for event in items:
-                out.print(event_line(event))
-            if len(items) < EVENTS_PAGE:
-                return
-            after = str(items[-1]["id"])
+        for event in client.executions.events(execution_id, after=after or 0, page_size=EVENTS_PAGE):
+            out.print(event_line(event.model_dump(mode="json")))
+        return
     final = follow_lines(client, execution_id, after)
     raise typer.Exit(0 if final in (None, "COMPLETED") else 1)
 
@@ -258,13 +228,10 @@ def _control(action: str) -> Any:
         execution_id: Annotated[str, typer.Argument(metavar="ID", help="Execution id.")],
         reason: Annotated[str | None, typer.Option("--reason", "-r", help="Why (kept in history).")] = None,
     ) -> None:
-        response = client_of(ctx).post(
-            f"/v1/executions/{execution_id}/{action}", {"reason": reason} if reason else None
-        )
-        item = response.json()
-        state = str(item.get("state"))
-        pending = " (in progress)" if response.status_code == 202 and state not in FINAL_STATES else ""
-        out.print(f"{item.get('id', execution_id)}  {state_text(state)}{pending}")
+        item = getattr(client_of(ctx).executions, action)(execution_id, reason=reason or None)
+        # CANCELLING and PAUSING (the API's 202) are the states a worker still has to finish.
+        pending = " (in progress)" if item.state in IN_PROGRESS and item.state not in FINAL_STATES else ""
+        out.print(f"{item.id}  {state_text(item.state)}{pending}")
 
     command.__doc__ = f"{action.capitalize()} an execution."
     return command

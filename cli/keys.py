@@ -13,8 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.client import CliError
-from cli.render import err, out
+from cli.render import CliError, err, out
 
 app = typer.Typer(help="Create, list and revoke API keys (needs DATABASE_URL).", no_args_is_help=True)
 

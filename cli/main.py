@@ -9,22 +9,22 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from agentexec_client import AgentexecError
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from cli.client import CliError
 from cli.context import Context
-from cli.render import err
+from cli.render import CliError, err, error_line
 
 
 class _Group(TyperGroup):
-    """Turns every CliError into one line on stderr and exit code 1 (never a traceback)."""
+    """Turns every CliError and SDK error into one line on stderr and exit code 1 (never a traceback)."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except CliError as exc:
-            err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+        except (CliError, AgentexecError) as exc:
+            err.print(f"[bold red]error:[/bold red] {escape(error_line(exc))}")
             raise typer.Exit(1) from None
         finally:
             state = ctx.obj

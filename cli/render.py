@@ -1,10 +1,11 @@
-"""How the CLI shows things: tables of executions and agents, one execution, events, results."""
+"""How the CLI shows things: tables of executions and agents, one execution, events, results, errors."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from agentexec_client import AgentexecError, ConnectionFailed, ExecutionState
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -12,23 +13,36 @@ from rich.table import Table
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-STATE_STYLES = {
-    "COMPLETED": "green",
-    "FAILED": "red",
-    "TIMED_OUT": "red",
-    "CANCELLED": "yellow",
-    "CANCELLING": "yellow",
-    "PAUSING": "cyan",
-    "PAUSED": "cyan",
-    "RUNNING": "blue",
-    "QUEUED": "magenta",
-    "PENDING": "dim",
+STATE_STYLES: dict[str, str] = {
+    ExecutionState.COMPLETED: "green",
+    ExecutionState.FAILED: "red",
+    ExecutionState.TIMED_OUT: "red",
+    ExecutionState.CANCELLED: "yellow",
+    ExecutionState.CANCELLING: "yellow",
+    ExecutionState.PAUSING: "cyan",
+    ExecutionState.PAUSED: "cyan",
+    ExecutionState.RUNNING: "blue",
+    ExecutionState.QUEUED: "magenta",
+    ExecutionState.PENDING: "dim",
 }
+UNREACHABLE_HINT = " (is it running? set --api-url or AGENTEXEC_API_URL)"
+
+
+class CliError(Exception):
+    """A failure of the CLI itself to report as one line (exit code 1)."""
+
+
+def error_line(exc: CliError | AgentexecError) -> str:
+    """The one line an error is reported as; an API that was never reached gets a hint."""
+    text = str(exc)
+    if isinstance(exc, ConnectionFailed) and not exc.connected:
+        text += UNREACHABLE_HINT
+    return text
 
 
 def state_text(state: str | None) -> str:
     """The state, coloured by its meaning."""
-    state = state or "?"
+    state = str(state or "?")
     style = STATE_STYLES.get(state, "")
     return f"[{style}]{state}[/{style}]" if style else state
 

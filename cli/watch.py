@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from agentexec_client import (
+    FINAL_STATES,
+    Client,
+    CompletedEvent,
+    Event,
+    EventType,
+    Execution,
+    ExecutionState,
+    ProgressEvent,
+    StateChangedEvent,
+)
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -14,7 +23,6 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from cli.client import COMPLETED_EVENT, FINAL_STATES, ApiClient
 from cli.render import err, event_line, out, result_text, state_text
 
 
@@ -31,51 +39,49 @@ def _progress_bar() -> Progress:
     )
 
 
-def watch_execution(client: ApiClient, execution: dict[str, Any]) -> dict[str, Any]:
+def watch_execution(client: Client, execution: Execution) -> Execution:
     """Show live progress from the SSE stream; returns the execution as it ended."""
-    execution_id = str(execution["id"])
-    state = str(execution.get("state", "QUEUED"))
+    state = execution.state
     with _progress_bar() as bar:
         task = bar.add_task("", total=100, state=state_text(state))
         if state not in FINAL_STATES:
-            for event in client.follow_events(execution_id):
-                payload = event.payload
-                if event.type.endswith("state_changed") and payload.get("new_state"):
-                    state = str(payload["new_state"])
+            for event in client.executions.stream(execution.id):
+                if isinstance(event, StateChangedEvent):
+                    state = event.payload.new_state
                     bar.update(task, state=state_text(state))
-                elif event.type.endswith("progress"):
+                elif isinstance(event, ProgressEvent):
                     bar.update(
                         task,
-                        completed=float(payload.get("percentage") or 0),
-                        description=escape(str(payload.get("message") or "")),
+                        completed=event.payload.percentage,
+                        description=escape(event.payload.message or ""),
                     )
-                elif event.type == COMPLETED_EVENT:
-                    state = str(payload.get("state") or state)
-                    done = 100 if state == "COMPLETED" else bar.tasks[0].completed
+                elif isinstance(event, CompletedEvent):
+                    state = event.payload.state
+                    done = 100 if state == ExecutionState.COMPLETED else bar.tasks[0].completed
                     bar.update(task, completed=done, state=state_text(state))
-        final = client.get(f"/v1/executions/{execution_id}")
-        if final.get("state") == "COMPLETED":
-            bar.update(task, completed=100, state=state_text("COMPLETED"))
+        final = client.executions.get(execution.id)
+        if final.state == ExecutionState.COMPLETED:
+            bar.update(task, completed=100, state=state_text(final.state))
     return final
 
 
-def report_outcome(final: dict[str, Any]) -> int:
+def report_outcome(final: Execution) -> int:
     """Print the result (stdout) or the error (stderr); the exit code of the final state."""
-    state = final.get("state")
-    if state == "COMPLETED":
-        out.print(escape(result_text(final.get("result"))))
+    if final.state == ExecutionState.COMPLETED:
+        out.print(escape(result_text(final.result)))
         return 0
-    message = final.get("error_message") or "no error message"
-    err.print(f"[bold red]{state}[/bold red]: {escape(str(message))}")
+    message = final.error_message or "no error message"
+    err.print(f"[bold red]{final.state}[/bold red]: {escape(message)}")
     return 1
 
 
-def follow_lines(client: ApiClient, execution_id: str, after: str | None) -> str | None:
+def follow_lines(client: Client, execution_id: str, after: int | None) -> str | None:
     """Print each event as it arrives until the completed one; returns the final state."""
     final_state = None
-    for event in client.follow_events(execution_id, after=after):
-        data = event.data if isinstance(event.data, dict) else {"type": event.type, "id": event.id}
-        out.print(event_line(data))
-        if event.type == COMPLETED_EVENT:
-            final_state = event.payload.get("state")
+    for event in client.executions.stream(execution_id, last_event_id=after):
+        out.print(event_line(event.model_dump(mode="json")))
+        if isinstance(event, CompletedEvent):
+            final_state = event.payload.state.value
+        elif isinstance(event, Event) and event.type == EventType.COMPLETED:  # one the SDK could not type
+            final_state = str(event.payload.get("state"))
     return final_state

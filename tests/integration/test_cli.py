@@ -21,10 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
+from agentexec_client import Client, ProblemError
 from typer.testing import CliRunner
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from cli.client import ApiClient, CliError
 from cli.main import app as cli_app
 from tests.conftest import wait_for
 from tests.processes import free_port
@@ -306,8 +306,8 @@ def test_a_dropped_event_stream_is_resumed_with_last_event_id_without_gaps_or_re
     execution_id = cli("submit", "writer", "--input", "resume", "--simulate", "latency_ms=800").stdout.strip()
     proxy = DroppingProxy(int(cli.url.rsplit(":", 1)[1]))
     try:
-        client = ApiClient(f"http://127.0.0.1:{proxy.port}")
-        events = list(client.follow_events(execution_id))
+        client = Client(f"http://127.0.0.1:{proxy.port}")
+        events = list(client.executions.stream(execution_id))
         client.close()
     finally:
         proxy.close()
@@ -339,9 +339,9 @@ def test_the_api_key_is_sent_as_a_bearer_token_and_validation_problems_name_thei
             },
         )
 
-    client = ApiClient("http://api.invalid", api_key="k-123", transport=httpx.MockTransport(answer))
-    with pytest.raises(CliError) as caught:
-        client.post("/v1/executions", {"agent_id": "x"})
+    client = Client("http://api.invalid", api_key="k-123", transport=httpx.MockTransport(answer))
+    with pytest.raises(ProblemError) as caught:
+        client.executions.create(str(uuid.UUID(int=0)), {})
     assert seen[0].headers["authorization"] == "Bearer k-123"
     assert str(caught.value) == (
         "Unprocessable Content: the request body is invalid "
