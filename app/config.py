@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     execution_queues: str = ""
     worker_pool: str = "threads"
     worker_concurrency: int = Field(32, gt=0)
+    # On a warm shutdown (SIGTERM) running executions get this long to reach a step boundary,
+    # then are handed back mid-call: requeued with a new attempt for another worker.
+    worker_shutdown_grace: float = Field(10.0, ge=0)
 
     # Model service.
     model_provider: str = "simulated"

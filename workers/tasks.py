@@ -45,6 +45,10 @@ class _ProcessService:
                 service = self._service
         return service
 
+    def built(self) -> ExecutionService | None:
+        """The service if this process built it already (never builds)."""
+        return self._service if self._pid == os.getpid() else None
+
     def reset(self) -> None:
         with self._lock:
             self._service = None
@@ -71,6 +75,17 @@ def _build_in_child(**_: Any) -> None:
 @signals.worker_init.connect
 def _build_in_worker(**_: Any) -> None:
     _process.get()
+
+
+@signals.worker_shutting_down.connect
+def _hand_back_on_warm_shutdown(how: str | None = None, **_: Any) -> None:
+    """SIGTERM: running executions go back to QUEUED (new attempt) at their next step boundary,
+    or mid-call after WORKER_SHUTDOWN_GRACE, so the warm shutdown ends within the grace instead
+    of waiting for every run to finish. Runs in Celery's signal handler: it only sets flags.
+    (The threads and solo pools run tasks in this process; prefork children are not reached.)"""
+    service = _process.built()
+    if how == "Warm" and service is not None and service.control_hub is not None:
+        service.control_hub.drain(service.settings.worker_shutdown_grace)
 
 
 @celery_app.task(name=RUN_EXECUTION, bind=True, ignore_result=True)

@@ -26,7 +26,8 @@ from app.schemas import HELD_BY_WORKER, ExecutionState
 log = structlog.get_logger(__name__)
 CONTROL_CHANNEL = "agentexec.control"
 CANCEL, PAUSE, TIMEOUT, LOST = "cancel", "pause", "timeout", "lost"
-_PRIORITY = {PAUSE: 1, TIMEOUT: 2, CANCEL: 3, LOST: 4}
+HANDBACK = "handback"  # the worker is shutting down: give the execution back for another attempt
+_PRIORITY = {HANDBACK: 0, PAUSE: 1, TIMEOUT: 2, CANCEL: 3, LOST: 4}
 _HELD = frozenset(s.value for s in HELD_BY_WORKER)
 
 
@@ -41,12 +42,13 @@ class RunControl:
         self._event = threading.Event()
         self._urgent = threading.Event()
 
-    def request(self, kind: str) -> None:
-        """Ask the run to stop; a stronger reason (cancel over pause) wins."""
+    def request(self, kind: str, *, urgent: bool | None = None) -> None:
+        """Ask the run to stop; a stronger reason (cancel over pause) wins. An urgent request
+        stops a model call in the middle; others wait for the step boundary (a pause always)."""
         if self.reason is None or _PRIORITY[kind] > _PRIORITY[self.reason]:
             self.reason = kind
         self._event.set()
-        if kind != PAUSE:
+        if urgent if urgent is not None else kind not in (PAUSE, HANDBACK):
             self._urgent.set()
 
     def check(self) -> None:
@@ -90,6 +92,7 @@ class ControlHub:
         self._started = False
         self._stopping = threading.Event()
         self._subscribed = threading.Event()
+        self._draining = threading.Event()
 
     # --------------------------------------------------------------- registry
 
@@ -98,6 +101,8 @@ class ControlHub:
         self.start()
         with self._lock:
             self._runs[run.execution_id] = run
+        if self._draining.is_set():  # claimed while the worker shuts down: give it back at once
+            run.request(HANDBACK)
 
     def unregister(self, run: RunControl) -> None:
         """Forget the run (only if it is still the registered one)."""
@@ -118,6 +123,28 @@ class ControlHub:
             return False
         run.request(command)
         return True
+
+    def drain(self, grace: float) -> None:
+        """The worker is shutting down: hand every held run back for another attempt, each at
+        its next step boundary, or in the middle of its model call once `grace` s have passed.
+        Safe to call from a signal handler (sets flags and starts a timer)."""
+        self._draining.set()
+        for run in self._snapshot():
+            run.request(HANDBACK)
+        timer = threading.Timer(grace, self._hand_back_now)
+        timer.daemon = True
+        timer.start()
+
+    def _hand_back_now(self) -> None:
+        runs = self._snapshot()
+        if runs:
+            log.warning("shutdown grace over; handing back runs mid-call", runs=len(runs))
+        for run in runs:
+            run.request(HANDBACK, urgent=True)
+
+    def _snapshot(self) -> list[RunControl]:
+        with self._lock:
+            return list(self._runs.values())
 
     # --------------------------------------------------------------- sending
 

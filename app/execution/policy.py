@@ -49,6 +49,7 @@ class Stop(str, enum.Enum):
     CANCEL = "cancel"
     PAUSE = "pause"
     TIMEOUT = "timeout"
+    HANDBACK = "handback"  # the worker is shutting down: back to QUEUED for another attempt
     LOST = "lost"  # another attempt holds it, or it is gone: write nothing
 
 
@@ -57,6 +58,7 @@ class Action(str, enum.Enum):
 
     CANCEL = "cancel"  # a cancel is under way: end as CANCELLED instead
     FAIL = "fail"  # a retry is no longer possible: end as FAILED
+    PAUSE = "pause"  # a pause is under way: end as PAUSED instead
     GIVE_UP = "give_up"  # someone else ended it: write nothing more
 
 
@@ -69,6 +71,8 @@ REFUSED: dict[tuple[Stop, ExecutionState], Action] = {
     (Stop.RETRY, S.CANCELLING): Action.CANCEL,
     (Stop.PAUSE, S.CANCELLING): Action.CANCEL,
     (Stop.TIMEOUT, S.CANCELLING): Action.CANCEL,
+    (Stop.HANDBACK, S.CANCELLING): Action.CANCEL,
+    (Stop.HANDBACK, S.PAUSING): Action.PAUSE,
 }
 
 
@@ -92,6 +96,7 @@ def end_write(stop: Stop, timeout_seconds: int | None = None) -> EndWrite:
         Stop.CANCEL: EndWrite(S.CANCELLED, S.CANCELLING, "cancelled while running"),
         Stop.PAUSE: EndWrite(S.PAUSED, S.PAUSING, "paused at a step boundary"),
         Stop.TIMEOUT: EndWrite(S.TIMED_OUT, None, f"timed out after {timeout_seconds} s"),
+        Stop.HANDBACK: EndWrite(S.QUEUED, S.RUNNING, "handed back: the worker is shutting down"),
     }[stop]
 
 

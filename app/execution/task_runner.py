@@ -324,6 +324,8 @@ class ExecutionTaskRunner:
             action = when_refused(stop, found)
         if action is Action.CANCEL:
             return self._end(execution, Stop.CANCEL)
+        if action is Action.PAUSE:
+            return self._end(execution, Stop.PAUSE)
         if action is Action.FAIL:
             return self._end(execution, Stop.FINISH, S.FAILED, "model call failed", error=error)
         log.info(

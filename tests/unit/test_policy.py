@@ -28,6 +28,8 @@ EXPECTED = {
     (Stop.RETRY, S.CANCELLING): Action.CANCEL,
     (Stop.PAUSE, S.CANCELLING): Action.CANCEL,
     (Stop.TIMEOUT, S.CANCELLING): Action.CANCEL,
+    (Stop.HANDBACK, S.CANCELLING): Action.CANCEL,
+    (Stop.HANDBACK, S.PAUSING): Action.PAUSE,
 }
 
 
@@ -155,3 +157,9 @@ def test_a_pipeline_result_keeps_step_order_and_takes_model_and_finish_reason_fr
         "total_tokens": 10,
         "model_calls": 2,
     }
+
+
+def test_a_handed_back_run_goes_from_running_to_queued():
+    write = end_write(Stop.HANDBACK)
+    assert (write.expected, write.target) == (S.RUNNING, S.QUEUED)
+    assert validate_transition(write.expected, write.target)

@@ -155,3 +155,40 @@ def test_the_command_bus_routes_model_generate_to_the_named_provider():
         bus.dispatch("model.generate", ModelRequest(prompt="x", provider="nope"))
     with pytest.raises(LookupError):
         bus.dispatch("nope", None)
+
+
+def test_a_drain_hands_a_run_back_at_its_step_boundary_and_mid_call_only_after_the_grace():
+    import threading
+    import time
+
+    from app.execution.control import HANDBACK, ControlHub
+
+    hub = ControlHub.__new__(ControlHub)
+    hub._runs, hub._lock, hub._draining = {}, threading.Lock(), threading.Event()
+    run = RunControl(None, 1, None)  # type: ignore[arg-type]
+    hub._runs["x"] = run  # type: ignore[index]
+    hub.drain(grace=0.2)
+    run.check_urgent()  # within the grace a model call goes on
+    with pytest.raises(ExecutionInterrupted) as info:
+        run.check()  # ...but the step boundary hands it back
+    assert info.value.kind == HANDBACK
+    deadline = time.monotonic() + 5
+    while True:  # after the grace, the call itself is interrupted
+        try:
+            run.check_urgent()
+        except ExecutionInterrupted as exc:
+            assert exc.kind == HANDBACK
+            break
+        assert time.monotonic() < deadline, "the grace never ended"
+        time.sleep(0.01)
+
+
+def test_a_cancel_still_wins_over_a_hand_back():
+    from app.execution.control import HANDBACK
+
+    run = RunControl(None, 1, None)  # type: ignore[arg-type]
+    run.request(HANDBACK)
+    run.request(CANCEL)
+    with pytest.raises(ExecutionInterrupted) as info:
+        run.check_urgent()
+    assert info.value.kind == CANCEL
