@@ -308,9 +308,10 @@ class EventsOut(BaseModel):
 
 
 class Status(BaseModel):
-    """A health answer."""
+    """A health answer: `ready`, `ok`, or `degraded` with the reasons."""
 
     status: str
+    reasons: list[str] | None = None
 
 
 class FieldError(BaseModel):

@@ -8,7 +8,7 @@ from flask import Flask, Response, current_app, g, request
 from flask_openapi3 import APIBlueprint, Tag
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from api.deps import answer, service
+from api.deps import answer, service, settings
 from api.models import Status
 from api.openapi import problems
 from api.problems import problem
@@ -27,7 +27,8 @@ def healthz() -> Response:
 
 @bp.get("/readyz", responses={200: Status, **problems()})
 def readyz() -> Response:
-    """Readiness: 503 while PostgreSQL or Redis is down."""
+    """Readiness: 503 while PostgreSQL or Redis is down; 200 `degraded` (with the reasons) while
+    the reaper has not run for 3 of its intervals (nothing recovers lost work then)."""
     svc = service()
     down = []
     try:
@@ -44,7 +45,18 @@ def readyz() -> Response:
             down=down,
             headers={"Retry-After": "2"},
         )
-    return answer(Status(status="ready"))
+    reasons = reaper_lag(svc.repository.reaper_status(), settings().reaper_interval)
+    return answer(Status(status="degraded", reasons=reasons) if reasons else Status(status="ready"))
+
+
+def reaper_lag(status: tuple[float, dict[str, int]] | None, interval: float) -> list[str]:
+    """Why the reaper looks stopped, if it does: never ran, or no pass for 3 intervals."""
+    if status is None:
+        return ["the reaper has never run: is beat running (Procfile `beat`)?"]
+    age = status[0]
+    if age > 3 * interval:
+        return [f"the reaper last ran {age:.0f} s ago (every {interval:g} s expected): is beat running?"]
+    return []
 
 
 @bp.get(

@@ -175,6 +175,38 @@ def _histogram(
     return family
 
 
+# What a reaper pass did -> the cause it recovered an execution from (docs/operate.md, alerts).
+RECOVERY_CAUSES = {
+    "requeued": "worker_lost",
+    "failed": "worker_lost_retries_spent",
+    "timed_out": "worker_lost_past_deadline",
+    "cancelled": "worker_lost_while_cancelling",
+    "paused": "worker_lost_while_pausing",
+    "redelivered": "message_lost",
+}
+
+
+def _reaper_families(rows: Sequence[Any]) -> list[Metric]:
+    age = GaugeMetricFamily(
+        "agentexec_reaper_last_pass_age_seconds",
+        "Seconds since the reaper's last pass (absent until it first runs; alert when it grows).",
+    )
+    passes = CounterMetricFamily("agentexec_reaper_passes", "Reaper passes that ran (not skipped).")
+    recovered = CounterMetricFamily(
+        "agentexec_reaper_recovered", "Executions the reaper moved on, by cause.", labels=["cause"]
+    )
+    totals: dict[str, Any] = {}
+    if rows:
+        seconds, totals, count = rows[0]
+        age.add_metric([], float(seconds))
+        passes.add_metric([], float(count))
+    else:
+        passes.add_metric([], 0.0)
+    for key, cause in RECOVERY_CAUSES.items():
+        recovered.add_metric([cause], float((totals or {}).get(key, 0)))
+    return [age, passes, recovered]
+
+
 class ExecutionStatsCollector:
     """Execution figures computed from PostgreSQL at scrape time (see the module docstring)."""
 
@@ -227,7 +259,9 @@ class ExecutionStatsCollector:
         tokens.add_metric(["completion"], float(completion))
         model_calls = CounterMetricFamily("agentexec_model_calls", "Model calls of completed executions.")
         model_calls.add_metric([], float(calls))
+        reaper = _reaper_families(rows["reaper"])
         return [
+            *reaper,
             up,
             by_state,
             transitions,

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -152,3 +153,16 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ReaperStatus(Base):
+    """The reaper's own record (one row): its last pass, what it did, what it recovered in all."""
+
+    __tablename__ = "reaper_status"
+    __table_args__ = (CheckConstraint("id = 1", name="ck_reaper_status_one_row"),)
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    last_pass_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_counts: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    recovered: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    passes: Mapped[int] = mapped_column(BigInteger)

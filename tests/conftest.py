@@ -78,7 +78,10 @@ def clean_db(session_factory):  # type: ignore[no-untyped-def]
 
     with session_factory() as s:
         s.execute(
-            text("TRUNCATE agents, executions, execution_state_history, execution_events, api_keys CASCADE")
+            text(
+                "TRUNCATE agents, executions, execution_state_history, execution_events, api_keys, "
+                "reaper_status CASCADE"
+            )
         )
         s.commit()
     yield

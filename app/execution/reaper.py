@@ -58,6 +58,7 @@ class Reaper:
                 return counts | {"skipped": 1}
             self._stale_held(counts)
             self._unclaimed(counts)
+            self.repository.record_reaper_pass(counts)
         if any(counts.values()):
             log.info("reaper pass", **counts)
         return counts

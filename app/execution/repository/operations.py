@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from psycopg.types.json import Jsonb
 from sqlalchemy import func, select, text, update
 
 from app.execution.repository.base import RepositoryBase
@@ -75,6 +76,26 @@ class OperationRows(RepositoryBase):
         )
         with self._work(None, "requeue_unclaimed") as work:
             return work.session.execute(stmt).all()
+
+    def record_reaper_pass(self, counts: dict[str, int]) -> None:
+        """Note a finished reaper pass: its time and counts, added to the totals by kind."""
+        sql = (
+            "INSERT INTO reaper_status (id, last_pass_at, last_counts, recovered, passes) "
+            "VALUES (1, now(), %(c)s, %(c)s, 1) "
+            "ON CONFLICT (id) DO UPDATE SET last_pass_at = now(), last_counts = EXCLUDED.last_counts, "
+            "passes = reaper_status.passes + 1, recovered = ("
+            " SELECT jsonb_object_agg(k, coalesce((reaper_status.recovered ->> k)::bigint, 0) + v::bigint)"
+            " FROM jsonb_each_text(EXCLUDED.last_counts) AS t(k, v))"
+        )
+        with self._work(None, "record_reaper_pass") as work:
+            work.connection.exec_driver_sql(sql, {"c": Jsonb(counts)})
+
+    def reaper_status(self) -> tuple[float, dict[str, int]] | None:
+        """(seconds since the reaper's last pass, what it recovered in all), or None if it never ran."""
+        sql = "SELECT extract(epoch FROM now() - last_pass_at)::float8, recovered FROM reaper_status"
+        with self._work(None, "reaper_status") as work:
+            row = work.connection.exec_driver_sql(sql).first()
+        return None if row is None else (float(row[0]), dict(row[1]))
 
     def execution_stats(self) -> dict[str, Sequence[Any]]:
         """The rows of every scrape-time figure (see app.metrics)."""

@@ -40,6 +40,9 @@ _NUMBER = (
 )
 _CALLS = _NUMBER.format(key="model_calls")
 STATS_QUERIES = {
+    "reaper": (
+        "SELECT extract(epoch FROM now() - last_pass_at)::float8, recovered, passes FROM reaper_status"
+    ),
     "by_state": "SELECT state, count(*) FROM executions GROUP BY state",
     "transitions": (
         "SELECT coalesce(from_state, ''), to_state, count(*) FROM execution_state_history GROUP BY 1, 2"
