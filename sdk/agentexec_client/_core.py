@@ -85,7 +85,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with jitter: about base * 2**attempt, capped."""
-        ceiling = min(self.backoff_cap, self.backoff_base * 2**attempt)
+        ceiling = min(self.backoff_cap, self.backoff_base * 2.0**attempt)
         return random.uniform(ceiling / 2, ceiling)
 
     def after_answer(self, response: httpx.Response, attempt: int) -> float | None:
@@ -247,7 +247,7 @@ class Follow:
         """Seconds before the next connection: none after progress, then a growing backoff."""
         if self.failures == 0:
             return 0.0
-        wait = min(2.0, 0.1 * 2 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
+        wait = min(2.0, 0.1 * 2.0 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
         if self.deadline is not None:
             wait = min(wait, max(self.deadline - time.monotonic(), 0.0))
         return wait
