@@ -1,0 +1,205 @@
+"""The client's models cannot drift from the API: compared with the live /openapi.json.
+
+Each model of `agentexec_client` names the component schema it mirrors (`SCHEMA`); its
+fields, which of them are required and which may be null must be the schema's. The
+event payloads are not in the document; they are compared with the server's one
+definition of them (`PAYLOADS`). The comparison is shown to catch a field added to the
+API but not to the client, on a changed copy of the document.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+import typing
+from typing import Any
+
+import httpx
+import pytest
+from agentexec_client import (
+    Agent,
+    AgentCreate,
+    AgentPage,
+    AgentUpdate,
+    CompletedEvent,
+    CompletedPayload,
+    Event,
+    Execution,
+    ExecutionCreate,
+    ExecutionPage,
+    ExecutionParameters,
+    ExecutionState,
+    FieldError,
+    History,
+    HistoryItem,
+    PipelineStep,
+    Problem,
+    Progress,
+    ProgressEvent,
+    ProgressPayload,
+    SimulateOptions,
+    StateChangedEvent,
+    StateChangedPayload,
+    __version__,
+)
+from pydantic import BaseModel
+
+from app.events import COMPLETED, PROGRESS, STATE_CHANGED
+from app.execution.event_emitter import PAYLOADS
+
+ANSWERS: list[type[BaseModel]] = [
+    Agent,
+    AgentPage,
+    Execution,
+    ExecutionPage,
+    Progress,
+    HistoryItem,
+    History,
+    Event,
+    StateChangedEvent,
+    ProgressEvent,
+    CompletedEvent,
+    FieldError,
+    Problem,
+]
+REQUESTS: list[type[BaseModel]] = [
+    AgentCreate,
+    AgentUpdate,
+    ExecutionCreate,
+    ExecutionParameters,
+    PipelineStep,
+    SimulateOptions,
+]
+# Every /v1 route, with the schema of its success answer and of its body, as the client reads and sends them.
+ROUTES: dict[tuple[str, str], tuple[str | None, str | None]] = {
+    ("get", "/v1/agents"): ("AgentPage", None),
+    ("post", "/v1/agents"): ("AgentOut", "AgentCreateBody"),
+    ("get", "/v1/agents/{agent_id}"): ("AgentOut", None),
+    ("patch", "/v1/agents/{agent_id}"): ("AgentOut", "AgentUpdateBody"),
+    ("delete", "/v1/agents/{agent_id}"): (None, None),
+    ("get", "/v1/executions"): ("ExecutionPage", None),
+    ("post", "/v1/executions"): ("ExecutionOut", "ExecutionCreateBody"),
+    ("get", "/v1/executions/{execution_id}"): ("ExecutionOut", None),
+    ("delete", "/v1/executions/{execution_id}"): (None, None),
+    ("get", "/v1/executions/{execution_id}/history"): ("HistoryOut", None),
+    ("get", "/v1/executions/{execution_id}/events"): ("EventsOut", None),
+} | {
+    ("post", f"/v1/executions/{{execution_id}}/{a}"): ("ExecutionOut", "control")
+    for a in (
+        "start",
+        "cancel",
+        "pause",
+        "resume",
+        "retry",
+    )
+}
+PAYLOAD_MODELS = {STATE_CHANGED: StateChangedPayload, PROGRESS: ProgressPayload, COMPLETED: CompletedPayload}
+
+
+def _nullable(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return type(None) in typing.get_args(annotation)
+    return annotation is None or annotation is type(None)
+
+
+def _schema_nullable(prop: dict[str, Any]) -> bool:
+    return any(option.get("type") == "null" for option in prop.get("anyOf", []))
+
+
+def drift(doc: dict[str, Any]) -> list[str]:
+    """Every difference between the client's models and the document (empty: none)."""
+    schemas = doc["components"]["schemas"]
+    found: list[str] = []
+    for model in ANSWERS + REQUESTS:
+        name = model.SCHEMA  # type: ignore[attr-defined]
+        schema = schemas.get(name)
+        if schema is None:
+            found.append(f"{name} (of {model.__name__}) is not in the API")
+            continue
+        props, required = schema.get("properties", {}), set(schema.get("required", []))
+        fields = model.model_fields
+        found += [
+            f"{name}.{f} is in the API, not in {model.__name__}" for f in sorted(set(props) - set(fields))
+        ]
+        found += [
+            f"{model.__name__}.{f} is not in the API's {name}" for f in sorted(set(fields) - set(props))
+        ]
+        for field in sorted(set(props) & set(fields)):
+            if fields[field].is_required() != (field in required):
+                found.append(f"{model.__name__}.{field}: required differs from {name}")
+            if model in ANSWERS and _nullable(fields[field].annotation) != _schema_nullable(props[field]):
+                found.append(f"{model.__name__}.{field}: nullable differs from {name}")
+    states = schemas.get("ExecutionState", {}).get("enum", [])
+    if states != [s.value for s in ExecutionState]:
+        found.append(f"ExecutionState {[s.value for s in ExecutionState]} != the API's {states}")
+    if set(schemas.get("EventsOut", {}).get("properties", {})) != {"items"}:
+        found.append("EventsOut is no longer {items}")
+    found += _route_drift(doc)
+    return found
+
+
+def _ref(content: dict[str, Any] | None) -> str | None:
+    schema = ((content or {}).get("application/json") or {}).get("schema") or {}
+    ref = schema.get("$ref")
+    if ref:
+        return str(ref).rsplit("/", 1)[-1]
+    return "control" if set(schema.get("properties", {})) == {"reason"} else None
+
+
+def _route_drift(doc: dict[str, Any]) -> list[str]:
+    routes = {
+        (method, path): operation
+        for path, operations in doc["paths"].items()
+        if path.startswith("/v1/")
+        for method, operation in operations.items()
+    }
+    found = [
+        f"{m.upper()} {p} is in the API, not in the client" for m, p in sorted(set(routes) - set(ROUTES))
+    ]
+    found += [f"{m.upper()} {p} is no longer in the API" for m, p in sorted(set(ROUTES) - set(routes))]
+    for key in sorted(set(routes) & set(ROUTES)):
+        answer, body = ROUTES[key]
+        ok = [r for code, r in routes[key]["responses"].items() if code.startswith("2")]
+        if {_ref(r.get("content")) for r in ok} != {answer}:
+            found.append(f"{key[0].upper()} {key[1]} answers another schema than {answer}")
+        if _ref((routes[key].get("requestBody") or {}).get("content")) != body:
+            found.append(f"{key[0].upper()} {key[1]} takes another body than {body}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def openapi(api_server) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    response = httpx.get(f"{api_server.url}/openapi.json", timeout=10)
+    response.raise_for_status()
+    document: dict[str, Any] = response.json()
+    return document
+
+
+def test_the_client_models_match_the_live_openapi_document(openapi: dict[str, Any]) -> None:
+    assert drift(openapi) == []
+
+
+def test_a_field_added_to_the_api_but_not_to_the_client_is_caught(openapi: dict[str, Any]) -> None:
+    changed = copy.deepcopy(openapi)
+    changed["components"]["schemas"]["ExecutionOut"]["properties"]["requires_action"] = {"type": "object"}
+    assert drift(changed) == ["ExecutionOut.requires_action is in the API, not in Execution"]
+    changed["components"]["schemas"]["AgentOut"]["required"].remove("model")
+    changed["components"]["schemas"]["ExecutionState"]["enum"].append("REQUIRES_ACTION")
+    changed["paths"]["/v1/executions/{execution_id}/input"] = {"post": {"responses": {}}}
+    assert set(drift(changed)) == {
+        "ExecutionOut.requires_action is in the API, not in Execution",
+        "Agent.model: required differs from AgentOut",
+        f"ExecutionState {[s.value for s in ExecutionState]} != the API's "
+        f"{[*[s.value for s in ExecutionState], 'REQUIRES_ACTION']}",
+        "POST /v1/executions/{execution_id}/input is in the API, not in the client",
+    }
+
+
+def test_the_event_payload_models_match_the_servers_payload_definitions() -> None:
+    assert set(PAYLOAD_MODELS) == set(PAYLOADS)
+    for event_type, model in PAYLOAD_MODELS.items():
+        assert set(model.model_fields) == set(PAYLOADS[event_type]), event_type
+
+
+def test_the_client_version_is_the_api_version(openapi: dict[str, Any]) -> None:
+    assert __version__ == openapi["info"]["version"]
