@@ -7,7 +7,9 @@ speaks only HTTP to it, as an application would.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -221,3 +223,15 @@ def test_api_errors_are_raised_as_typed_problems_with_their_fields(client: Clien
     assert problem.status == 422 and problem.title == "Unprocessable Content" and problem.detail
     assert [e.loc for e in problem.errors] == [["body", "parameters", "simulate", "latency_ms"]]
     assert "body.parameters.simulate.latency_ms" in str(problem)
+
+
+@pytest.mark.parametrize("readme", ["README.md", "sdk/README.md"])
+def test_the_python_example_of_the_readme_runs_against_the_api(
+    readme: str, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (Path(__file__).resolve().parents[2] / readme).read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    code = code.replace("http://127.0.0.1:8000", url).replace('"latency_ms": 1500', '"latency_ms": 50')
+    exec(compile(code, readme, "exec"), {})
+    printed = capsys.readouterr().out
+    assert "COMPLETED" in printed and "100.0%" in printed, printed
