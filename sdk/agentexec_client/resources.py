@@ -1,0 +1,252 @@
+"""`client.agents` and `client.executions` of the synchronous `Client`: one method per API operation.
+
+Each method builds its request in `_calls` and has the client send it; an agent may be
+given by id, model or name (a name is looked up by paging through the agents).
+"""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from agentexec_client import _calls as calls
+from agentexec_client import errors
+from agentexec_client._calls import StateFilter
+from agentexec_client._core import Follow, as_uuid
+from agentexec_client.events import AnyEvent, EventType
+from agentexec_client.models import (
+    Agent,
+    AgentPage,
+    Execution,
+    ExecutionPage,
+    ExecutionParameters,
+    HistoryItem,
+)
+
+if TYPE_CHECKING:
+    from agentexec_client.client import Client
+
+AgentRef = str | uuid.UUID | Agent
+ExecutionRef = str | uuid.UUID | Execution
+
+
+class Agents:
+    """`client.agents`: named model configurations."""
+
+    def __init__(self, client: Client):
+        self._c = client
+
+    def create(
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        system_prompt: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> Agent:
+        """Create an agent (Conflict when the name is taken)."""
+        return self._c.send(
+            calls.agent_create(name, model=model, system_prompt=system_prompt, parameters=parameters)
+        )
+
+    def get(self, agent: AgentRef) -> Agent:
+        """The agent with this id, or else this name (NotFound when there is none)."""
+        agent_id = as_uuid(agent)
+        if agent_id is not None:
+            return self._c.send(calls.agent_get(agent_id))
+        for found in self.list():
+            if found.name == agent:
+                return found
+        raise errors.NotFound(404, "Not Found", f"no agent named {agent!r}")
+
+    def list(self, *, page_size: int = 200) -> Iterator[Agent]:
+        """Every agent, by name (fetched a page at a time)."""
+        pager = calls.AgentPager(page_size)
+        while not pager.done:
+            yield from pager.take(self._c.send(pager.call()))
+
+    def list_page(self, page: int = 1, page_size: int = 50) -> AgentPage:
+        """One page of agents, with the total."""
+        return self._c.send(calls.agent_page(page, page_size))
+
+    def update(
+        self,
+        agent: AgentRef,
+        *,
+        name: str | None = None,
+        model: str | None = None,
+        system_prompt: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> Agent:
+        """Change the fields given (None leaves a field as it is)."""
+        fields = {"name": name, "model": model, "system_prompt": system_prompt, "parameters": parameters}
+        return self._c.send(calls.agent_update(self.id_of(agent), **fields))
+
+    def delete(self, agent: AgentRef) -> None:
+        """Delete an agent and its finished executions (Conflict while one is active)."""
+        self._c.send(calls.agent_delete(self.id_of(agent)))
+
+    def id_of(self, agent: AgentRef) -> uuid.UUID:
+        """The id of an agent given by id, model or name (a name costs a walk through the agents)."""
+        found = as_uuid(agent)
+        return found if found is not None else self.get(agent).id
+
+
+class Executions:
+    """`client.executions`: runs of an agent on a task."""
+
+    def __init__(self, client: Client):
+        self._c = client
+
+    def create(
+        self,
+        agent: AgentRef,
+        parameters: ExecutionParameters | Mapping[str, Any] | None = None,
+        *,
+        input: str | None = None,
+        idempotency_key: str | None = None,
+        start: bool | None = None,
+        task_id: uuid.UUID | str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        timeout_seconds: int | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Execution:
+        """Submit an execution to an agent (id or name); queued unless `start=False`.
+
+        Give `parameters` or the shorthand `input=`. Without an `idempotency_key` one is
+        made up, so a create retried after a lost answer never makes two executions.
+        """
+        call = calls.execution_create(
+            self._c.agents.id_of(agent),
+            calls.parameters_of(parameters, input),
+            idempotency_key,
+            start=start,
+            task_id=task_id,
+            queue=queue,
+            priority=priority,
+            timeout_seconds=timeout_seconds,
+            max_retries=max_retries,
+            metadata=metadata,
+        )
+        return self._c.send(call)
+
+    def get(self, execution: ExecutionRef) -> Execution:
+        """One execution."""
+        return self._c.send(calls.execution_get(execution))
+
+    def list(
+        self,
+        *,
+        state: StateFilter = None,
+        agent: AgentRef | None = None,
+        task_id: uuid.UUID | str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 100,
+    ) -> Iterator[Execution]:
+        """Every matching execution, newest first (a page at a time; each one once)."""
+        filters = self._filters(state, agent, task_id, created_after, created_before)
+        pager = calls.ExecutionPager(filters, page_size)
+        while not pager.done:
+            yield from pager.take(self._c.send(pager.call()))
+
+    def list_page(
+        self,
+        page: int = 1,
+        page_size: int = 50,
+        *,
+        state: StateFilter = None,
+        agent: AgentRef | None = None,
+        task_id: uuid.UUID | str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> ExecutionPage:
+        """One page of executions, newest first, with the total."""
+        filters = self._filters(state, agent, task_id, created_after, created_before)
+        return self._c.send(calls.execution_page(page, page_size, filters))
+
+    def delete(self, execution: ExecutionRef) -> None:
+        """Delete a finished execution (Conflict while it is active)."""
+        self._c.send(calls.execution_delete(execution))
+
+    def start(self, execution: ExecutionRef, *, reason: str | None = None) -> Execution:
+        """Queue a PENDING execution."""
+        return self._c.send(calls.control("start", execution, reason))
+
+    def cancel(self, execution: ExecutionRef, *, reason: str | None = None) -> Execution:
+        """Cancel: CANCELLED at once when not running, else CANCELLING while a worker stops it."""
+        return self._c.send(calls.control("cancel", execution, reason))
+
+    def pause(self, execution: ExecutionRef, *, reason: str | None = None) -> Execution:
+        """Pause a RUNNING execution (PAUSING; it stops at the next step boundary)."""
+        return self._c.send(calls.control("pause", execution, reason))
+
+    def resume(self, execution: ExecutionRef, *, reason: str | None = None) -> Execution:
+        """Queue a PAUSED execution again."""
+        return self._c.send(calls.control("resume", execution, reason))
+
+    def retry(self, execution: ExecutionRef, *, reason: str | None = None) -> Execution:
+        """Queue a FAILED or TIMED_OUT execution again, with a new attempt."""
+        return self._c.send(calls.control("retry", execution, reason))
+
+    def history(self, execution: ExecutionRef, *, limit: int = 100) -> builtins.list[HistoryItem]:
+        """The last `limit` state transitions, oldest first."""
+        return self._c.send(calls.history(execution, limit))
+
+    def events(self, execution: ExecutionRef, *, after: int = 0, page_size: int = 1000) -> Iterator[AnyEvent]:
+        """The events logged so far (after event id `after`), without waiting for new ones."""
+        while True:
+            page = self._c.send(calls.events_page(execution, after, page_size))
+            yield from page
+            if len(page) < page_size:
+                return
+            after = page[-1].id
+
+    def stream(
+        self,
+        execution: ExecutionRef,
+        last_event_id: int | None = None,
+        types: Iterable[str | EventType] | None = None,
+    ) -> Iterator[AnyEvent]:
+        """The events after `last_event_id`, then live ones, until the completed event.
+
+        A dropped connection is reopened with Last-Event-ID: no event is missed or repeated.
+        `types` keeps only those event types (the stream still ends at completion).
+        """
+        return self._c.follow(self._follow(execution, last_event_id, types, None))
+
+    def wait(self, execution: ExecutionRef, timeout: float | None = None) -> Execution:
+        """The execution once it has ended; WaitTimeout after `timeout` seconds (None: no limit)."""
+        follow = self._follow(execution, None, [EventType.COMPLETED], timeout)
+        current = self.get(execution)
+        if not current.is_final:
+            for _ in self._c.follow(follow):
+                pass
+            current = self.get(execution)
+        return current
+
+    def _follow(self, execution: Any, last_event_id: int | None, types: Any, timeout: float | None) -> Follow:
+        return Follow(
+            str(getattr(execution, "id", execution)),
+            last_event_id,
+            types,
+            reconnects=self._c.stream_reconnects,
+            read_timeout=self._c.stream_read_timeout,
+            wait_timeout=timeout,
+        )
+
+    def _filters(
+        self,
+        state: StateFilter,
+        agent: AgentRef | None,
+        task_id: Any,
+        created_after: datetime | None,
+        created_before: datetime | None,
+    ) -> dict[str, Any]:
+        agent_id = None if agent is None else self._c.agents.id_of(agent)
+        return calls.filters_of(state, agent_id, task_id, created_after, created_before)
