@@ -38,7 +38,12 @@ def build_service(background_tasks: Dispatcher = None, **overrides: Any) -> Exec
     """Wire every component of one process; see the module docstring for the overrides."""
     settings: Settings = overrides.get("settings") or Settings()
     session_factory = overrides.get("session_factory") or make_session_factory(
-        get_engine(settings.database_url, settings.database_pool_size, settings.database_max_overflow)
+        get_engine(
+            settings.database_url,
+            settings.database_pool_size,
+            settings.database_max_overflow,
+            settings.database_prepared_statements,
+        )
     )
     event_bus: EventBus = overrides.get("event_bus") or EventBus(settings.redis_url)
     command_bus: CommandBus = overrides.get("command_bus") or build_command_bus(settings)

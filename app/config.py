@@ -14,6 +14,8 @@ class Settings(BaseSettings):
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/agentexec"
     database_pool_size: int = 10
     database_max_overflow: int = 20
+    # False through PgBouncer in transaction mode: no server-side prepared statements (docs/deploy.md).
+    database_prepared_statements: bool = True
     redis_url: str = "redis://127.0.0.1:6379/0"
     celery_broker_url: str = ""
 

@@ -5,6 +5,17 @@ than PING_AFTER_IDLE seconds: a connection returned a moment ago is alive, and p
 it would add a round trip to every operation. After a PostgreSQL restart (which takes
 longer than that) every pooled connection has been idle long enough to be pinged and
 replaced; a connection that breaks mid-use is invalidated with the whole pool as usual.
+The ping runs in autocommit, so it also works through PgBouncer in transaction mode.
+
+`prepared_statements=False` connects with psycopg's `prepare_threshold=None`: no statement
+is ever prepared on the server (the transition writer reads the same setting from the
+connection). PgBouncer in transaction mode hands each transaction to any server
+connection, where a statement prepared on another one does not exist (docs/deploy.md).
+
+At its first connection an engine reads PostgreSQL's connection limit once and logs a
+warning when this process alone could take every connection (pool_size + max_overflow
+above max_connections - superuser_reserved_connections). Behind PgBouncer the process
+connects to PgBouncer, not to PostgreSQL, so the check is skipped there.
 """
 
 from __future__ import annotations
@@ -14,32 +25,75 @@ import threading
 import time
 from typing import Any
 
+import structlog
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+log = structlog.get_logger(__name__)
+
 PING_AFTER_IDLE = 1.0
 
-_engines: dict[tuple[str, int, int], Engine] = {}
+_engines: dict[tuple[str, int, int, bool], Engine] = {}
 _lock = threading.Lock()
 
 
-def get_engine(url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine:
-    """One engine per database URL and pool size in this process (disposed after a fork)."""
-    key = (url, pool_size, max_overflow)
+def get_engine(
+    url: str, pool_size: int = 10, max_overflow: int = 20, prepared_statements: bool = True
+) -> Engine:
+    """One engine per database URL, pool size and prepare mode in this process (disposed after a fork)."""
+    key = (url, pool_size, max_overflow, prepared_statements)
     with _lock:
         engine = _engines.get(key)
         if engine is None:
+            connect_args: dict[str, Any] = {"connect_timeout": 5}
+            if not prepared_statements:
+                connect_args["prepare_threshold"] = None
             engine = create_engine(
                 url,
                 pool_size=pool_size,
                 max_overflow=max_overflow,
                 pool_recycle=1800,
-                connect_args={"connect_timeout": 5},
+                connect_args=connect_args,
             )
             _ping_idle_connections(engine)
+            if prepared_statements:
+                _check_connection_budget(engine, pool_size + max_overflow)
             _engines[key] = engine
         return engine
+
+
+def connection_budget(dbapi_connection: Any) -> int:
+    """Connections PostgreSQL gives ordinary roles: max_connections - superuser_reserved_connections."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('max_connections')::int"
+            " - current_setting('superuser_reserved_connections')::int"
+        )
+        (available,) = cursor.fetchone()
+    dbapi_connection.rollback()  # leave the connection idle, as the pool expects
+    return int(available)
+
+
+def _check_connection_budget(engine: Engine, per_process: int) -> None:
+    """At the engine's first connection: warn when this process alone could exhaust PostgreSQL."""
+
+    def first_connect(dbapi_connection: Any, record: Any) -> None:
+        try:
+            available = connection_budget(dbapi_connection)
+        except Exception as exc:  # a warning must never stop the process from connecting
+            log.debug("connection budget not checked", error=str(exc))
+            return
+        if per_process >= available:
+            log.warning(
+                "this process alone can open more database connections than PostgreSQL allows",
+                process_max_connections=per_process,
+                postgres_available_connections=available,
+                fix="lower DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW, raise max_connections, "
+                "or put PgBouncer in front (docs/deploy.md)",
+            )
+
+    event.listen(engine, "first_connect", first_connect)
 
 
 def _ping_idle_connections(engine: Engine) -> None:

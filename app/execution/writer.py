@@ -318,11 +318,13 @@ def execution_from_row(row: Mapping[str, Any]) -> Execution:
 
 def _run(connection: Connection, sql: str, params: dict[str, Any]) -> Written:
     # Straight to the driver: the statement is fixed text, so SQLAlchemy's execution
-    # context and result wrapping would only add CPU. `prepare=True` makes PostgreSQL
-    # parse and plan each shape once per connection.
+    # context and result wrapping would only add CPU. Preparing makes PostgreSQL parse and
+    # plan each shape once per connection, unless the engine turned preparing off
+    # (`prepare_threshold=None`: DATABASE_PREPARED_STATEMENTS=false, for PgBouncer).
     driver = connection.connection.driver_connection
+    prepare = driver.prepare_threshold is not None  # type: ignore[union-attr]
     with driver.cursor(row_factory=dict_row) as cursor:  # type: ignore[union-attr]
-        rows = cursor.execute(sql, params, prepare=True).fetchall()
+        rows = cursor.execute(sql, params, prepare=prepare).fetchall()
     if not rows:
         return Written(None, [])
     first = rows[0]
