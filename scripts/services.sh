@@ -44,3 +44,17 @@ if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev
       docker-compose >/dev/null
   fi
 fi
+
+# The e2e tier runs a private pgbouncer of its own (tests/e2e/test_pgbouncer.py): only the
+# binary is needed. The package may start a daemon of its own on 6432; stop that one.
+if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing pgbouncer (for the e2e tier)..." >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
+    if pgrep -x pgbouncer >/dev/null; then
+      service pgbouncer stop >/dev/null 2>&1 || true
+    fi
+  else
+    echo "warning: pgbouncer is not installed; tests/e2e/test_pgbouncer.py needs it (apt-get install pgbouncer)" >&2
+  fi
+fi
