@@ -29,6 +29,7 @@ SHARED_ENV = (
     "LOG_LEVEL",
     "HEARTBEAT_INTERVAL",
     "WORKER_POOL",
+    "DATABASE_PREPARED_STATEMENTS",
 )
 
 
@@ -80,7 +81,7 @@ def test_docker_compose_refuses_the_stack_without_flower_credentials():
 
 
 def test_the_stack_has_postgres_redis_a_one_shot_migrate_and_the_four_processes(config):  # type: ignore[no-untyped-def]
-    services = config["services"]
+    services = {name: s for name, s in config["services"].items() if not s.get("profiles")}
     assert set(services) == {"postgres", "redis", *APP_SERVICES}
     assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
     assert services["migrate"]["restart"] == "no"
@@ -115,3 +116,34 @@ def test_flower_is_published_on_loopback_only(config):  # type: ignore[no-untype
     ports = config["services"]["flower"]["ports"]
     rendered = [p if isinstance(p, str) else f"{p.get('host_ip', '')}:{p.get('published')}" for p in ports]
     assert rendered and all(p.startswith("127.0.0.1:") for p in rendered)
+
+
+def test_the_pgbouncer_profile_validates_and_puts_every_process_but_migrate_behind_it():
+    env = {
+        "FLOWER_BASIC_AUTH": "ops:secret",
+        "DATABASE_HOST": "pgbouncer",
+        "DATABASE_PREPARED_STATEMENTS": "false",
+    }
+    assert compose("--profile", "pgbouncer", "config", "-q", **env).returncode == 0
+    proc = compose("--profile", "pgbouncer", "config", **env)
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    bouncer = services["pgbouncer"]
+    assert bouncer["profiles"] == ["pgbouncer"]
+    assert bouncer["environment"]["POOL_MODE"] == "transaction"
+    assert "@postgres:5432/" in bouncer["environment"]["DATABASE_URL"]
+    assert bouncer["healthcheck"]["test"]
+    for name in ("web", "worker", "beat", "flower"):
+        env_of = services[name]["environment"]
+        assert "@pgbouncer:5432/" in env_of["DATABASE_URL"], name
+        assert env_of["DATABASE_PREPARED_STATEMENTS"] == "false", name
+    assert "@postgres:5432/" in services["migrate"]["environment"]["DATABASE_URL"]
+
+
+def test_pgbouncer_is_only_an_option(config):  # type: ignore[no-untyped-def]
+    services = config["services"]
+    # Compose v2 leaves out a service of an inactive profile; v1 lists it with its profile.
+    assert services.get("pgbouncer", {"profiles": ["pgbouncer"]})["profiles"] == ["pgbouncer"]
+    assert all("pgbouncer" not in s.get("depends_on", {}) for s in services.values())
+    assert "@postgres:5432/" in services["web"]["environment"]["DATABASE_URL"]
+    assert services["web"]["environment"]["DATABASE_PREPARED_STATEMENTS"] == "true"
