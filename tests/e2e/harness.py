@@ -64,31 +64,59 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 class RedisServer:
-    """A private redis-server on a free port (no persistence), safe to FLUSHALL or kill."""
+    """A private redis-server on a free port (no persistence), safe to FLUSHALL or kill.
 
-    def __init__(self, workdir: Path):
+    With `netns` it runs in that network namespace, bound to `bind` there, and also listens
+    on a unix socket (`local_url`), through which this process reaches it.
+    """
+
+    def __init__(self, workdir: Path, *, bind: str = "127.0.0.1", netns: str | None = None):
         self.port = free_port()
+        self.bind = bind
+        self.netns = netns
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket = self.dir / "redis.sock"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.bind}:{self.port}/0"
+
+    @property
+    def local_url(self) -> str:
+        """redis-py's URL of the unix socket (only with `netns`)."""
+        return f"unix://{self.socket}?db=0"
+
+    @property
+    def local_broker_url(self) -> str:
+        """kombu's URL of the unix socket (only with `netns`)."""
+        return f"redis+socket://{self.socket}"
 
     def client(self) -> redis.Redis:
         """A fresh client of this server."""
+        if self.netns is not None:
+            return redis.Redis(unix_socket_path=str(self.socket), socket_timeout=5)
         return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5)
 
     def start(self) -> RedisServer:
         """Start and wait until it answers PING."""
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        # In its own namespace it is reached over a private network only: no protected mode there.
+        local = (
+            ["--unixsocket", str(self.socket), "--unixsocketperm", "700", "--protected-mode", "no"]
+            if self.netns
+            else []
+        )
         self.proc = subprocess.Popen(
             [
+                *prefix,
                 "redis-server",
+                *local,
                 "--port",
                 str(self.port),
                 "--bind",
-                "127.0.0.1",
+                self.bind,
                 "--save",
                 "",
                 "--appendonly",
@@ -119,9 +147,23 @@ class RedisServer:
 
 
 class PostgresCluster:
-    """A private PostgreSQL 15 cluster (initdb in a temp dir, run as user postgres)."""
+    """A private PostgreSQL 15 cluster (initdb in a temp dir, run as user postgres).
 
-    def __init__(self, workdir: Path):
+    With `netns` the server runs in that network namespace, listening on `listen` there and
+    trusting clients from `trust_network`; this process reaches it through its unix socket.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        listen: str = "127.0.0.1",
+        netns: str | None = None,
+        trust_network: str | None = None,
+    ):
+        self.listen = listen
+        self.netns = netns
+        self.trust_network = trust_network
         self.port = free_port()
         self.dir = workdir / f"pg-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -130,8 +172,9 @@ class PostgresCluster:
         self.log = self.dir / "postgres.log"
 
     def _pg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         return subprocess.run(
-            ["runuser", "-u", "postgres", "--", *args], check=check, capture_output=True, timeout=60
+            [*prefix, "runuser", "-u", "postgres", "--", *args], check=check, capture_output=True, timeout=60
         )
 
     def init(self) -> PostgresCluster:
@@ -148,12 +191,15 @@ class PostgresCluster:
             "-E",
             "UTF8",
         )
+        if self.trust_network:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {self.trust_network} trust\n")
         return self.start()
 
     def start(self) -> PostgresCluster:
         """pg_ctl start, waiting until it accepts connections."""
         opts = (
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            f"-p {self.port} -k {self.dir} -c listen_addresses={self.listen} -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
         )
         self._pg(
@@ -178,11 +224,16 @@ class PostgresCluster:
         )
 
     def url(self, database: str = "postgres", driver: str = "postgresql+psycopg") -> str:
-        return f"{driver}://postgres@127.0.0.1:{self.port}/{database}"
+        return f"{driver}://postgres@{self.listen}:{self.port}/{database}"
+
+    def local_url(self, database: str = "postgres", driver: str = "postgresql+psycopg") -> str:
+        """The URL of the cluster's unix socket (reachable from any network namespace)."""
+        return f"{driver}://postgres@/{database}?host={self.dir}&port={self.port}"
 
     def admin(self, sql: str) -> None:
         """Run one statement as the superuser, autocommit."""
-        with psycopg.connect(self.url(driver="postgresql"), autocommit=True) as conn:
+        url = self.local_url(driver="postgresql") if self.netns else self.url(driver="postgresql")
+        with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(sql)
 
     def create_database(self, name: str, template: str | None = None) -> str:
@@ -214,9 +265,13 @@ def migrate(database_url: str) -> None:
 class Proc:
     """One subprocess in its own process group, its output in a log file."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: Path):
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], logdir: Path, prefix: Iterable[str] = ()
+    ):
         self.name = name
-        self.argv = argv
+        # `prefix` runs the command through another one, e.g. `ip netns exec NAME` (which execs it:
+        # the pid, and so the process group, are the command's own)
+        self.argv = [*prefix, *argv]
         self.env = env
         self.log_path = logdir / f"{name}.log"
         self.popen: subprocess.Popen[bytes] | None = None
@@ -290,6 +345,11 @@ class Stack:
     queue: str = field(default_factory=lambda: f"e2e-{secrets.token_hex(3)}")
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
+    # How THIS process reaches the services when the subprocesses' URLs are not reachable from
+    # here (services in another network namespace): database, redis-py and kombu URLs.
+    client_database_url: str | None = None
+    client_redis_url: str | None = None
+    client_broker_url: str | None = None
     _service: Any = None
     _agent: Any = None
     _celery: Any = None
@@ -314,7 +374,13 @@ class Stack:
     # -- processes, as the Procfile starts them
 
     def start_worker(
-        self, name: str, *, queues: Iterable[str] | None = None, concurrency: int = 16, wait: bool = True
+        self,
+        name: str,
+        *,
+        queues: Iterable[str] | None = None,
+        concurrency: int = 16,
+        wait: bool = True,
+        prefix: Iterable[str] = (),
     ) -> Proc:
         """`celery -A workers worker --pool threads` consuming `queues` (default: the stack's queue)."""
         hostname = f"{name}-{secrets.token_hex(2)}@e2e"
@@ -339,6 +405,7 @@ class Stack:
             ],
             self.env,
             self.workdir,
+            prefix,
         )
         proc.hostname = hostname  # type: ignore[attr-defined]
         self.procs.append(proc.start())
@@ -360,7 +427,7 @@ class Stack:
 
         wait_for(ready, timeout=timeout, interval=0.1, what=f"{proc.name} to be ready")
 
-    def start_beat(self) -> Proc:
+    def start_beat(self, prefix: Iterable[str] = ()) -> Proc:
         """`celery -A workers beat` (sends agentexec.reap every REAPER_INTERVAL)."""
         schedule = self.workdir / f"beat-schedule-{secrets.token_hex(3)}"
         proc = Proc(
@@ -368,6 +435,7 @@ class Stack:
             [str(BIN / "celery"), "-A", "workers", "beat", "--loglevel", "INFO", "--schedule", str(schedule)],
             self.env,
             self.workdir,
+            prefix,
         )
         self.procs.append(proc.start())
         return proc
@@ -434,10 +502,11 @@ class Stack:
             app.config_from_object("celeryconfig")
             # CELERY_BROKER_URL in this process's environment (the shared Redis of the other tests)
             # would win over broker_url; the read/write URLs are taken before it.
+            broker = self.client_broker_url or self.redis_url
             app.conf.update(
-                broker_url=self.redis_url,
-                broker_read_url=self.redis_url,
-                broker_write_url=self.redis_url,
+                broker_url=broker,
+                broker_read_url=broker,
+                broker_write_url=broker,
                 task_default_queue=self.queue,
             )
             self._celery = app
@@ -452,10 +521,11 @@ class Stack:
             from app.db import get_engine, make_session_factory
             from workers.background import BackgroundTaskManager
 
+            database_url = self.client_database_url or self.database_url
             settings = Settings(
-                database_url=self.database_url,
-                redis_url=self.redis_url,
-                celery_broker_url=self.redis_url,
+                database_url=database_url,
+                redis_url=self.client_redis_url or self.redis_url,
+                celery_broker_url=self.client_broker_url or self.redis_url,
                 default_queue=self.queue,
                 heartbeat_interval=0.5,
                 lease_timeout=3,
@@ -465,7 +535,7 @@ class Stack:
             self._service = build_service(
                 background_tasks=lambda hub: BackgroundTaskManager(self.celery, hub),
                 settings=settings,
-                session_factory=make_session_factory(get_engine(self.database_url, 5, 10)),
+                session_factory=make_session_factory(get_engine(database_url, 5, 10)),
             )
         return self._service
 
