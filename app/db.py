@@ -34,6 +34,17 @@ log = structlog.get_logger(__name__)
 
 PING_AFTER_IDLE = 1.0
 
+# A PostgreSQL host that vanishes (a partition, a pulled cable) answers nothing: without these
+# a query on an open connection waits for the kernel's TCP timeout (~15 min). With them, data
+# unacknowledged for 10 s or an idle peer silent for ~11 s fails the connection instead.
+DEAD_PEER_DETECTION = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
 _engines: dict[tuple[str, int, int, bool], Engine] = {}
 _lock = threading.Lock()
 
@@ -46,7 +57,7 @@ def get_engine(
     with _lock:
         engine = _engines.get(key)
         if engine is None:
-            connect_args: dict[str, Any] = {"connect_timeout": 5}
+            connect_args: dict[str, Any] = {"connect_timeout": 5, **DEAD_PEER_DETECTION}
             if not prepared_statements:
                 connect_args["prepare_threshold"] = None
             engine = create_engine(

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from typing import Any
 
 import structlog
 from celery import signals
+from celery.exceptions import Reject
 
 from app.bootstrap import build_service
+from app.errors import DatabaseError
 from app.execution.control import ControlHub
 from app.execution.dispatch import REAP, RUN_EXECUTION
+from app.execution.policy import Outcome
 from app.execution.service import ExecutionService
 from workers.background import BackgroundTaskManager
 from workers.celery_app import celery_app
@@ -52,6 +56,51 @@ class _ProcessService:
     def reset(self) -> None:
         with self._lock:
             self._service = None
+
+
+class _ConsumerGate:
+    """Stops this worker taking messages from a queue while it cannot reach PostgreSQL.
+
+    A claim that cannot reach the database gives its message back; the worker then cancels
+    its consumer of that queue (Celery remote control, addressed to itself: the broker still
+    answers) and a thread pings PostgreSQL until it answers, then adds the consumer back.
+    Meanwhile the queue's messages go to workers that can run them.
+    """
+
+    def __init__(self, poll_seconds: float = 1.0) -> None:
+        self.poll_seconds = poll_seconds
+        self._paused: set[str] = set()
+        self._lock = threading.Lock()
+
+    def pause(self, queue: str, hostname: str, service: ExecutionService) -> None:
+        with self._lock:
+            if queue in self._paused:
+                return
+            self._paused.add(queue)
+        log.warning("PostgreSQL unreachable: this worker stops taking messages", queue=queue)
+        celery_app.control.cancel_consumer(queue, destination=[hostname])
+        threading.Thread(
+            target=self._resume_when_reachable,
+            args=(queue, hostname, service),
+            name="agentexec-db-gate",
+            daemon=True,
+        ).start()
+
+    def _resume_when_reachable(self, queue: str, hostname: str, service: ExecutionService) -> None:
+        while True:
+            time.sleep(self.poll_seconds)
+            try:
+                service.repository.ping()
+                break
+            except DatabaseError:
+                continue
+        celery_app.control.add_consumer(queue, destination=[hostname])
+        with self._lock:
+            self._paused.discard(queue)
+        log.info("PostgreSQL reachable again: this worker takes messages again", queue=queue)
+
+
+_gate = _ConsumerGate()
 
 
 def _dispatcher(control_hub: ControlHub) -> BackgroundTaskManager:
@@ -92,10 +141,16 @@ def _hand_back_on_warm_shutdown(how: str | None = None, **_: Any) -> None:
 def run_execution(self, execution_id: str, attempt: int) -> str:  # type: ignore[no-untyped-def]
     """Claim the attempt and run it; a duplicate or stale delivery claims nothing and exits."""
     with structlog.contextvars.bound_contextvars(execution_id=execution_id, attempt=attempt):
-        outcome = get_service().run_attempt(
+        service = get_service()
+        outcome = service.run_attempt(
             uuid.UUID(execution_id), int(attempt), worker=self.request.hostname or "worker"
         )
         log.info("run finished", outcome=outcome.value)
+        if outcome is Outcome.DATABASE_UNAVAILABLE:
+            hostname = self.request.hostname or "worker"
+            queue = (self.request.delivery_info or {}).get("routing_key") or service.settings.default_queue
+            _gate.pause(queue, hostname, service)
+            raise Reject("PostgreSQL unreachable; the message goes back to the queue", requeue=True)
         return outcome.value
 
 

@@ -31,6 +31,7 @@ class Outcome(str, enum.Enum):
     SKIPPED = "skipped"  # the claim was refused: a duplicate or stale delivery
     LOST = "lost"  # the run lost its lease (or PostgreSQL for too long) and wrote nothing
     ENDED_ELSEWHERE = "ended_elsewhere"  # someone else ended it (the reaper, a user) meanwhile
+    DATABASE_UNAVAILABLE = "database_unavailable"  # the claim could not reach PostgreSQL: not run
 
     @classmethod
     def of(cls, state: ExecutionState) -> Outcome:

@@ -75,6 +75,8 @@ class ExecutionTaskRunner:
     # How long one database call of a run waits out an unavailable PostgreSQL.
     db_retry_seconds = 120.0
     db_retry_max_delay = 2.0
+    # How long a claim waits for PostgreSQL before the message is given back.
+    claim_db_seconds = 2.0
 
     def __init__(
         self,
@@ -104,7 +106,15 @@ class ExecutionTaskRunner:
                 "claim",
                 execution_id,
                 lambda: self.state_manager.claim(execution_id, attempt, worker, "Prepare input"),
+                patience=self.claim_db_seconds,
             )
+        except _DB_DOWN:
+            # Nothing is held yet: rather than wait, give the message back for a worker that can
+            # reach PostgreSQL (the worker also stops taking messages until it answers again).
+            log.warning(
+                "database unreachable at claim; giving the message back", execution_id=str(execution_id)
+            )
+            return Outcome.DATABASE_UNAVAILABLE
         except (InvalidExecutionStateError, ExecutionNotFoundError) as exc:
             log.info(
                 "claim refused; nothing to run", execution_id=str(execution_id), attempt=attempt, why=str(exc)
@@ -266,13 +276,16 @@ class ExecutionTaskRunner:
 
     # ------------------------------------------------------------ endings
 
-    def _db(self, operation: str, execution_id: uuid.UUID, call: Callable[[], T]) -> T:
-        """`call()`, retried with capped exponential backoff while PostgreSQL is unavailable.
+    def _db(
+        self, operation: str, execution_id: uuid.UUID, call: Callable[[], T], patience: float | None = None
+    ) -> T:
+        """`call()`, retried with capped exponential backoff while PostgreSQL is unavailable,
+        for `patience` seconds (default `db_retry_seconds`).
 
         Every write of a run is idempotent or guarded (attempt fencing, expected state), so
         repeating one whose commit went through but whose answer was lost is harmless.
         """
-        give_up = time.monotonic() + self.db_retry_seconds
+        give_up = time.monotonic() + (self.db_retry_seconds if patience is None else patience)
         delay = 0.1
         while True:
             try:
