@@ -66,10 +66,11 @@ def main(
 
 
 def _register() -> None:
-    from cli import agents, executions, keys
+    from cli import agents, executions, keys, status
 
     app.add_typer(agents.app, name="agents")
     app.add_typer(keys.app, name="keys")
+    app.command("status")(status.status)
     executions.register(app)
 
 

@@ -347,3 +347,15 @@ def test_the_api_key_is_sent_as_a_bearer_token_and_validation_problems_name_thei
         "Unprocessable Content: the request body is invalid "
         "[body.parameters.steps: a pipeline needs 1 to 50 steps] (HTTP 422)"
     )
+
+
+def test_status_shows_the_workers_the_reapers_last_pass_and_the_queue_depths(cli, settings, celery_worker):  # type: ignore[no-untyped-def]
+    never = cli("status").stdout
+    assert "never ran" in never and settings.default_queue in never
+    from workers.tasks import get_service
+
+    get_service().reap()
+    found = cli.json("status")
+    assert found["reaper"]["last_pass_seconds_ago"] < 10 and found["reaper"]["stale"] is False
+    assert found["queues"][settings.default_queue] == 0  # the test worker keeps it drained
+    assert any(settings.default_queue in w["queues"] for w in found["workers"]), found["workers"]

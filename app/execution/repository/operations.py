@@ -97,6 +97,12 @@ class OperationRows(RepositoryBase):
             row = work.connection.exec_driver_sql(sql).first()
         return None if row is None else (float(row[0]), dict(row[1]))
 
+    def executions_by_state(self) -> dict[str, int]:
+        """How many executions are in each state (states with none are left out)."""
+        with self._work(None, "executions_by_state") as work:
+            rows = work.connection.exec_driver_sql("SELECT state, count(*) FROM executions GROUP BY state")
+            return {state: int(n) for state, n in rows}
+
     def execution_stats(self) -> dict[str, Sequence[Any]]:
         """The rows of every scrape-time figure (see app.metrics)."""
         with self._work(None, "execution_stats") as work:
