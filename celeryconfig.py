@@ -1,7 +1,7 @@
 """Flat Celery settings, read from the same settings object as everything else."""
 
 from app.config import Settings
-from app.execution.dispatch import REAP
+from app.execution.dispatch import REAP, reaper_queue
 
 _s = Settings()
 
@@ -42,6 +42,6 @@ beat_schedule = {
     "reap-executions": {
         "task": REAP,
         "schedule": _s.reaper_interval,
-        "options": {"expires": max(3 * _s.reaper_interval, 5.0)},
+        "options": {"expires": max(3 * _s.reaper_interval, 5.0), "queue": reaper_queue(_s.default_queue)},
     },
 }

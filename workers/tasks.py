@@ -17,12 +17,12 @@ from typing import Any
 
 import structlog
 from celery import signals
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 
 from app.bootstrap import build_service
 from app.errors import DatabaseError
 from app.execution.control import ControlHub
-from app.execution.dispatch import REAP, RUN_EXECUTION
+from app.execution.dispatch import REAP, RUN_EXECUTION, reaper_queue
 from app.execution.policy import Outcome
 from app.execution.service import ExecutionService
 from workers.background import BackgroundTaskManager
@@ -137,9 +137,59 @@ def _hand_back_on_warm_shutdown(how: str | None = None, **_: Any) -> None:
         service.control_hub.drain(service.settings.worker_shutdown_grace)
 
 
-@celery_app.task(name=RUN_EXECUTION, bind=True, ignore_result=True)
+@signals.celeryd_after_setup.connect
+def _consume_the_reaper_queue(instance: Any = None, **_: Any) -> None:
+    """Every worker also takes the reaper's task from its own queue, whatever -Q says."""
+    if instance is not None:
+        queue = reaper_queue(instance.app.conf.task_default_queue)
+        instance.app.amqp.queues.select_add(queue)
+
+
+@signals.beat_init.connect
+def _beat_sends_no_sent_events(sender: Any = None, **_: Any) -> None:
+    """Beat only sends the reaper's task: no `task-sent` event for it either (see `reap`)."""
+    if sender is not None:
+        sender.app.conf.task_send_sent_event = False
+
+
+class ExecutionFailed(Exception):
+    """The attempt ended the execution FAILED or TIMED_OUT: the Celery task fails with its error.
+
+    Expected (the task's `throws`): the worker logs one line, no traceback, and Flower shows
+    the task as FAILURE with this message.
+    """
+
+    def __init__(self, execution_id: str, state: str, error: str | None, error_code: str | None) -> None:
+        self.execution_id, self.state, self.error, self.error_code = execution_id, state, error, error_code
+        code = f" [error_code={error_code}]" if error_code else ""
+        super().__init__(f"execution {execution_id} {state}{code}: {error or 'no error recorded'}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.execution_id, self.state, self.error, self.error_code))
+
+
+def _report_to_celery(task: Any, service: ExecutionService, execution_id: str, outcome: Outcome) -> None:
+    """Make the Celery task end as Flower should show it: FAILURE for FAILED and TIMED_OUT,
+    REVOKED for CANCELLED (an event, then the task is acknowledged without a success event)."""
+    if outcome in (Outcome.FAILED, Outcome.TIMED_OUT):
+        try:
+            row = service.get_execution(uuid.UUID(execution_id))
+            error, code = row.error_message, getattr(row, "error_code", None)
+        except DatabaseError:
+            error, code = None, None
+        raise ExecutionFailed(execution_id, outcome.value, error, code)
+    if outcome is Outcome.CANCELLED:
+        task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+        raise Ignore("execution cancelled")
+
+
+@celery_app.task(name=RUN_EXECUTION, bind=True, ignore_result=True, throws=(ExecutionFailed,))
 def run_execution(self, execution_id: str, attempt: int) -> str:  # type: ignore[no-untyped-def]
-    """Claim the attempt and run it; a duplicate or stale delivery claims nothing and exits."""
+    """Claim the attempt and run it; a duplicate or stale delivery claims nothing and exits.
+
+    The task succeeds with the outcome (COMPLETED, PAUSED, a retry's QUEUED, skipped...),
+    fails for FAILED and TIMED_OUT, and is reported revoked for CANCELLED.
+    """
     with structlog.contextvars.bound_contextvars(execution_id=execution_id, attempt=attempt):
         service = get_service()
         outcome = service.run_attempt(
@@ -151,10 +201,14 @@ def run_execution(self, execution_id: str, attempt: int) -> str:  # type: ignore
             queue = (self.request.delivery_info or {}).get("routing_key") or service.settings.default_queue
             _gate.pause(queue, hostname, service)
             raise Reject("PostgreSQL unreachable; the message goes back to the queue", requeue=True)
+        _report_to_celery(self, service, execution_id, outcome)
         return outcome.value
 
 
-@celery_app.task(name=REAP, ignore_result=True)
+@celery_app.task(name=REAP, ignore_result=True, send_events=False)
 def reap() -> dict[str, int]:
-    """Recover stale executions (one reaper at a time across the cluster)."""
+    """Recover stale executions (one reaper at a time across the cluster).
+
+    Sends no task events: a pass every few seconds would bury the executions in Flower.
+    Its liveness is the reaper_status row (`agentexec status`, /readyz, /metrics)."""
     return get_service().reap()

@@ -13,6 +13,16 @@ RUN_EXECUTION = "agentexec.run_execution"
 REAP = "agentexec.reap"
 
 
+def reaper_queue(default_queue: str) -> str:
+    """The queue beat sends the reaper's task to; every worker of `default_queue` consumes it.
+
+    Its own queue, so a reap never waits behind a backlog of executions, and (the task sends
+    no events) the reaper's pass every few seconds stays out of Flower's task list: its
+    liveness is the reaper_status row (`agentexec status`, /readyz, /metrics).
+    """
+    return f"{default_queue}.reaper"
+
+
 def celery_task_id(execution_id: uuid.UUID | str, attempt: int) -> str:
     """The deterministic Celery task id of one attempt (stored as executions.celery_task_id).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,70 @@ def test_flower_lists_the_worker_and_its_run_execution_tasks_with_credentials_on
         assert tasks[tid]["name"] == "agentexec.run_execution"
         assert tasks[tid]["worker"] == name
     assert {svc.get_execution(i).state for i in ids} == {"COMPLETED"}
+
+
+def test_flower_shows_failed_and_timed_out_runs_as_failures_cancelled_as_revoked_and_no_reaper_tasks(  # type: ignore[no-untyped-def]
+    flower_stack, settings, tmp_path: Path
+):
+    stack = flower_stack
+    # A beat of this test's stack: it sends the reaper's task twice a second.
+    beat = start_procfile_process(
+        "beat",
+        {"REAPER_INTERVAL": "0.5", "BEAT_SCHEDULE": str(tmp_path / "beat-schedule"), "LOG_LEVEL": "WARNING"},
+        tmp_path / "beat.log",
+    )
+    try:
+        wait_for(
+            lambda: _get(stack, "/healthcheck", auth=None).status_code == 200,
+            timeout=30,
+            what="Flower to answer",
+        )
+        wait_for(lambda: _alive(stack), timeout=30, interval=0.3, what="Flower to see the worker alive")
+        svc = stack["service"]
+        agent = svc.create_agent(AgentCreate(name="flower-failures"))
+
+        def create(**body: Any) -> str:
+            return str(
+                svc.create_execution(ExecutionCreate(agent_id=agent.id, queue=stack["queue"], **body))[0].id
+            )
+
+        failed = create(parameters={"input": "x", "simulate": {"fail_permanently": True}})
+        timed_out = create(parameters={"input": "x", "simulate": {"latency_ms": 5000}}, timeout_seconds=1)
+        cancelled = create(parameters={"input": "x", "simulate": {"latency_ms": 20000, "chunks": 200}})
+        wait_for(
+            lambda: svc.get_execution(uuid.UUID(cancelled)).state == "RUNNING",
+            timeout=30,
+            what="the slow execution to run",
+        )
+        # The reaper runs on the worker (a pass in the last second) before the cancel, whose
+        # REVOKED event comes after: Flower has seen everything the reaper's tasks would send.
+        wait_for(
+            lambda: (svc.repository.reaper_status() or (9.0, {}))[0] < 1.0,
+            timeout=30,
+            interval=0.2,
+            what="beat's reaper task to run on the worker",
+        )
+        svc.cancel_execution(uuid.UUID(cancelled), reason="flower test")
+        wanted = {f"{failed}-1": "FAILURE", f"{timed_out}-1": "FAILURE", f"{cancelled}-1": "REVOKED"}
+
+        def shown() -> dict[str, Any] | None:
+            response = _get(stack, "/api/tasks", taskname="agentexec.run_execution")
+            tasks = response.json() if response.status_code == 200 else {}
+            states = {tid: tasks.get(tid, {}).get("state") for tid in wanted}
+            return tasks if states == wanted else None
+
+        tasks = wait_for(shown, timeout=40, interval=0.3, what=f"Flower to show {wanted}")
+        assert svc.get_execution(uuid.UUID(failed)).state == "FAILED"
+        assert svc.get_execution(uuid.UUID(timed_out)).state == "TIMED_OUT"
+        assert svc.get_execution(uuid.UUID(cancelled)).state == "CANCELLED"
+        assert "simulated permanent model failure" in tasks[f"{failed}-1"]["exception"]
+        assert "FAILED" in tasks[f"{failed}-1"]["exception"]
+        assert "TIMED_OUT" in tasks[f"{timed_out}-1"]["exception"]
+
+        everything = _get(stack, "/api/tasks").json()  # the reaper's tasks send no events
+        assert not [t for t in everything.values() if t.get("name") == "agentexec.reap"]
+    finally:
+        stop_process(beat)
 
 
 def test_the_procfile_flower_line_refuses_to_start_without_credentials():
