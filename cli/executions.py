@@ -188,9 +188,13 @@ def history(
     ctx: typer.Context,
     execution_id: Annotated[str, typer.Argument(metavar="ID", help="Execution id.")],
     limit: Annotated[int, typer.Option("--limit", min=1, help="The last N transitions.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the transitions as a JSON array.")] = False,
 ) -> None:
     """Show the state history of an execution, oldest first."""
     items = client_of(ctx).executions.history(execution_id, limit=limit)
+    if as_json:
+        print_json([item.model_dump(mode="json") for item in items])
+        return
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name in ("AT", "FROM", "TO", "REASON"):
         table.add_column(name, no_wrap=name != "REASON")
@@ -211,14 +215,21 @@ def events(
     after: Annotated[
         int | None, typer.Option("--after", min=0, help="Only events after this event id.")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="A JSON array; with --follow, one JSON object per line.")
+    ] = False,
 ) -> None:
     """Show the events of an execution; with --follow, stream them until it ends."""
     client = client_of(ctx)
     if not follow:
-        for event in client.executions.events(execution_id, after=after or 0, page_size=EVENTS_PAGE):
+        found = client.executions.events(execution_id, after=after or 0, page_size=EVENTS_PAGE)
+        if as_json:
+            print_json([event.model_dump(mode="json") for event in found])
+            return
+        for event in found:
             out.print(event_line(event.model_dump(mode="json")))
         return
-    final = follow_lines(client, execution_id, after)
+    final = follow_lines(client, execution_id, after, as_json=as_json)
     raise typer.Exit(0 if final in (None, "COMPLETED") else 1)
 
 

@@ -25,6 +25,12 @@ STATE_STYLES: dict[str, str] = {
     ExecutionState.QUEUED: "magenta",
     ExecutionState.PENDING: "dim",
 }
+STATE_GLYPHS: dict[str, str] = {
+    ExecutionState.COMPLETED: "[green]✓[/green]",
+    ExecutionState.FAILED: "[red]✗[/red]",
+    ExecutionState.TIMED_OUT: "[red]✗[/red]",
+    ExecutionState.CANCELLED: "[yellow]✗[/yellow]",
+}
 UNREACHABLE_HINT = " (is it running? set --api-url or AGENTEXEC_API_URL)"
 
 
@@ -47,6 +53,11 @@ def state_text(state: str | None) -> str:
     return f"[{style}]{state}[/{style}]" if style else state
 
 
+def state_glyph(state: str | None) -> str:
+    """How an execution ended, as one coloured character (blank while it has not ended)."""
+    return STATE_GLYPHS.get(str(state or ""), " ")
+
+
 def short_time(value: str | None) -> str:
     """An ISO timestamp as 'YYYY-MM-DD HH:MM:SS' (empty for none)."""
     if not value:
@@ -55,8 +66,15 @@ def short_time(value: str | None) -> str:
 
 
 def print_json(data: Any) -> None:
-    """Raw JSON on stdout, for scripts."""
-    out.print_json(json.dumps(data, default=str))
+    """Plain JSON on stdout, for scripts: never coloured, even on a terminal or with FORCE_COLOR."""
+    out.file.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+    out.file.flush()
+
+
+def print_json_line(data: Any) -> None:
+    """One JSON object on one line of stdout (JSON Lines), for a stream a script reads as it comes."""
+    out.file.write(json.dumps(data, default=str, ensure_ascii=False) + "\n")
+    out.file.flush()
 
 
 def executions_table(items: list[dict[str, Any]], agent_names: dict[str, str]) -> Table:

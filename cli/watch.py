@@ -13,22 +13,41 @@ from agentexec_client import (
     ProgressEvent,
     StateChangedEvent,
 )
+from rich.console import RenderableType
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
     SpinnerColumn,
+    Task,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
 
-from cli.render import err, event_line, out, result_text, state_text
+from cli.render import (
+    err,
+    event_line,
+    out,
+    print_json_line,
+    result_text,
+    state_glyph,
+    state_text,
+)
+
+
+class OutcomeColumn(SpinnerColumn):
+    """A spinner while the execution runs; once it has ended, a still glyph of how it ended."""
+
+    def render(self, task: Task) -> RenderableType:
+        outcome = task.fields.get("outcome")
+        return super().render(task) if outcome is None else Text.from_markup(outcome)
 
 
 def _progress_bar() -> Progress:
     return Progress(
-        SpinnerColumn(),
+        OutcomeColumn(),
         TextColumn("{task.fields[state]}"),
         BarColumn(bar_width=30),
         TaskProgressColumn(),
@@ -43,25 +62,30 @@ def watch_execution(client: Client, execution: Execution) -> Execution:
     """Show live progress from the SSE stream; returns the execution as it ended."""
     state = execution.state
     with _progress_bar() as bar:
-        task = bar.add_task("", total=100, state=state_text(state))
-        if state not in FINAL_STATES:
-            for event in client.executions.stream(execution.id):
-                if isinstance(event, StateChangedEvent):
-                    state = event.payload.new_state
-                    bar.update(task, state=state_text(state))
-                elif isinstance(event, ProgressEvent):
-                    bar.update(
-                        task,
-                        completed=event.payload.percentage,
-                        description=escape(event.payload.message or ""),
-                    )
-                elif isinstance(event, CompletedEvent):
-                    state = event.payload.state
-                    done = 100 if state == ExecutionState.COMPLETED else bar.tasks[0].completed
-                    bar.update(task, completed=done, state=state_text(state))
-        final = client.executions.get(execution.id)
-        if final.state == ExecutionState.COMPLETED:
-            bar.update(task, completed=100, state=state_text(final.state))
+        task = bar.add_task("", total=100, state=state_text(state), outcome=None)
+        try:
+            if state not in FINAL_STATES:
+                for event in client.executions.stream(execution.id):
+                    if isinstance(event, StateChangedEvent):
+                        state = event.payload.new_state
+                        bar.update(task, state=state_text(state))
+                    elif isinstance(event, ProgressEvent):
+                        bar.update(
+                            task,
+                            completed=event.payload.percentage,
+                            description=escape(event.payload.message or ""),
+                        )
+                    elif isinstance(event, CompletedEvent):
+                        state = event.payload.state
+                        bar.update(task, state=state_text(state))
+            final = client.executions.get(execution.id)
+            done = 100 if final.state == ExecutionState.COMPLETED else bar.tasks[0].completed
+            bar.update(task, completed=done, state=state_text(final.state), outcome=state_glyph(final.state))
+        finally:
+            # Ended, interrupted or cut off: the last frame left on screen must not spin.
+            if bar.tasks[0].fields.get("outcome") is None:
+                bar.update(task, outcome=" ")
+            bar.stop_task(task)
     return final
 
 
@@ -75,11 +99,17 @@ def report_outcome(final: Execution) -> int:
     return 1
 
 
-def follow_lines(client: Client, execution_id: str, after: int | None) -> str | None:
-    """Print each event as it arrives until the completed one; returns the final state."""
+def follow_lines(client: Client, execution_id: str, after: int | None, as_json: bool = False) -> str | None:
+    """Print each event as it arrives (a line, or a JSON object per line) until the completed one.
+
+    Returns the final state.
+    """
     final_state = None
     for event in client.executions.stream(execution_id, last_event_id=after):
-        out.print(event_line(event.model_dump(mode="json")))
+        if as_json:
+            print_json_line(event.model_dump(mode="json"))
+        else:
+            out.print(event_line(event.model_dump(mode="json")))
         if isinstance(event, CompletedEvent):
             final_state = event.payload.state.value
         elif isinstance(event, Event) and event.type == EventType.COMPLETED:  # one the SDK could not type

@@ -7,15 +7,22 @@ database and sends tasks to the session's Celery worker.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import re
+import select
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,9 @@ from tests.processes import free_port
 
 AGENTEXEC = str(Path(sys.executable).parent / "agentexec")
 FIRST_FRAME = re.compile(rb"id: \d+\n.*?\n\n", re.S)
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+ERASE_LINE = "\x1b[2K"  # rich's live display erases the previous frame's lines before each new one
+SPINNER_FRAMES = re.compile("[\u2800-\u28ff]")  # rich's default "dots" spinner is braille
 # Long enough never to finish during a test (a cancel stops it within a second).
 SLOW = ["--simulate", "latency_ms=20000", "--simulate", "chunks=40"]
 
@@ -68,8 +78,8 @@ class Cli:
         self.url = url
         self.runner = CliRunner()
 
-    def __call__(self, *args: str, code: int | None = 0) -> Any:
-        env = {"AGENTEXEC_API_URL": self.url, "COLUMNS": "200"}
+    def __call__(self, *args: str, code: int | None = 0, columns: int = 200) -> Any:
+        env = {"AGENTEXEC_API_URL": self.url, "COLUMNS": str(columns)}
         result = self.runner.invoke(cli_app, list(args), env=env)
         if code is not None:
             assert result.exit_code == code, (result.exit_code, result.output, result.exception)
@@ -87,6 +97,30 @@ class Cli:
         )
         assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
         return proc
+
+    def terminal(self, *args: str, columns: int = 100, timeout: float = 30) -> tuple[int, str]:
+        """Run the installed `agentexec` on a pseudo-terminal COLUMNS wide: (exit code, all it wrote)."""
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+        env = {"PATH": os.environ["PATH"], "AGENTEXEC_API_URL": self.url, "TERM": "xterm-256color"}
+        proc = subprocess.Popen([AGENTEXEC, *args], stdin=follower, stdout=follower, stderr=follower, env=env)
+        os.close(follower)
+        chunks, deadline = [], time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if select.select([leader], [], [], 0.1)[0]:
+                    try:
+                        data = os.read(leader, 65536)
+                    except OSError:  # EIO: the command exited and closed the terminal
+                        break
+                    if not data:
+                        break
+                    chunks.append(data)
+            return proc.wait(timeout=5), b"".join(chunks).decode()
+        finally:
+            os.close(leader)
+            if proc.poll() is None:
+                proc.kill()
 
     def json(self, *args: str) -> Any:
         return json.loads(self(*args, "--json").stdout)
@@ -133,7 +167,7 @@ def test_submit_with_watch_follows_a_pipeline_to_completion_and_prints_its_resul
     )
     assert "tides and moons" in result.stdout
     assert re.search(r"submitted [0-9a-f-]{36} to writer", result.stderr)
-    assert "COMPLETED" in result.stderr and "100%" in result.stderr
+    assert "✓ COMPLETED" in result.stderr and "100%" in result.stderr
     executions = cli.json("list")["items"]
     assert len(executions) == 1 and executions[0]["state"] == "COMPLETED"
     history = cli("history", executions[0]["id"]).stdout
@@ -146,6 +180,12 @@ def test_submit_with_watch_follows_a_pipeline_to_completion_and_prints_its_resul
     events = cli("events", executions[0]["id"]).stdout.splitlines()
     assert "state_changed" in events[0] and "completed" in events[-1]
     assert any("progress" in line and "outline" in line.lower() for line in events)
+    assert [t["to_state"] for t in cli.json("history", executions[0]["id"])][-1] == "COMPLETED"
+    direct = httpx.get(f"{cli.url}/v1/executions/{executions[0]['id']}/events", params={"limit": 1000}).json()
+    kinds = [(e["id"], e["type"]) for e in direct["items"]]
+    assert [(e["id"], e["type"]) for e in cli.json("events", executions[0]["id"])] == kinds
+    followed = cli("events", executions[0]["id"], "--follow", "--json").stdout.splitlines()
+    assert [(e["id"], e["type"]) for e in map(json.loads, followed)] == kinds
 
 
 def test_submit_by_id_from_a_params_file_with_an_idempotency_key_returns_the_same_execution(
@@ -359,3 +399,91 @@ def test_status_shows_the_workers_the_reapers_last_pass_and_the_queue_depths(cli
     assert found["reaper"]["last_pass_seconds_ago"] < 10 and found["reaper"]["stale"] is False
     assert found["queues"][settings.default_queue] == 0  # the test worker keeps it drained
     assert any(settings.default_queue in w["queues"] for w in found["workers"]), found["workers"]
+
+
+@pytest.fixture
+def key_store(settings, session_factory, clean_db):  # type: ignore[no-untyped-def]
+    """The API-key store over the test database, the one `agentexec keys` opens from DATABASE_URL."""
+    from app.bootstrap import build_service
+
+    return build_service(settings=settings, session_factory=session_factory).keys
+
+
+def _key_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": str(row.id),
+        "tenant": row.tenant,
+        "name": row.name,
+        "prefix": row.prefix,
+        "created_at": row.created_at,
+        "revoked_at": row.revoked_at,
+    }
+
+
+def test_keys_list_shows_every_full_id_at_80_columns_and_as_json(cli, key_store):  # type: ignore[no-untyped-def]
+    for tenant, name in [
+        ("acme-production", "ci deploy key for the nightly build"),
+        ("me", None),
+        ("globex", "ops"),
+    ]:
+        plaintext = cli("keys", "create", "--tenant", tenant, *(["--name", name] if name else [])).stdout
+        assert plaintext.strip().startswith("agx_")
+    rows = key_store.list()
+    assert key_store.revoke(rows[1].id)
+    rows = key_store.list()
+    table = cli("keys", "list", columns=80).stdout
+    assert all(len(line) <= 80 for line in table.splitlines()), table
+    assert "…" not in table
+    for row in rows:
+        assert re.search(rf"^{row.id}\s+", table, re.M) and row.prefix in table, (row.id, table)
+    listed = json.loads(cli("keys", "list", "--json", columns=40).stdout)
+    for key in listed:
+        key["created_at"] = datetime.fromisoformat(key["created_at"])
+        key["revoked_at"] = key["revoked_at"] and datetime.fromisoformat(key["revoked_at"])
+    assert listed == [_key_json(row) for row in rows]
+    assert [key["tenant"] for key in cli.json("keys", "list", "--tenant", "me")] == ["me"]
+
+
+def _unique_prefix(key_id: str, others: list[str]) -> str:
+    return next(key_id[:n] for n in range(1, 37) if not any(o.startswith(key_id[:n]) for o in others))
+
+
+def test_keys_revoke_takes_any_unique_start_of_an_id_and_refuses_an_ambiguous_one(cli, key_store):  # type: ignore[no-untyped-def]
+    ids = [
+        str(key_store.create("acme")[1].id) for _ in range(17)
+    ]  # 17 ids, 16 hex digits: two share the first
+    first = max("0123456789abcdef", key=lambda digit: sum(i.startswith(digit) for i in ids))
+    shared = [i for i in ids if i.startswith(first)]
+    refused = cli("keys", "revoke", first, code=1)
+    assert len(refused.stderr.splitlines()) == 1 and f"matches {len(shared)} keys" in refused.stderr
+    assert all(i in refused.stderr for i in shared), refused.stderr
+    assert [row.revoked_at for row in key_store.list()] == [None] * 17
+
+    target = shared[0]
+    prefix = _unique_prefix(target, [i for i in ids if i != target])
+    assert cli("keys", "revoke", prefix.upper()).stderr.strip() == f"revoked key {target}"
+    assert [str(row.id) for row in key_store.list() if row.revoked_at] == [target]
+    again = cli("keys", "revoke", prefix, code=1).stderr
+    assert f"no active key {target} (unknown or already revoked)" in again
+
+    unused = next(
+        p
+        for p in (f"{a}{b}" for a in "0123456789abcdef" for b in "0123456789abcdef")
+        if not any(i.startswith(p) for i in ids)
+    )
+    assert f"no key id starts with '{unused}'" in cli("keys", "revoke", unused, code=1).stderr
+    assert "Usage" in cli("keys", "revoke", "agx_notanid", code=2).output
+    assert [str(row.id) for row in key_store.list() if row.revoked_at] == [target]
+
+
+def test_a_failed_execution_under_watch_ends_on_a_still_cross_and_its_state_not_a_spinner(cli, writer):  # type: ignore[no-untyped-def]
+    code, screen = cli.terminal(
+        "submit", "writer", "--input", "x", "--simulate", "fail_permanently=true", "--watch", columns=100
+    )
+    assert code == 1, screen
+    assert SPINNER_FRAMES.search(screen), f"the bar never spun, so this was no live terminal: {screen!r}"
+    last_frame = ANSI.sub("", screen.rsplit(ERASE_LINE, 1)[-1]).replace("\r", "")
+    lines = [line.strip() for line in last_frame.splitlines() if line.strip()]
+    assert not SPINNER_FRAMES.search(last_frame), lines
+    assert lines[0].startswith("✗ FAILED "), lines
+    assert lines[-1] == "FAILED: simulated permanent model failure", lines
