@@ -10,11 +10,22 @@ waits on Redis. A comment line every `heartbeat_seconds` finds clients that left
 (the write fails and the WSGI server closes the generator, which releases the
 subscription). The stream ends after the final `agent.execution.completed` event, at
 once after the replay when the execution had already finished.
+
+The reconnection delay (`retry:`) rides on the first event block: a block holding only
+`retry:` is dispatched by some clients (httpx-sse) as an empty event. When no event is
+ready at once, a heartbeat comment is sent instead so the client gets its headers.
+
+When the web server shuts down gracefully (`begin_shutdown()`, called by the gunicorn
+worker in `api/server.py`), every open stream notices within `SHUTDOWN_CHECK_SECONDS`,
+sends a final `event: reconnect` block (with the last event id and a retry hint) and
+ends, so its client reconnects with Last-Event-ID to a server that is still up instead
+of being cut at the graceful timeout.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,11 +43,59 @@ from app.schemas import FINISHED_STATES, ExecutionState
 
 log = structlog.get_logger(__name__)
 PAGE = 500
+RETRY_MS = 2000
+RECONNECT = "reconnect"
+HEARTBEAT = ": keepalive\n\n"
+SHUTDOWN_CHECK_SECONDS = 0.5
+
+_shutdown = threading.Event()
+_open_streams = 0
+_streams_changed = threading.Condition()
 
 
-def format_event(event: ExecutionEvent) -> str:
-    """One SSE frame: id, event type and the JSON message."""
-    return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event_message(event), default=str)}\n\n"
+def begin_shutdown() -> None:
+    """The server is going away: every open stream of this process sends `reconnect` and ends."""
+    _shutdown.set()
+
+
+def shutting_down() -> bool:
+    """True once `begin_shutdown()` was called in this process."""
+    return _shutdown.is_set()
+
+
+def wait_for_streams_to_end(timeout: float) -> bool:
+    """Block until no stream of this process is open (True) or `timeout` passed (False)."""
+    deadline = time.monotonic() + timeout
+    with _streams_changed:
+        while _open_streams:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            _streams_changed.wait(left)
+    return True
+
+
+def _count_stream(delta: int) -> None:
+    global _open_streams
+    with _streams_changed:
+        _open_streams += delta
+        _streams_changed.notify_all()
+
+
+def format_event(event: ExecutionEvent, retry_ms: int | None = None) -> str:
+    """One SSE frame: id, event type and the JSON message (and `retry:` when given)."""
+    retry = "" if retry_ms is None else f"retry: {retry_ms}\n"
+    data = json.dumps(event_message(event), default=str)
+    return f"{retry}id: {event.id}\nevent: {event.type}\ndata: {data}\n\n"
+
+
+def format_reconnect(last_event_id: int, retry_ms: int = RETRY_MS) -> str:
+    """The last frame of a stream cut by a server shutdown: reconnect with Last-Event-ID."""
+    data = json.dumps(
+        {"reason": "server_shutdown", "last_event_id": last_event_id, "retry_ms": retry_ms},
+        separators=(",", ":"),
+    )
+    return f"retry: {retry_ms}\nevent: {RECONNECT}\ndata: {data}\n\n"
 
 
 class EventStream:
@@ -59,37 +118,53 @@ class EventStream:
         self.resync_seconds = resync_seconds
         self.poll_seconds = poll_seconds
         self._pubsub: Any = None
+        self._retry_sent = False
 
     def __iter__(self) -> Iterator[str]:
+        _count_stream(+1)
         self._subscribe()
         try:
-            yield "retry: 2000\n\n"
             yield from self._run()
         except AgentExecError as exc:  # the database went away: end; the client resumes by id
             log.warning("event stream ended early", execution_id=str(self.execution_id), error=str(exc))
         finally:
             self._unsubscribe()
+            _count_stream(-1)
+
+    def _frame(self, event: ExecutionEvent) -> str:
+        """An event frame; the first one of the stream carries `retry:`."""
+        retry = None if self._retry_sent else RETRY_MS
+        self._retry_sent = True
+        return format_event(event, retry)
 
     def _run(self) -> Iterator[str]:
-        last_write = time.monotonic()
         # The state is read before the first log read: if it was final, that read holds every
         # event up to the completion, so the stream ends after the replay.
         finished = self._finished()
+        first, last_write = True, time.monotonic()
         while True:
-            sent_final = False
+            sent_final = sent_any = False
             for event in self._read_log():
-                yield format_event(event)
+                yield self._frame(event)
                 last_write = time.monotonic()
-                sent_final = event.type == COMPLETED
+                sent_final, sent_any = event.type == COMPLETED, True
             if sent_final or finished is not False:
                 return
+            if first and not sent_any:
+                yield HEARTBEAT  # nothing to replay: the client gets its headers now
+                last_write = time.monotonic()
+            first = False
             next_resync = time.monotonic() + self.resync_seconds
             while time.monotonic() < next_resync:
+                if shutting_down():
+                    yield format_reconnect(self.last_id)
+                    return
                 if time.monotonic() - last_write >= self.heartbeat_seconds:
-                    yield ": keepalive\n\n"
+                    yield HEARTBEAT
                     last_write = time.monotonic()
-                wait = min(next_resync, last_write + self.heartbeat_seconds) - time.monotonic()
-                if self._wait_for_message(max(wait, 0.0)):
+                now = time.monotonic()
+                wait = min(next_resync, last_write + self.heartbeat_seconds, now + SHUTDOWN_CHECK_SECONDS)
+                if self._wait_for_message(max(wait - now, 0.0)):
                     break
 
     def _finished(self) -> bool | None:
@@ -133,7 +208,7 @@ class EventStream:
     def _wait_for_message(self, timeout: float) -> bool:
         """Block up to `timeout` for a live message (True) or poll interval while Redis is down."""
         if self._pubsub is None:
-            time.sleep(min(timeout, self.poll_seconds))
+            _shutdown.wait(min(timeout, self.poll_seconds))
             return True
         try:
             message = self._pubsub.get_message(timeout=timeout)

@@ -76,23 +76,30 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 10.0), **kwargs)
 
 
-@pytest.fixture(scope="module")
-def api_server(settings, celery_worker, tmp_path_factory) -> Iterator[Server]:  # type: ignore[no-untyped-def]
-    """gunicorn (gthread, 2 workers) serving `api:create_app()` as the Procfile's web line does."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    env = {
+WORKER_CLASS = "api.server.ThreadWorker"  # the Procfile's web line
+
+
+def start_gunicorn(
+    log: Path, *, port: int | None = None, workers: int = 2, graceful_timeout: float = 3, **env: str
+) -> Server:
+    """gunicorn serving `api:create_app()` with the Procfile's worker class, answering /healthz.
+
+    Extra keyword arguments are environment variables of the server.
+    """
+    port = port or free_port()
+    full_env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("PROMETHEUS_MULTIPROC_DIR", "AGENTEXEC_METRICS_DIR_OWNER")
     }
-    env |= {"DATABASE_POOL_SIZE": "4", "DATABASE_MAX_OVERFLOW": "4", "SSE_HEARTBEAT_SECONDS": "0.5"}
+    full_env |= {"DATABASE_POOL_SIZE": "4", "DATABASE_MAX_OVERFLOW": "4", "SSE_HEARTBEAT_SECONDS": "0.5"}
+    full_env |= env
     cmd = [
         str(Path(sys.executable).parent / "gunicorn"),
         "--worker-class",
-        "gthread",
+        WORKER_CLASS,
         "--workers",
-        "2",
+        str(workers),
         "--threads",
         "8",
         "--bind",
@@ -100,13 +107,13 @@ def api_server(settings, celery_worker, tmp_path_factory) -> Iterator[Server]:  
         "--timeout",
         "0",
         "--graceful-timeout",
-        "3",
+        str(graceful_timeout),
         "--no-control-socket",
         "api:create_app()",
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     server = Server(f"http://127.0.0.1:{port}", process, log)
 
@@ -120,6 +127,18 @@ def api_server(settings, celery_worker, tmp_path_factory) -> Iterator[Server]:  
 
     try:
         wait_for(ready, timeout=30, interval=0.1, what="gunicorn to answer /healthz")
+    except BaseException:
+        stop_process(process)
+        raise
+    return server
+
+
+@pytest.fixture(scope="module")
+def api_server(settings, celery_worker, tmp_path_factory) -> Iterator[Server]:  # type: ignore[no-untyped-def]
+    """gunicorn (api.server.ThreadWorker: gthread, 2 workers) serving `api:create_app()` as the
+    Procfile's web line does."""
+    server = start_gunicorn(tmp_path_factory.mktemp("gunicorn") / "gunicorn.log")
+    try:
         yield server
     finally:
-        stop_process(process)
+        stop_process(server.process)

@@ -7,6 +7,7 @@ environment, so heartbeats and the release of a gone client's subscription are q
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -252,3 +253,48 @@ def test_a_body_over_max_request_bytes_is_413_with_content_length_or_chunked(api
         with api_server.client() as c:  # a new connection: the server closes one whose body it did not read
             resp = c.post("/v1/executions", content=content, headers={"Content-Type": "application/json"})
         assert resp.status_code == 413 and resp.headers["content-type"] == "application/problem+json"
+
+
+def _raw_request(server: Server, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are (no client library would send these) and read the answer to its end."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def test_gunicorns_own_400_and_431_answers_are_problem_json_with_their_status(api_server: Server) -> None:
+    many_headers = b"".join(b"X-H%d: v\r\n" % i for i in range(150))
+    cases = [
+        # (what gunicorn refuses, the request, its status)
+        (
+            "a request line over limit_request_line",
+            b"GET /v1/agents?q=" + b"a" * 5000 + b" HTTP/1.1\r\n",
+            400,
+        ),
+        (
+            "a header over limit_request_field_size",
+            b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 9000 + b"\r\n",
+            431,
+        ),
+        ("more headers than limit_request_fields", b"GET /healthz HTTP/1.1\r\n" + many_headers, 431),
+        ("a header line without a colon", b"GET /v1/agents HTTP/1.1\r\nNo colon here\r\n", 400),
+        ("an unknown HTTP version", b"GET /healthz HTTP/9.9\r\n", 400),
+    ]
+    for what, request, status in cases:
+        got, headers, body = _raw_request(api_server, request + b"Host: x\r\n\r\n")
+        assert got == status, what
+        assert headers["content-type"] == "application/problem+json", what
+        problem = json.loads(body)
+        assert problem["status"] == status and {"type", "title", "detail"} <= set(problem), what
+        assert int(headers["content-length"]) == len(body), what
+        assert b"<html" not in body.lower() and b"traceback" not in body.lower(), what
+    # The server is unharmed and keeps answering.
+    with api_server.client() as c:
+        assert c.get("/healthz").status_code == 200
