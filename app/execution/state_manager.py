@@ -30,11 +30,12 @@ S = ExecutionState
 
 
 # Columns set in the same UPDATE when a state is entered (DESIGN.md "Side effects").
+# Progress is monotonic per execution, across attempts: a requeue (retry, resume, handback)
+# keeps the percentage the last attempt reached; only the message says it waits again.
 _ENTERING_QUEUED: dict[str, Any] = {
     "attempt": Expr.NEXT_ATTEMPT,
     "queued_at": Expr.NOW,
     "celery_task_id": Expr.NEXT_TASK_ID,
-    "progress_percentage": 0,
     "progress_message": "Queued",
     "worker": None,
     "heartbeat_at": None,

@@ -69,9 +69,11 @@ Expr.NOW_PLUS_DELAY = Expr("now() + make_interval(secs => %(delay_seconds)s::flo
 Expr.FIRST_STARTED_AT = Expr("coalesce(x.started_at, now())")
 Expr.DEADLINE = Expr("now() + x.timeout_seconds * interval '1 second'")
 Expr.MERGE_CONTEXT = Expr("x.context || %(context_update)s::jsonb")  # param: context_update
-# The input step's share of a run: 1 / (steps + 2), rounded like a runner's report.
+# The input step's share of a run, 1 / (steps + 2) rounded to 0.01, or what an earlier
+# attempt reached if more: progress never goes back, across attempts.
 Expr.FIRST_PROGRESS = Expr(
-    "round(100.0 / (coalesce(jsonb_array_length(x.parameters -> 'steps'), 1) + 2), 2)::float8"
+    "greatest(x.progress_percentage,"
+    " round(100.0 / (coalesce(jsonb_array_length(x.parameters -> 'steps'), 1) + 2), 2)::float8)"
 )
 
 

@@ -245,6 +245,33 @@ def test_pause_answers_202_then_resume_continues_after_the_last_finished_step(ap
     assert ("PAUSED", "QUEUED") in _history(api, created["id"])
 
 
+def test_progress_never_goes_back_across_pause_and_resume(api, api_agent):
+    """Issue 19 item 9: a pipeline paused at 33% showed 16.7% "Prepare input" after resume."""
+    created = _create(api, api_agent["id"], parameters=_slow_pipeline(steps=4, latency_ms=400)).get_json()
+    eid = created["id"]
+    wait_for(
+        lambda: api.get(f"/v1/executions/{eid}").get_json()["progress"]["percentage"] >= 50,
+        what="the run to reach its second step",
+    )
+    api.post(f"/v1/executions/{eid}/pause")
+    wait_for(lambda: _state(api, eid) == "PAUSED", what="the worker to pause at a step boundary")
+    paused_at = api.get(f"/v1/executions/{eid}").get_json()["progress"]["percentage"]
+    assert paused_at >= 50
+    resumed = api.post(f"/v1/executions/{eid}/resume").get_json()
+    assert resumed["state"] == "QUEUED" and resumed["progress"]["percentage"] == paused_at
+    assert wait_finished(api, eid)["state"] == "COMPLETED"
+
+    events = api.get(f"/v1/executions/{eid}/events?limit=1000").get_json()["items"]
+    progress = [e["payload"]["percentage"] for e in events if e["type"] == "agent.execution.progress"]
+    assert progress == sorted(progress) and progress[-1] == 100
+    after_resume = [
+        e["payload"]["percentage"]
+        for e in events[next(i for i, e in enumerate(events) if e["payload"].get("new_state") == "PAUSED") :]
+        if e["type"] == "agent.execution.progress"
+    ]
+    assert after_resume and min(after_resume) >= paused_at
+
+
 def test_retry_requeues_a_failed_execution_with_a_new_attempt_and_refuses_a_completed_one(api, api_agent):
     failing = _create(api, api_agent["id"], parameters={"input": "x", "simulate": {"fail_permanently": True}})
     failed = wait_finished(api, failing.get_json()["id"])

@@ -60,7 +60,8 @@ def _before(old: Row | None) -> Row:
 def _first_progress(old: Row | None, now: datetime, params: Mapping[str, Any]) -> float:
     steps = (_before(old)["parameters"] or {}).get("steps")
     share = Decimal("100.0") / (Decimal(1 if steps is None else len(steps)) + 2)
-    return float(share.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))  # numeric round(): half up
+    first = float(share.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))  # numeric round(): half up
+    return max(float(_before(old)["progress_percentage"]), first)  # greatest(): never back
 
 
 Evaluate = Callable[[Row | None, datetime, Mapping[str, Any]], Any]

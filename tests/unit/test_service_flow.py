@@ -180,7 +180,7 @@ def test_a_retryable_failure_requeues_the_next_attempt_through_the_dispatcher_an
     assert flow.runner.run(ex.id, 1, "w") is Outcome.QUEUED
     row = flow.row(ex.id)
     assert (row.state, row.attempt, row.celery_task_id) == ("QUEUED", 2, celery_task_id(ex.id, 2))
-    assert (row.progress_percentage, row.progress_message) == (0.0, "Queued")
+    assert (row.progress_percentage, row.progress_message) == (66.67, "Queued")  # kept: never back
     assert row.worker is None and row.result is None
     [_, (ex_id, attempt, queue, priority, countdown)] = flow.dispatcher.started
     assert (ex_id, attempt, queue, priority) == (ex.id, 2, QUEUE, 5) and 0 <= countdown <= 0.01
