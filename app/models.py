@@ -91,6 +91,7 @@ class Execution(Base):
     context: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     max_retries: Mapped[int] = mapped_column(Integer, server_default=text("3"))
     timeout_seconds: Mapped[int] = mapped_column(Integer, server_default=text("3600"))

@@ -25,6 +25,21 @@ class ExecutionState(str, enum.Enum):
     TIMED_OUT = "TIMED_OUT"
 
 
+class ErrorCode(str, enum.Enum):
+    """Why an execution ended FAILED, TIMED_OUT or CANCELLED (null for every other state)."""
+
+    MODEL_ERROR = "model_error"  # the model call failed and could not be retried
+    MODEL_ERROR_PERMANENT = "model_error_permanent"  # the provider refused: retrying cannot help
+    RETRIES_EXHAUSTED = "retries_exhausted"  # retryable model errors used up max_retries
+    TIMEOUT = "timeout"  # the execution's deadline (timeout_seconds) passed
+    WORKER_LOST = "worker_lost"  # workers died holding it until no retry was left
+    AGENT_NOT_FOUND = "agent_not_found"  # its agent was deleted before it ran
+    BUDGET_EXCEEDED = "budget_exceeded"  # max_tokens or the agent's daily token budget was spent
+    INTERRUPTED = "interrupted"  # a newer execution with the same task_id replaced it
+    CANCELLED = "cancelled"  # a user cancelled it
+    INTERNAL_ERROR = "internal_error"  # an unexpected failure of agentexec itself (see the logs)
+
+
 FINISHED_STATES = frozenset(
     {
         ExecutionState.COMPLETED,

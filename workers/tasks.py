@@ -174,7 +174,7 @@ def _report_to_celery(task: Any, service: ExecutionService, execution_id: str, o
     if outcome in (Outcome.FAILED, Outcome.TIMED_OUT):
         try:
             row = service.get_execution(uuid.UUID(execution_id))
-            error, code = row.error_message, getattr(row, "error_code", None)
+            error, code = row.error_message, row.error_code
         except DatabaseError:
             error, code = None, None
         raise ExecutionFailed(execution_id, outcome.value, error, code)

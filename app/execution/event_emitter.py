@@ -30,7 +30,13 @@ PAYLOADS: dict[str, dict[str, str | None]] = {
     events.PROGRESS: _BASE
     | {"percentage": "progress_percentage", "message": "progress_message", "timestamp": None},
     events.COMPLETED: _BASE
-    | {"state": "state", "result": "result", "error_message": "error_message", "timestamp": None},
+    | {
+        "state": "state",
+        "result": "result",
+        "error_message": "error_message",
+        "error_code": "error_code",
+        "timestamp": None,
+    },
 }
 _UUID_COLUMNS = frozenset({"id", "agent_id", "task_id"})
 PREVIOUS_FROM_ROW = "previous_state"  # the state a locked transition replaced, read by its statement

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from app.schemas import ExecutionState
+from app.schemas import ErrorCode, ExecutionState
 
 S = ExecutionState
 
@@ -118,6 +118,13 @@ def stop_for_state(state: ExecutionState | None, same_attempt: bool) -> Stop:
 def may_retry(attempt: int, max_retries: int) -> bool:
     """The retry budget: attempt N is retry N-1, allowed while at most max_retries."""
     return attempt - 1 < max_retries
+
+
+def model_error_code(retryable: bool, max_retries: int) -> ErrorCode:
+    """The error_code of a model error that ends the run (it was not retried)."""
+    if not retryable:
+        return ErrorCode.MODEL_ERROR_PERMANENT
+    return ErrorCode.RETRIES_EXHAUSTED if max_retries > 0 else ErrorCode.MODEL_ERROR
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:

@@ -20,7 +20,7 @@ from app.execution.dispatch import TaskDispatcher
 from app.execution.policy import may_retry
 from app.execution.repository import ExecutionRepository
 from app.execution.state_manager import ExecutionStateManager
-from app.schemas import ExecutionState
+from app.schemas import ErrorCode, ExecutionState
 
 log = structlog.get_logger(__name__)
 S = ExecutionState
@@ -91,7 +91,10 @@ class Reaper:
                     "worker lost",
                     counts,
                     "failed",
-                    values={"error_message": "worker lost and retries exhausted"},
+                    values={
+                        "error_message": "worker lost and retries exhausted",
+                        "error_code": ErrorCode.WORKER_LOST.value,
+                    },
                 )
 
     def _move(

@@ -23,7 +23,7 @@ from app.execution.repository import ExecutionRepository
 from app.execution.transitions import sources_of, validate_transition
 from app.execution.writer import Expr
 from app.models import Execution, ExecutionEvent
-from app.schemas import FINISHED_STATES, ExecutionState
+from app.schemas import FINISHED_STATES, ErrorCode, ExecutionState
 
 log = structlog.get_logger(__name__)
 S = ExecutionState
@@ -43,6 +43,7 @@ _ENTERING_QUEUED: dict[str, Any] = {
     "completed_at": None,
     "result": None,
     "error_message": None,
+    "error_code": None,
 }
 # A new execution inserted already QUEUED (the row has no earlier attempt to read).
 _FIRST_QUEUED: dict[str, Any] = {
@@ -59,6 +60,13 @@ _ENTERING_RUNNING: dict[str, Any] = {
     "progress_message": "Initialize",
 }
 _ENTERING_FINISHED: dict[str, Any] = {"completed_at": Expr.NOW}
+# The error_code an end gets unless its writer names a more precise one.
+_DEFAULT_ERROR_CODE: dict[ExecutionState, ErrorCode | None] = {
+    S.COMPLETED: None,
+    S.FAILED: ErrorCode.MODEL_ERROR,
+    S.TIMED_OUT: ErrorCode.TIMEOUT,
+    S.CANCELLED: ErrorCode.CANCELLED,
+}
 
 
 def entry_values(target: ExecutionState, *, delay: float = 0) -> dict[str, Any]:
@@ -71,7 +79,8 @@ def entry_values(target: ExecutionState, *, delay: float = 0) -> dict[str, Any]:
     if target is S.RUNNING:
         return dict(_ENTERING_RUNNING)
     if target in FINISHED_STATES:
-        return dict(_ENTERING_FINISHED)
+        code = _DEFAULT_ERROR_CODE[target]
+        return _ENTERING_FINISHED | {"error_code": None if code is None else code.value}
     return {}
 
 

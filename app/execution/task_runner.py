@@ -40,6 +40,7 @@ from app.execution.policy import (
     backoff_delay,
     end_write,
     may_retry,
+    model_error_code,
     stop_for_state,
     summarize,
     when_refused,
@@ -48,10 +49,11 @@ from app.execution.progress_tracker import ExecutionProgressTracker
 from app.execution.repository import ExecutionRepository
 from app.execution.state_manager import ExecutionStateManager
 from app.models import Execution
-from app.schemas import ExecutionProgressUpdate, ExecutionState
+from app.schemas import ErrorCode, ExecutionProgressUpdate, ExecutionState
 
 log = structlog.get_logger(__name__)
 S = ExecutionState
+E = ErrorCode
 _PLACEHOLDER = re.compile(r"\{(input|steps\.[A-Za-z0-9_.-]+)\}")
 T = TypeVar("T")
 _DB_DOWN = (DatabaseUnavailableError, OperationalError, InterfaceError)
@@ -160,11 +162,20 @@ class ExecutionTaskRunner:
             return Outcome.LOST
         except AgentNotFoundError as exc:
             bound.warning("agent not found")
-            return self._end(execution, Stop.FINISH, S.FAILED, "agent not found", error=str(exc))
+            return self._end(
+                execution, Stop.FINISH, S.FAILED, "agent not found", error=str(exc), code=E.AGENT_NOT_FOUND
+            )
         except ModelOrchestrationError as exc:
             if exc.retryable and may_retry(execution.attempt, execution.max_retries):
                 return self._end(execution, Stop.RETRY, error=str(exc))
-            return self._end(execution, Stop.FINISH, S.FAILED, "model call failed", error=str(exc))
+            return self._end(
+                execution,
+                Stop.FINISH,
+                S.FAILED,
+                "model call failed",
+                error=str(exc),
+                code=model_error_code(exc.retryable, execution.max_retries),
+            )
         except Exception as exc:  # a bug or an unexpected failure must still end the run
             bound.exception("execution failed unexpectedly")
             return self._end(
@@ -173,6 +184,7 @@ class ExecutionTaskRunner:
                 S.FAILED,
                 "internal error",
                 error=f"internal error: {type(exc).__name__}: {exc}",
+                code=E.INTERNAL_ERROR,
             )
 
     # ------------------------------------------------------------ the task
@@ -325,13 +337,16 @@ class ExecutionTaskRunner:
         *,
         result: dict[str, Any] | None = None,
         error: str | None = None,
+        code: ErrorCode | None = None,
     ) -> Outcome:
-        """Write the end of the run for `stop`; when refused, do what `policy.REFUSED` says."""
+        """Write the end of the run for `stop`; when refused, do what `policy.REFUSED` says.
+
+        `code` is the error_code of a FINISH into FAILED (the other ends have their own)."""
         if stop is Stop.LOST:
             log.warning("lease lost; stopping without writing", execution_id=str(execution.id))
             return Outcome.LOST
         try:
-            return Outcome.of(self._write_end(execution, stop, target, reason, result, error))
+            return Outcome.of(self._write_end(execution, stop, target, reason, result, error, code))
         except InvalidExecutionStateError as exc:
             found = S(exc.current_state)
             action = when_refused(stop, found)
@@ -340,7 +355,9 @@ class ExecutionTaskRunner:
         if action is Action.PAUSE:
             return self._end(execution, Stop.PAUSE)
         if action is Action.FAIL:
-            return self._end(execution, Stop.FINISH, S.FAILED, "model call failed", error=error)
+            return self._end(
+                execution, Stop.FINISH, S.FAILED, "model call failed", error=error, code=E.MODEL_ERROR
+            )
         log.info(
             "run ended by someone else", execution_id=str(execution.id), stop=stop.value, state=found.value
         )
@@ -354,11 +371,14 @@ class ExecutionTaskRunner:
         reason: str,
         result: dict[str, Any] | None,
         error: str | None,
+        code: ErrorCode | None,
     ) -> ExecutionState:
         attempt = execution.attempt
         if stop is Stop.FINISH:
             assert target is not None
             values: dict[str, Any] = {"result": result, "error_message": error}
+            if target is S.FAILED:
+                values["error_code"] = (code or E.MODEL_ERROR).value
             if target is S.COMPLETED:
                 values |= {"progress_percentage": 100, "progress_message": "Finalize"}
             self._change_state(

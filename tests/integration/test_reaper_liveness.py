@@ -62,3 +62,15 @@ def test_executions_recovered_by_the_reaper_are_counted_by_cause(api_app, api, s
     assert svc.get_execution(execution.id).state == S.QUEUED.value
     text_ = api.get("/metrics").get_data(as_text=True)
     assert _metric(text_, 'agentexec_reaper_recovered_total{cause="worker_lost"}') == 1
+    with session_factory() as s:  # lost again, with no retry left: FAILED worker_lost
+        s.execute(
+            text(
+                "UPDATE executions SET state = 'RUNNING', heartbeat_at = now() - interval '1 hour',"
+                " max_retries = 0 WHERE id = :i"
+            ),
+            {"i": execution.id},
+        )
+        s.commit()
+    assert svc.reap()["failed"] == 1
+    lost = svc.get_execution(execution.id)
+    assert (lost.state, lost.error_code) == ("FAILED", "worker_lost")

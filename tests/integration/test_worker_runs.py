@@ -93,7 +93,7 @@ def test_retries_stop_when_max_retries_is_spent(worker_service):  # type: ignore
     )
     done = wait_for(lambda: _finished(svc, execution.id), what="failure after retries")
     assert done.state == "FAILED" and done.attempt == 2
-    assert "transient" in done.error_message
+    assert "transient" in done.error_message and done.error_code == "retries_exhausted"
 
 
 def test_a_permanent_failure_fails_at_once_with_its_error(worker_service):  # type: ignore[no-untyped-def]
@@ -111,6 +111,7 @@ def test_a_permanent_failure_fails_at_once_with_its_error(worker_service):  # ty
     assert done.error_message == "simulated permanent model failure"
     completed = [e.payload for e in svc.get_events(execution.id) if e.type == "agent.execution.completed"]
     assert completed == [completed[0]] and completed[0]["error_message"] == done.error_message
+    assert done.error_code == completed[0]["error_code"] == "model_error_permanent"
 
 
 def test_an_execution_whose_agent_vanished_fails_with_a_clear_error(worker_service, session_factory):  # type: ignore[no-untyped-def]
@@ -128,7 +129,7 @@ def test_an_execution_whose_agent_vanished_fails_with_a_clear_error(worker_servi
     svc.start_execution(execution.id)
     done = wait_for(lambda: _finished(svc, execution.id), what="failure")
     assert done.state == "FAILED"
-    assert done.error_message == f"agent {agent.id} not found"
+    assert done.error_message == f"agent {agent.id} not found" and done.error_code == "agent_not_found"
 
 
 def test_the_same_attempt_delivered_twice_runs_once(worker_service, celery_app, settings):  # type: ignore[no-untyped-def]

@@ -14,11 +14,13 @@ from app.execution.policy import (
     Stop,
     end_write,
     may_retry,
+    model_error_code,
     stop_for_state,
     summarize,
     when_refused,
 )
 from app.execution.transitions import sources_of, validate_transition
+from app.schemas import ErrorCode
 from app.schemas import ExecutionState as S
 
 # (why the run stopped, the state its refused write found) -> what it does; every other pair: GIVE_UP.
@@ -163,3 +165,16 @@ def test_a_handed_back_run_goes_from_running_to_queued():
     write = end_write(Stop.HANDBACK)
     assert (write.expected, write.target) == (S.RUNNING, S.QUEUED)
     assert validate_transition(write.expected, write.target)
+
+
+@pytest.mark.parametrize(
+    ("retryable", "max_retries", "code"),
+    [
+        (False, 3, ErrorCode.MODEL_ERROR_PERMANENT),
+        (False, 0, ErrorCode.MODEL_ERROR_PERMANENT),
+        (True, 3, ErrorCode.RETRIES_EXHAUSTED),
+        (True, 0, ErrorCode.MODEL_ERROR),
+    ],
+)
+def test_a_model_error_ending_the_run_is_permanent_spent_retries_or_unretried(retryable, max_retries, code):
+    assert model_error_code(retryable, max_retries) is code

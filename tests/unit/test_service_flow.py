@@ -181,7 +181,7 @@ def test_a_retryable_failure_requeues_the_next_attempt_through_the_dispatcher_an
     row = flow.row(ex.id)
     assert (row.state, row.attempt, row.celery_task_id) == ("QUEUED", 2, celery_task_id(ex.id, 2))
     assert (row.progress_percentage, row.progress_message) == (66.67, "Queued")  # kept: never back
-    assert row.worker is None and row.result is None
+    assert row.worker is None and row.result is None and row.error_code is None
     [_, (ex_id, attempt, queue, priority, countdown)] = flow.dispatcher.started
     assert (ex_id, attempt, queue, priority) == (ex.id, 2, QUEUE, 5) and 0 <= countdown <= 0.01
     assert 0 <= (row.queued_at - row.updated_at).total_seconds() <= 0.01
@@ -203,6 +203,7 @@ def test_a_permanent_failure_ends_failed_with_the_error_and_is_not_retried(flow)
     assert flow.repo.history_of(ex.id)[-1] == ("RUNNING", "FAILED", "model call failed")
     [done] = flow.payloads(ex.id, COMPLETED)
     assert (done["state"], done["error_message"]) == ("FAILED", row.error_message)
+    assert row.error_code == done["error_code"] == "model_error_permanent"
     assert len(flow.dispatcher.started) == 1
 
 
@@ -210,6 +211,13 @@ def test_a_retryable_failure_beyond_the_retry_budget_ends_failed(flow):
     ex = flow.create({"input": "x", "simulate": {"fail_times": 1}}, max_retries=0)
     assert flow.runner.run(ex.id, 1, "w") is Outcome.FAILED
     assert flow.row(ex.id).state == "FAILED" and len(flow.dispatcher.started) == 1
+    assert flow.row(ex.id).error_code == "model_error"  # no retry was allowed at all
+
+    spent = flow.create({"input": "x", "simulate": {"fail_times": 2}}, max_retries=1)
+    assert flow.runner.run(spent.id, 1, "w") is Outcome.QUEUED
+    assert flow.runner.run(spent.id, 2, "w") is Outcome.FAILED
+    assert flow.row(spent.id).error_code == "retries_exhausted"
+    assert flow.payloads(spent.id, COMPLETED)[-1]["error_code"] == "retries_exhausted"
 
 
 def test_a_stale_delivery_is_skipped_and_writes_and_sends_nothing(flow):
@@ -241,7 +249,9 @@ def test_a_cancel_during_the_model_call_turns_the_refused_finish_into_cancelled(
     assert flow.repo.history_of(ex.id)[-1] == ("CANCELLING", "CANCELLED", "cancelled while running")
     # The refused finish logged nothing: no progress to 100, no COMPLETED.
     assert [p["percentage"] for p in flow.payloads(ex.id, PROGRESS)] == [33.33, 66.67]
-    assert [p["state"] for p in flow.payloads(ex.id, COMPLETED)] == ["CANCELLED"]
+    assert [(p["state"], p["error_code"]) for p in flow.payloads(ex.id, COMPLETED)] == [
+        ("CANCELLED", "cancelled")
+    ]
     assert flow.dispatcher.cancelled == [(ex.id, 1)]
 
 
@@ -268,6 +278,7 @@ def test_a_paused_pipeline_resumes_as_the_next_attempt_without_repeating_finishe
     assert flow.runner.run(ex.id, 2, "w") is Outcome.COMPLETED
 
     row = flow.row(ex.id)
+    assert row.error_code is None
     assert {name: cp["attempt"] for name, cp in row.context["steps"].items()} == {"a": 1, "b": 2, "c": 2}
     assert len(flow.hook.calls) == 3 and list(row.result["steps"]) == ["a", "b", "c"]
     assert flow.states(ex.id) == [
@@ -292,6 +303,7 @@ def test_a_run_past_its_deadline_ends_timed_out(flow):
     assert (row.state, row.error_message, row.result) == ("TIMED_OUT", "timed out", None)
     assert flow.repo.history_of(ex.id)[-1] == ("RUNNING", "TIMED_OUT", "timed out after 0 s")
     assert [p["state"] for p in flow.payloads(ex.id, COMPLETED)] == ["TIMED_OUT"]
+    assert row.error_code == "timeout"
 
 
 def test_a_run_that_lost_its_lease_during_the_model_call_writes_nothing(flow):
