@@ -48,10 +48,12 @@ def read_sse(lines: Iterator[str], within: float = 20.0) -> Iterator[dict[str, A
 
 
 def events_of(frames: Iterator[dict[str, Any]], count: int | None = None) -> list[dict[str, Any]]:
-    """The event frames (data parsed), up to `count` of them or to the end of the stream."""
+    """The event frames (data parsed, without the stream's `retry:` hint), up to `count` of them
+    or to the end of the stream."""
     out = []
     for frame in frames:
         if "data" in frame:
+            frame.pop("retry", None)
             frame["data"] = json.loads(frame["data"])
             out.append(frame)
             if count is not None and len(out) == count:
