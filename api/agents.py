@@ -20,13 +20,13 @@ bp = APIBlueprint(
 )
 
 
-@bp.post("", responses={201: AgentOut, **problems(409, *BODY_ERRORS)})
+@bp.post("", operation_id="createAgent", responses={201: AgentOut, **problems(409, *BODY_ERRORS)})
 def create_agent(body: AgentCreateBody) -> Response:
     """Create an agent (409 when the name is taken)."""
     return answer(AgentOut.of(service().create_agent(body, tenant=tenant())), 201)
 
 
-@bp.get("", responses={200: AgentPage, **problems()})
+@bp.get("", operation_id="listAgents", responses={200: AgentPage, **problems()})
 def list_agents(query: PageQuery) -> Response:
     """A page of agents, by name."""
     rows, total = service().list_agents(
@@ -39,19 +39,21 @@ def list_agents(query: PageQuery) -> Response:
     )
 
 
-@bp.get("/<agent_id>", responses={200: AgentOut, **problems(404)})
+@bp.get("/<agent_id>", operation_id="getAgent", responses={200: AgentOut, **problems(404)})
 def get_agent(path: AgentPath) -> Response:
     """One agent."""
     return answer(AgentOut.of(service().get_agent(path.agent_id, tenant=tenant())))
 
 
-@bp.patch("/<agent_id>", responses={200: AgentOut, **problems(404, 409, *BODY_ERRORS)})
+@bp.patch(
+    "/<agent_id>", operation_id="updateAgent", responses={200: AgentOut, **problems(404, 409, *BODY_ERRORS)}
+)
 def update_agent(path: AgentPath, body: AgentUpdateBody) -> Response:
     """Change some fields of an agent (409 when the new name is taken)."""
     return answer(AgentOut.of(service().update_agent(path.agent_id, body, tenant=tenant())))
 
 
-@bp.delete("/<agent_id>", responses={204: None, **problems(404, 409)})
+@bp.delete("/<agent_id>", operation_id="deleteAgent", responses={204: None, **problems(404, 409)})
 def delete_agent(path: AgentPath) -> Response:
     """Delete an agent and its finished executions (409 while any execution is active)."""
     service().delete_agent(path.agent_id, tenant=tenant())

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
-from flask import Response, redirect, request
+from flask import Request, Response, redirect, request
 from flask_openapi3 import OpenAPI
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from api import agents, events, executions, operations
 from api.deps import SERVICE_KEY, SETTINGS_KEY
 from api.errors import register_error_handlers
 from api.guards import check_json_body
-from api.openapi import extensions, info, register_components
-from api.problems import validation_problem
+from api.openapi import extensions, finish_document, info, register_components
+from api.problems import problem, validation_problem
 from api.security import BEARER_SCHEME, document_security, init_security
 from app.bootstrap import build_service
 from app.config import Settings
@@ -25,6 +27,28 @@ def _bind_request_ids() -> None:
     """Every log line of a request carries the execution and agent it is about."""
     args = request.view_args or {}
     bind_log_context(execution_id=args.get("execution_id"), agent_id=args.get("agent_id"))
+
+
+class AgentexecApp(OpenAPI):
+    """flask-openapi3's app with the document finished by `api.openapi` and no HTML under /v1."""
+
+    def generate_spec_json(self) -> None:
+        super().generate_spec_json()
+        settings: Settings = self.extensions[SETTINGS_KEY]
+        finish_document(self.spec_json, max_timeout_seconds=settings.max_timeout_seconds)
+
+    def raise_routing_exception(self, request: Request) -> NoReturn:
+        """A routing redirect under /v1 answers problem+json (Werkzeug's own is an HTML page)."""
+        exc = request.routing_exception
+        if isinstance(exc, RequestRedirect) and request.path.startswith("/v1"):
+            answer = problem(
+                exc.code,
+                "Permanent Redirect",
+                f"this resource is at {exc.new_url}",
+                headers={"Location": exc.new_url},
+            )
+            raise HTTPException(response=answer)
+        super().raise_routing_exception(request)
 
 
 def create_app(**overrides: Any) -> OpenAPI:
@@ -43,7 +67,7 @@ def create_app(**overrides: Any) -> OpenAPI:
     service = build_service(background_tasks=background_tasks, settings=settings, **overrides)
 
     prepare_multiprocess_dir()
-    app = OpenAPI(
+    app = AgentexecApp(
         "agentexec",
         info=info(),
         openapi_extensions=extensions(),
@@ -54,6 +78,8 @@ def create_app(**overrides: Any) -> OpenAPI:
         doc_url="/openapi.json",
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    # `/v1/executions//events` (an id left empty) is a 404, not a redirect to `/v1/executions/events`.
+    app.url_map.merge_slashes = False
     app.extensions[SERVICE_KEY] = service
     app.extensions[SETTINGS_KEY] = settings
 

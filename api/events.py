@@ -26,7 +26,9 @@ def wants_stream() -> bool:
     return request.accept_mimetypes.best_match(["application/json", SSE]) == SSE
 
 
-@bp.get("/<execution_id>/events", responses={200: EventsOut, **problems(404)})
+@bp.get(
+    "/<execution_id>/events", operation_id="getExecutionEvents", responses={200: EventsOut, **problems(404)}
+)
 def get_events(path: ExecutionPath, query: EventsQuery, header: LastEventIdHeader) -> Response:
     """Events of an execution after an event id, as JSON or as a live SSE stream.
 

@@ -38,7 +38,11 @@ bp = APIBlueprint(
 INTERMEDIATE = frozenset({ExecutionState.CANCELLING, ExecutionState.PAUSING})
 
 
-@bp.post("", responses={201: ExecutionOut, 200: ExecutionOut, **problems(409, *BODY_ERRORS)})
+@bp.post(
+    "",
+    operation_id="createExecution",
+    responses={201: ExecutionOut, 200: ExecutionOut, **problems(409, *BODY_ERRORS)},
+)
 def create_execution(header: IdempotencyHeader, body: ExecutionCreateBody) -> Response:
     """Create an execution and, unless `start` is false, queue it.
 
@@ -46,22 +50,38 @@ def create_execution(header: IdempotencyHeader, body: ExecutionCreateBody) -> Re
     answer 200 with the first execution; the same key with another body answers 409.
     An unknown `agent_id` or bad `parameters` answer 422.
     """
-    accepted = settings().accepted_queues
-    if body.queue is not None and body.queue not in accepted:
-        names = ", ".join(sorted(accepted))
-        return problem(
-            422,
-            "Unprocessable Content",
-            f"queue {body.queue!r} is not read by any worker of this deployment; use one of: {names}",
-            errors=[{"loc": ["body", "queue"], "msg": f"must be one of: {names}", "type": "unknown_queue"}],
-        )
+    refusal = _beyond_this_deployment(body)
+    if refusal is not None:
+        return refusal
     row, created = service().create_execution(body, idempotency_key=header.idempotency_key, tenant=tenant())
     return answer(
         ExecutionOut.of(row), 201 if created else 200, headers={"Location": f"/v1/executions/{row.id}"}
     )
 
 
-@bp.get("", responses={200: ExecutionPage, **problems()})
+def _beyond_this_deployment(body: ExecutionCreateBody) -> Response | None:
+    """422 for a queue no worker reads or a timeout over MAX_TIMEOUT_SECONDS (both are settings)."""
+    conf = settings()
+    if body.queue is not None and body.queue not in conf.accepted_queues:
+        names = ", ".join(sorted(conf.accepted_queues))
+        detail = f"queue {body.queue!r} is not read by any worker of this deployment; use one of: {names}"
+        return _invalid("queue", detail, f"must be one of: {names}", "unknown_queue")
+    limit = conf.max_timeout_seconds
+    if body.timeout_seconds is not None and body.timeout_seconds > limit:
+        detail = (
+            f"timeout_seconds {body.timeout_seconds} is over the limit of {limit} s (MAX_TIMEOUT_SECONDS)"
+        )
+        return _invalid("timeout_seconds", detail, f"must be at most {limit}", "less_than_equal")
+    return None
+
+
+def _invalid(field: str, detail: str, msg: str, kind: str) -> Response:
+    return problem(
+        422, "Unprocessable Content", detail, errors=[{"loc": ["body", field], "msg": msg, "type": kind}]
+    )
+
+
+@bp.get("", operation_id="listExecutions", responses={200: ExecutionPage, **problems()})
 def list_executions(query: ExecutionListQuery) -> Response:
     """A page of executions, newest first; `state` may repeat; unknown filters are 422."""
     filters = ExecutionFilters(
@@ -85,20 +105,24 @@ def list_executions(query: ExecutionListQuery) -> Response:
     )
 
 
-@bp.get("/<execution_id>", responses={200: ExecutionOut, **problems(404)})
+@bp.get("/<execution_id>", operation_id="getExecution", responses={200: ExecutionOut, **problems(404)})
 def get_execution(path: ExecutionPath) -> Response:
     """One execution."""
     return answer(ExecutionOut.of(service().get_execution(path.execution_id, tenant=tenant())))
 
 
-@bp.delete("/<execution_id>", responses={204: None, **problems(404, 409)})
+@bp.delete("/<execution_id>", operation_id="deleteExecution", responses={204: None, **problems(404, 409)})
 def delete_execution(path: ExecutionPath) -> Response:
     """Delete a finished execution with its history and events (409 while it is active)."""
     service().delete_execution(path.execution_id, tenant=tenant())
     return Response(status=204)
 
 
-@bp.get("/<execution_id>/history", responses={200: HistoryOut, **problems(404)})
+@bp.get(
+    "/<execution_id>/history",
+    operation_id="getExecutionHistory",
+    responses={200: HistoryOut, **problems(404)},
+)
 def get_history(path: ExecutionPath, query: HistoryQuery) -> Response:
     """The last `limit` state transitions, oldest first."""
     rows = service().get_state_history(path.execution_id, query.limit, tenant=tenant())
@@ -117,31 +141,56 @@ def _control(call: ControlCall, path: ExecutionPath) -> Response:
     return answer(ExecutionOut.of(row), 202 if ExecutionState(row.state) in INTERMEDIATE else 200)
 
 
-@bp.post("/<execution_id>/start", responses=CONTROL_RESPONSES, openapi_extensions=optional_control_body())
+@bp.post(
+    "/<execution_id>/start",
+    operation_id="startExecution",
+    responses=CONTROL_RESPONSES,
+    openapi_extensions=optional_control_body(),
+)
 def start_execution(path: ExecutionPath) -> Response:
     """Queue a PENDING execution (200; 409 from any other state)."""
     return _control(service().start_execution, path)
 
 
-@bp.post("/<execution_id>/cancel", responses=CONTROL_RESPONSES, openapi_extensions=optional_control_body())
+@bp.post(
+    "/<execution_id>/cancel",
+    operation_id="cancelExecution",
+    responses=CONTROL_RESPONSES,
+    openapi_extensions=optional_control_body(),
+)
 def cancel_execution(path: ExecutionPath) -> Response:
     """Cancel: 200 CANCELLED at once when not running; 202 CANCELLING while a worker stops it."""
     return _control(service().cancel_execution, path)
 
 
-@bp.post("/<execution_id>/pause", responses=CONTROL_RESPONSES, openapi_extensions=optional_control_body())
+@bp.post(
+    "/<execution_id>/pause",
+    operation_id="pauseExecution",
+    responses=CONTROL_RESPONSES,
+    openapi_extensions=optional_control_body(),
+)
 def pause_execution(path: ExecutionPath) -> Response:
     """Pause a RUNNING execution: 202 PAUSING; the worker stops at the next step boundary."""
     return _control(service().pause_execution, path)
 
 
-@bp.post("/<execution_id>/resume", responses=CONTROL_RESPONSES, openapi_extensions=optional_control_body())
+@bp.post(
+    "/<execution_id>/resume",
+    operation_id="resumeExecution",
+    responses=CONTROL_RESPONSES,
+    openapi_extensions=optional_control_body(),
+)
 def resume_execution(path: ExecutionPath) -> Response:
     """Queue a PAUSED execution again; it continues after its last finished step (200)."""
     return _control(service().resume_execution, path)
 
 
-@bp.post("/<execution_id>/retry", responses=CONTROL_RESPONSES, openapi_extensions=optional_control_body())
+@bp.post(
+    "/<execution_id>/retry",
+    operation_id="retryExecution",
+    responses=CONTROL_RESPONSES,
+    openapi_extensions=optional_control_body(),
+)
 def retry_execution(path: ExecutionPath) -> Response:
     """Queue a FAILED or TIMED_OUT execution again with a new attempt (200)."""
     return _control(service().retry_execution, path)

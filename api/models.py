@@ -18,6 +18,19 @@ from app.models import Agent, Execution, ExecutionEvent, ExecutionStateHistory
 from app.schemas import MAX_PAGE, MAX_PAGE_SIZE, AgentCreate, AgentUpdate, ExecutionCreate, ExecutionState
 
 _NUMBER = re.compile(r"\s*[-+]?[0-9.eE+-]+\s*")
+TASK_ID = (
+    "The caller's own id for the task this execution works on (a UUID it chooses): agentexec "
+    "only stores it, filters by it and sends it in every event. Several executions may share it "
+    "(retries of the task, other agents on the same task)."
+)
+# The domain's own bound; MAX_TIMEOUT_SECONDS (a setting) may only lower it (api.openapi, the view).
+SCHEMA_MAX_TIMEOUT: int = next(
+    m.le for m in ExecutionCreate.model_fields["timeout_seconds"].metadata if getattr(m, "le", None)
+)
+CELERY_TASK_ID = (
+    "The Celery task id of the current attempt, `<execution id>-<attempt>` (as shown by Flower "
+    "and `celery inspect`); null until the execution is first queued."
+)
 
 
 def _iso_only(value: Any) -> Any:
@@ -82,7 +95,7 @@ class ExecutionListQuery(PageQuery):
 
     state: list[ExecutionState] | None = None
     agent_id: uuid.UUID | None = None
-    task_id: uuid.UUID | None = None
+    task_id: uuid.UUID | None = Field(None, description="only the executions of this caller's task id")
     created_after: IsoDateTime | None = None
     created_before: IsoDateTime | None = None
 
@@ -127,6 +140,15 @@ class AgentUpdateBody(AgentUpdate):
 
 class ExecutionCreateBody(ExecutionCreate):
     """The body of POST /v1/executions."""
+
+    task_id: uuid.UUID | None = Field(None, description=TASK_ID)
+    timeout_seconds: int | None = Field(
+        None,
+        gt=0,
+        le=SCHEMA_MAX_TIMEOUT,
+        description="the deadline of each attempt, in seconds (default DEFAULT_TIMEOUT_SECONDS); "
+        "at most MAX_TIMEOUT_SECONDS, else 422",
+    )
 
 
 class ControlBody(BaseModel):
@@ -186,7 +208,7 @@ class ExecutionOut(BaseModel):
 
     id: uuid.UUID
     agent_id: uuid.UUID
-    task_id: uuid.UUID | None
+    task_id: uuid.UUID | None = Field(description=TASK_ID)
     parameters: dict[str, Any]
     state: ExecutionState
     progress: Progress
@@ -194,6 +216,7 @@ class ExecutionOut(BaseModel):
     result: dict[str, Any] | None
     error_message: str | None
     attempt: int
+    celery_task_id: str | None = Field(description=CELERY_TASK_ID)
     max_retries: int
     timeout_seconds: int
     queue: str
@@ -219,6 +242,7 @@ class ExecutionOut(BaseModel):
             result=row.result,
             error_message=row.error_message,
             attempt=row.attempt,
+            celery_task_id=row.celery_task_id,
             max_retries=row.max_retries,
             timeout_seconds=row.timeout_seconds,
             queue=row.queue,

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import answer, service, settings
 from api.models import Status
-from api.openapi import problems
+from api.openapi import problem_answers
 from api.problems import problem
 from app.metrics import ApiMetrics, render
 
@@ -19,13 +19,13 @@ API_METRICS_KEY = "agentexec.api_metrics"
 UNMATCHED = "<unmatched>"
 
 
-@bp.get("/healthz", responses={200: Status})
+@bp.get("/healthz", operation_id="getHealth", responses={200: Status})
 def healthz() -> Response:
     """Liveness: the process answers."""
     return answer(Status(status="ok"))
 
 
-@bp.get("/readyz", responses={200: Status, **problems()})
+@bp.get("/readyz", operation_id="getReadiness", responses={200: Status, **problem_answers(500, 503)})
 def readyz() -> Response:
     """Readiness: 503 while PostgreSQL or Redis is down; 200 `degraded` (with the reasons) while
     the reaper has not run for 3 of its intervals (nothing recovers lost work then)."""
@@ -61,11 +61,14 @@ def reaper_lag(status: tuple[float, dict[str, int]] | None, interval: float) -> 
 
 @bp.get(
     "/metrics",
+    operation_id="getMetrics",
     responses={
         200: {
             "description": "Prometheus text exposition format",
             "content": {"text/plain": {"schema": {"type": "string"}}},
-        }
+        },
+        # From off loopback (or with METRICS_TOKEN set) it needs a key: 401, 429, 503 as on /v1.
+        **problem_answers(401, 429, 500, 503),
     },
 )
 def metrics() -> Response:

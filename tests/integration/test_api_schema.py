@@ -138,3 +138,71 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(api
             check()
         except Exception as exc:
             raise AssertionError(f"{operation.label} ({mode.value}): {exc}") from exc
+
+
+OPERATION_IDS = {
+    ("/v1/agents", "post"): "createAgent",
+    ("/v1/agents", "get"): "listAgents",
+    ("/v1/agents/{agent_id}", "get"): "getAgent",
+    ("/v1/agents/{agent_id}", "patch"): "updateAgent",
+    ("/v1/agents/{agent_id}", "delete"): "deleteAgent",
+    ("/v1/executions", "post"): "createExecution",
+    ("/v1/executions", "get"): "listExecutions",
+    ("/v1/executions/{execution_id}", "get"): "getExecution",
+    ("/v1/executions/{execution_id}", "delete"): "deleteExecution",
+    ("/v1/executions/{execution_id}/history", "get"): "getExecutionHistory",
+    ("/v1/executions/{execution_id}/events", "get"): "getExecutionEvents",
+    ("/v1/executions/{execution_id}/start", "post"): "startExecution",
+    ("/v1/executions/{execution_id}/cancel", "post"): "cancelExecution",
+    ("/v1/executions/{execution_id}/pause", "post"): "pauseExecution",
+    ("/v1/executions/{execution_id}/resume", "post"): "resumeExecution",
+    ("/v1/executions/{execution_id}/retry", "post"): "retryExecution",
+    ("/healthz", "get"): "getHealth",
+    ("/readyz", "get"): "getReadiness",
+    ("/metrics", "get"): "getMetrics",
+}
+
+
+def test_every_operation_has_its_short_stable_camel_case_operation_id(api):  # type: ignore[no-untyped-def]
+    doc = api.get("/openapi.json").get_json()
+    found = {
+        (path, method): op["operationId"]
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+    }
+    assert found == OPERATION_IDS
+    assert len(set(found.values())) == len(found), "operationIds are not unique"
+    assert all(re.fullmatch(r"[a-z]+(?:[A-Z][a-z]+)+", name) for name in found.values())
+
+
+def test_each_route_lists_only_the_answers_it_can_give(api):  # type: ignore[no-untyped-def]
+    doc = api.get("/openapi.json").get_json()
+    responses = {
+        (path, method): set(op["responses"])
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+    }
+    assert responses[("/healthz", "get")] == {"200"}
+    assert responses[("/readyz", "get")] == {"200", "500", "503"}  # open: no key, no rate limit, no input
+    assert "422" not in responses[("/metrics", "get")]
+    for (path, method), codes in responses.items():
+        if path.startswith("/v1/"):
+            assert {"401", "422", "429"} <= codes, (method, path)
+        for code in codes - {"200", "201", "202", "204"}:
+            content = doc["paths"][path][method]["responses"][code].get("content", {})
+            assert list(content) == ["application/problem+json"], (method, path, code)
+    assert "ValidationErrorModel" not in doc["components"]["schemas"]
+
+
+def test_the_execution_schema_carries_celery_task_id_task_id_and_the_timeout_limit(api, settings):  # type: ignore[no-untyped-def]
+    schemas = api.get("/openapi.json").get_json()["components"]["schemas"]
+    out = schemas["ExecutionOut"]
+    assert "celery_task_id" in out["required"]
+    assert {"type": "null"} in out["properties"]["celery_task_id"]["anyOf"]
+    assert "<execution id>-<attempt>" in out["properties"]["celery_task_id"]["description"]
+    for schema in (out, schemas["ExecutionCreateBody"]):
+        assert "several executions may share it" in schema["properties"]["task_id"]["description"].lower()
+    timeout = schemas["ExecutionCreateBody"]["properties"]["timeout_seconds"]
+    integer = next(option for option in timeout["anyOf"] if option.get("type") == "integer")
+    assert integer["maximum"] == settings.max_timeout_seconds
+    assert "MAX_TIMEOUT_SECONDS" in timeout["description"]
