@@ -14,7 +14,7 @@ import structlog
 from flask import Flask, Response, request
 from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.sansio.response import Response as WerkzeugResponse
 
 from api.problems import problem, validation_problem
@@ -99,7 +99,10 @@ def handle_http_error(exc: HTTPException) -> WerkzeugResponse:
         headers["Allow"] = ", ".join(sorted(exc.valid_methods))
     if exc.response is not None:
         return exc.response  # an abort() that already carries its answer
-    return problem(status, exc.name, exc.description or exc.name, headers=headers or None)
+    detail = exc.description or exc.name
+    if isinstance(exc, NotFound) and "//" in request.path:
+        detail = f"no route matches {request.path}: a path segment is empty (an id left out?)"
+    return problem(status, exc.name, detail, headers=headers or None)
 
 
 def handle_unexpected(exc: Exception) -> Response:

@@ -90,12 +90,10 @@ def test_malformed_requests_get_only_4xx_problem_json(api, api_agent):  # type: 
         ("DELETE", "/v1/executions", {}, 405),
         ("PUT", f"/v1/agents/{agent_id}", {"json": {}}, 405),
         ("GET", "/v2/executions", {}, 404),
-        ("GET", "/v1/executions/", {}, (404, 308)),
+        ("GET", "/v1/executions/", {}, 404),
     ]
     for method, path, kwargs, expected in battery:
         resp = api.open(path, method=method, **kwargs)
-        if resp.status_code == 308:  # Flask's trailing-slash redirect is not an error
-            continue
         problem = _assert_problem(resp, expected)
         if resp.status_code == 422 and method != "GET" and "errors" in problem:
             assert problem["errors"] and all({"loc", "msg", "type"} <= set(e) for e in problem["errors"])
@@ -103,6 +101,79 @@ def test_malformed_requests_get_only_4xx_problem_json(api, api_agent):  # type: 
             assert resp.headers["Allow"]
     assert api.get(f"/v1/executions/{pending['id']}").get_json()["state"] == "PENDING"
     assert api.get("/v1/executions").get_json()["total"] == 1
+
+
+def test_every_v1_path_that_is_not_a_route_answers_problem_json_never_a_redirect_or_html(api, api_agent):  # type: ignore[no-untyped-def]
+    agent_id = api_agent["id"]
+    execution_id = api.post(
+        "/v1/executions", json={"agent_id": agent_id, "parameters": {}, "start": False}
+    ).get_json()["id"]
+    not_found = [
+        "/v1/executions//events",  # the README's `$EXEC` left empty: was Werkzeug's HTML 308
+        "/v1/executions//history",
+        "/v1/executions//cancel",
+        "/v1//executions",
+        "/v1/agents//",
+        f"/v1/executions/{execution_id}//events",
+        "/v1/executions/",
+        "/v1/agents/",
+        f"/v1/executions/{execution_id}/",
+        f"/v1/executions/{execution_id}/events/",
+        "/v1",
+        "/v1/",
+        "/v1/nothing",
+        f"/v1/executions/{execution_id}/nothing",
+    ]
+    wrong_method = [
+        ("PUT", "/v1/executions"),
+        ("DELETE", "/v1/agents"),
+        ("PUT", f"/v1/agents/{agent_id}"),
+        ("POST", f"/v1/executions/{execution_id}"),
+        ("GET", f"/v1/executions/{execution_id}/cancel"),
+        ("POST", f"/v1/executions/{execution_id}/events"),
+        ("DELETE", f"/v1/executions/{execution_id}/history"),
+    ]
+    for method in ("GET", "POST", "DELETE"):
+        for path in not_found:
+            resp = api.open(path, method=method)
+            problem = _assert_problem(resp, 404)
+            assert "Location" not in resp.headers, (method, path)
+            if "//" in path:
+                assert "empty" in problem["detail"], problem
+    for method, path in wrong_method:
+        resp = api.open(path, method=method)
+        _assert_problem(resp, 405)
+        assert resp.headers["Allow"], (method, path)
+    for rule in api.application.url_map.iter_rules():
+        if rule.rule.startswith("/v1"):
+            assert not rule.rule.endswith("/"), f"{rule.rule} would redirect its slash-less form"
+
+
+def test_a_routing_redirect_under_v1_is_problem_json_with_its_location(settings, session_factory, clean_db):  # type: ignore[no-untyped-def]
+    # No /v1 route ends with a slash today; a future one would make Werkzeug redirect its
+    # slash-less form: that answer must still be problem+json, not Werkzeug's HTML page.
+    from api import create_app
+
+    app = create_app(settings=settings, session_factory=session_factory)
+    app.add_url_rule("/v1/probe/", "probe", lambda: "")
+    resp = app.test_client().get("/v1/probe")
+    problem = _assert_problem(resp, 308)
+    assert resp.headers["Location"].endswith("/v1/probe/") and "/v1/probe/" in problem["detail"]
+    hub = app.extensions["agentexec.service"].control_hub
+    if hub is not None:
+        hub.stop()
+
+
+def test_a_timeout_over_max_timeout_seconds_is_422_naming_the_limit(api, api_agent, settings):  # type: ignore[no-untyped-def]
+    limit = settings.max_timeout_seconds
+    body = {"agent_id": api_agent["id"], "parameters": {}, "start": False}
+    resp = api.post("/v1/executions", json=body | {"timeout_seconds": limit + 1})
+    problem = _assert_problem(resp, 422)
+    assert str(limit) in problem["detail"] and "MAX_TIMEOUT_SECONDS" in problem["detail"]
+    assert problem["errors"][0]["loc"] == ["body", "timeout_seconds"]
+    assert api.get("/v1/executions").get_json()["total"] == 0
+    created = api.post("/v1/executions", json=body | {"timeout_seconds": limit})
+    assert created.status_code == 201 and created.get_json()["timeout_seconds"] == limit
 
 
 def test_a_validation_problem_lists_each_invalid_field_with_its_location(api):  # type: ignore[no-untyped-def]
