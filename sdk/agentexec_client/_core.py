@@ -25,6 +25,9 @@ from agentexec_client.events import AnyEvent, EventType, parse_event
 T = TypeVar("T")
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = frozenset({429, 503})
+# The server's last frame when it shuts down: reconnect (with Last-Event-ID) after its `retry:`.
+RECONNECT_EVENT = "reconnect"
+DEFAULT_RECONNECT_SECONDS = 2.0
 
 
 def base_url_of(base_url: str | None) -> str:
@@ -130,21 +133,26 @@ class Frame:
     id: str | None
     event: str
     data: str
+    retry: int | None = None
 
 
 @dataclass
 class SseParser:
-    """Splits an SSE line stream into frames; a frame counts only once its blank line arrived."""
+    """Splits an SSE line stream into frames; a frame counts only once its blank line arrived.
+
+    As in browsers, a block without `data:` dispatches nothing (a lone `retry:` included).
+    """
 
     _data: list[str] = field(default_factory=list)
     _id: str | None = None
     _event: str = "message"
+    _retry: int | None = None
 
     def feed(self, line: str) -> Frame | None:
         """Take one line; returns the frame it completes, if any (comments and heartbeats: none)."""
         if line == "":
-            frame = Frame(self._id, self._event, "\n".join(self._data)) if self._data else None
-            self._data, self._id, self._event = [], None, "message"
+            frame = Frame(self._id, self._event, "\n".join(self._data), self._retry) if self._data else None
+            self._data, self._id, self._event, self._retry = [], None, "message", None
             return frame
         if line.startswith(":"):
             return None
@@ -156,6 +164,8 @@ class SseParser:
             self._id = value
         elif name == "event":
             self._event = value
+        elif name == "retry" and value.isdigit():
+            self._retry = int(value)
         return None
 
 
@@ -166,7 +176,9 @@ class Follow:
     earlier connections), so the server replays exactly what was missed; an event whose
     id is not above it is dropped, so nothing is yielded twice. The stream is finished
     after the completed event, or when a connection opened after the execution was seen
-    final ends without one (it was already behind `last_event_id`).
+    final ends without one (it was already behind `last_event_id`). A server that shuts
+    down sends `event: reconnect` last: the connection is then reopened after the server's
+    `retry:` delay, like a dropped one.
     """
 
     def __init__(
@@ -190,6 +202,8 @@ class Follow:
         self.done = False
         self.final_seen = False  # the execution was final before the current connection opened
         self.failures = 0
+        self.reconnect_asked = False  # the server asked this connection to reconnect
+        self.server_retry: float | None = None  # seconds, from the stream's `retry:` field
         self._parser = SseParser()
         self._progressed = False
 
@@ -197,6 +211,7 @@ class Follow:
         """A new connection starts: a fresh parser (a partial frame of the last one is dropped)."""
         self._parser = SseParser()
         self._progressed = False
+        self.reconnect_asked = False
 
     def headers(self) -> dict[str, str]:
         """The headers of the next connection."""
@@ -217,6 +232,11 @@ class Follow:
         self.check_deadline()
         frame = self._parser.feed(line)
         if frame is None:
+            return None
+        if frame.retry is not None:
+            self.server_retry = frame.retry / 1000.0
+        if frame.event == RECONNECT_EVENT:
+            self.reconnect_asked = True  # the client ends this connection and opens another
             return None
         event = parse_event(_json(frame.data))
         if self.last_id is not None and event.id <= self.last_id:
@@ -244,10 +264,14 @@ class Follow:
         return self.failures > self.reconnects
 
     def delay(self) -> float:
-        """Seconds before the next connection: none after progress, then a growing backoff."""
-        if self.failures == 0:
+        """Seconds before the next connection: the server's `retry:` when it asked to reconnect
+        (spread a little), none after progress, then a growing backoff."""
+        if self.reconnect_asked:
+            wait = (self.server_retry or DEFAULT_RECONNECT_SECONDS) * random.uniform(1.0, 1.5)
+        elif self.failures == 0:
             return 0.0
-        wait = min(2.0, 0.1 * 2.0 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
+        else:
+            wait = min(2.0, 0.1 * 2.0 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
         if self.deadline is not None:
             wait = min(wait, max(self.deadline - time.monotonic(), 0.0))
         return wait

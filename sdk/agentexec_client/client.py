@@ -112,7 +112,10 @@ class Client:
                                 yield event
                             if f.done:
                                 return
-                        clean = True
+                            if f.reconnect_asked:
+                                break  # the server is going away: reopen like a dropped connection
+                        else:
+                            clean = True
             except httpx.TransportError as exc:
                 f.check_deadline()
                 last_error = errors.connection_failed(self.base_url, exc)

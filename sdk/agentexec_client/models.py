@@ -125,6 +125,7 @@ class Execution(Model):
     id: uuid.UUID
     agent_id: uuid.UUID
     task_id: uuid.UUID | None
+    """The caller's own id for the task (several executions may share it); None when not given."""
     parameters: dict[str, Any]
     state: ExecutionState
     progress: Progress
@@ -132,6 +133,8 @@ class Execution(Model):
     result: dict[str, Any] | None
     error_message: str | None
     attempt: int
+    celery_task_id: str | None
+    """The Celery task id of the current attempt (`<id>-<attempt>`, as in Flower); None until first queued."""
     max_retries: int
     timeout_seconds: int
     queue: str
@@ -209,6 +212,7 @@ class ExecutionCreate(RequestModel):
     agent_id: uuid.UUID
     parameters: dict[str, Any]
     task_id: uuid.UUID | None = None
+    """Your own id for the task this execution works on; several executions may share it."""
     start: bool | None = None
     queue: str | None = None
     priority: int | None = None

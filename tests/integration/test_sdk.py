@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from agentexec_client import (
 )
 
 from tests.conftest import wait_for
+from tests.integration.conftest import start_gunicorn
+from tests.processes import free_port, stop_process
 
 S = ExecutionState
 PIPELINE = ExecutionParameters(
@@ -235,3 +238,50 @@ def test_the_python_example_of_the_readme_runs_against_the_api(
     exec(compile(code, readme, "exec"), {})
     printed = capsys.readouterr().out
     assert "COMPLETED" in printed and "100.0%" in printed, printed
+
+
+def test_an_execution_shows_the_celery_task_id_of_its_current_attempt(client: Client) -> None:
+    ex = client.executions
+    client.agents.create("writer")
+    held = ex.create("writer", input="later", start=False)
+    assert held.celery_task_id is None  # never dispatched
+    assert ex.start(held.id).celery_task_id == f"{held.id}-1"
+    failing = ex.create("writer", {"input": "x", "simulate": {"fail_permanently": True}}, max_retries=0)
+    assert failing.celery_task_id == f"{failing.id}-1"
+    assert ex.wait(failing.id, timeout=20).celery_task_id == f"{failing.id}-1"
+    assert ex.retry(failing.id).celery_task_id == f"{failing.id}-2"
+    listed = {e.id: e.celery_task_id for e in ex.list()}
+    assert listed[held.id] == f"{held.id}-1" and listed[failing.id] == f"{failing.id}-2"
+
+
+def test_a_stream_followed_through_a_server_restart_reconnects_and_misses_nothing(
+    settings, celery_worker, clean_db, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # The first server is stopped mid-run: its stream ends with `event: reconnect`; the client
+    # reopens it with Last-Event-ID on the server started in its place, on the same port.
+    port = free_port()
+    servers = [start_gunicorn(tmp_path / "first.log", port=port, workers=1, graceful_timeout=15)]
+    try:
+        with Client(servers[0].url) as client:
+            client.agents.create("writer")
+            steps = [PipelineStep(name=f"s{i}", prompt="{input}") for i in range(4)]
+            params = ExecutionParameters(
+                type="pipeline", input="x", steps=steps, simulate=SimulateOptions(latency_ms=800)
+            )
+            execution = client.executions.create("writer", params)
+            received = []
+            for event in client.executions.stream(execution.id):
+                received.append(event)
+                if len(received) == 4:  # running: stop the server, start another in its place
+                    servers[0].process.send_signal(signal.SIGTERM)
+                    wait_for(
+                        lambda: servers[0].process.poll() is not None, timeout=8, what="gunicorn to stop"
+                    )
+                    servers.append(start_gunicorn(tmp_path / "second.log", port=port, workers=1))
+            logged = list(client.executions.events(execution.id))
+    finally:
+        for server in servers:
+            stop_process(server.process)
+    assert [e.id for e in received] == [e.id for e in logged], "a gap or a repeat"
+    assert isinstance(received[-1], CompletedEvent) and received[-1].payload.state == S.COMPLETED
+    assert "Traceback" not in servers[0].log.read_text()
