@@ -8,7 +8,25 @@ export FLOWER_PORT ?= 5555
 export FLOWER_BASIC_AUTH ?= admin:agentexec
 PYTEST_ARGS ?=
 
-.PHONY: install services db run test test-unit lint format bench bench-full clean
+.PHONY: install services db run stop test test-unit lint format bench bench-full clean
+
+# scripts/services.sh (the `services` prerequisite) writes var/services.env when it had to start
+# an embedded PostgreSQL or Redis, and removes it otherwise. Each of its lines must leave a variable
+# that the environment already sets alone, e.g.
+#     export DATABASE_URL="${DATABASE_URL:-postgresql+psycopg://...}"
+# so that plain sourcing lets DATABASE_URL and REDIS_URL from the environment win. It is sourced
+# when a recipe runs, not when make reads this file: it is written during the same invocation.
+WITH_SERVICES := set -a; f="$${AGENTEXEC_VAR_DIR:-var}/services.env"; if [ -f "$$f" ]; then . "$$f"; fi; set +a;
+
+# `make run` refuses at once, in one line and before touching anything, when the stack of this
+# checkout runs already or PORT/FLOWER_PORT is taken (the system's python3: the virtualenv may not
+# exist yet). scripts/run.py checks again, under its lock, before it starts anything.
+ifneq ($(filter run,$(MAKECMDGOALS)),)
+RUN_REFUSED := $(shell PORT='$(PORT)' FLOWER_PORT='$(FLOWER_PORT)' python3 scripts/run.py check 2>&1)
+ifneq ($(RUN_REFUSED),)
+$(error $(RUN_REFUSED))
+endif
+endif
 
 # The client library (sdk/, agentexec-client) is its own distribution; the CLI is built on it.
 $(STAMP): pyproject.toml sdk/pyproject.toml
@@ -23,18 +41,23 @@ services:
 	@bash scripts/services.sh
 
 db: install services
-	@$(PY) scripts/createdb.py
-	@$(VENV)/bin/alembic upgrade head
+	@$(WITH_SERVICES) $(PY) scripts/createdb.py && $(VENV)/bin/alembic upgrade head
 
+# The Procfile's processes under scripts/run.py, in the foreground; its runtime files go to var/.
 run: db
 	@echo "API      http://127.0.0.1:$(PORT)  (docs: /docs)"
 	@echo "Flower   http://127.0.0.1:$(FLOWER_PORT)  (basic auth $(FLOWER_BASIC_AUTH); set FLOWER_BASIC_AUTH=user:pass to change)"
-	@echo "CLI      $(VENV)/bin/agentexec --help  (talks to http://127.0.0.1:$(PORT); see docs/operate.md)"
-	@key=$$($(PY) scripts/devkey.py) && echo "API key  $$key  (export AGENTEXEC_API_KEY=$$key; curl -H 'Authorization: Bearer $$key')"
-	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
+	@echo "CLI      $(VENV)/bin/agentexec --help  (run in this checkout, it talks to http://127.0.0.1:$(PORT): var/api-url; see docs/operate.md)"
+	@$(WITH_SERVICES) key=$$($(PY) scripts/devkey.py) && echo "API key  $$key  (export AGENTEXEC_API_KEY=$$key; curl -H 'Authorization: Bearer $$key')"
+	@echo "Stop     Ctrl-C here, or make stop in this checkout"
+	@$(WITH_SERVICES) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" exec $(PY) scripts/run.py
+
+# Stops the stack `make run` started in this checkout (var/run.pid), within the graceful timeout.
+stop:
+	@python3 scripts/run.py stop
 
 test: install services
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@$(WITH_SERVICES) $(PY) -m pytest $(PYTEST_ARGS)
 
 # The unit tier: pure logic and in-memory fakes; needs no PostgreSQL, Redis or worker.
 test-unit: install
@@ -51,10 +74,10 @@ format: install
 	$(VENV)/bin/ruff format $(LINTED)
 
 bench: install services
-	$(PY) -m bench --mode short
+	@$(WITH_SERVICES) $(PY) -m bench --mode short
 
 bench-full: install services
-	$(PY) -m bench --mode full
+	@$(WITH_SERVICES) $(PY) -m bench --mode full
 
 clean:
 	rm -rf $(VENV) *.egg-info

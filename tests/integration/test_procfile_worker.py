@@ -1,8 +1,11 @@
-"""A worker started exactly as the Procfile starts it runs 100 executions to COMPLETED."""
+"""A worker started exactly as the Procfile starts it runs 100 executions to COMPLETED; the
+Procfile's defaults keep each stack's runtime files and node names apart."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -11,7 +14,28 @@ from sqlalchemy import func, select
 from app.models import ExecutionStateHistory
 from app.schemas import AgentCreate, ExecutionCreate
 from tests.conftest import wait_for
-from tests.processes import start_procfile_process, stop_process
+from tests.processes import procfile_command, start_procfile_process, stop_process
+
+
+def _expanded(name: str, **env: str) -> str:
+    """The Procfile line as the shell expands it, WORKER_NAME and BEAT_SCHEDULE unset."""
+    base = {k: v for k, v in os.environ.items() if k not in ("WORKER_NAME", "BEAT_SCHEDULE", "PORT")}
+    done = subprocess.run(
+        ["bash", "-c", f"echo {procfile_command(name)}"],
+        env=base | {"FLOWER_BASIC_AUTH": "a:b"} | env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_the_procfile_keeps_runtime_files_in_var_and_names_the_worker_after_the_stacks_port() -> None:
+    assert "--hostname agentexec-8123@%h" in _expanded("worker", PORT="8123")
+    assert "--hostname ops-1@%h" in _expanded("worker", PORT="8123", WORKER_NAME="ops-1")
+    assert "--schedule var/celerybeat-schedule" in _expanded("beat")
+    assert "--control-socket var/gunicorn-8123.ctl" in _expanded("web", PORT="8123")
+    assert "/tmp" not in (Path(__file__).parents[2] / "Procfile").read_text()
 
 
 def test_the_procfile_worker_runs_100_executions_to_completed(
@@ -23,7 +47,11 @@ def test_the_procfile_worker_runs_100_executions_to_completed(
 
     worker = start_procfile_process(
         "worker",
-        {"CELERY_QUEUES": settings.default_queue, "WORKER_CONCURRENCY": "16"},
+        {
+            "CELERY_QUEUES": settings.default_queue,
+            "WORKER_CONCURRENCY": "16",
+            "WORKER_NAME": f"procfile-{settings.default_queue}",
+        },
         tmp_path / "worker.log",
     )
     try:
