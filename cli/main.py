@@ -9,27 +9,42 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from agentexec_client import AgentexecError
+from agentexec_client import AgentexecError, ConnectionFailed
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from cli.context import Context
+from cli.context import ApiLocation, Context, locate_api
 from cli.render import CliError, err, error_line
+
+API_URL_HELP = (
+    "Base URL of the API. Without it: AGENTEXEC_API_URL, else the URL `make run` wrote to var/api-url "
+    "of the checkout you are in, else http://127.0.0.1:$PORT, else http://127.0.0.1:8000."
+)
 
 
 class _Group(TyperGroup):
-    """Turns every CliError and SDK error into one line on stderr and exit code 1 (never a traceback)."""
+    """Turns every CliError and SDK error into one line on stderr and exit code 1 (never a traceback);
+    its --help ends with the API URL the commands would use, and where it came from."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except (CliError, AgentexecError) as exc:
-            err.print(f"[bold red]error:[/bold red] {escape(error_line(exc))}")
+            line = error_line(exc)
+            where = ctx.obj.location if isinstance(ctx.obj, Context) else None
+            if isinstance(exc, ConnectionFailed) and where is not None and where.source != "--api-url":
+                line += f"; the URL {where.origin()}"
+            err.print(f"[bold red]error:[/bold red] {escape(line)}")
             raise typer.Exit(1) from None
         finally:
             state = ctx.obj
             if isinstance(state, Context):
                 state.close()
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        where = locate_api()
+        self.epilog = escape(f"Without --api-url, commands talk to {where.url}, which {where.origin()}.")
+        super().format_help(ctx, formatter)
 
 
 app = typer.Typer(
@@ -45,9 +60,7 @@ app = typer.Typer(
 @app.callback()
 def main(
     ctx: typer.Context,
-    api_url: Annotated[
-        str, typer.Option("--api-url", envvar="AGENTEXEC_API_URL", help="Base URL of the API.")
-    ] = "http://127.0.0.1:8000",
+    api_url: Annotated[str | None, typer.Option("--api-url", help=API_URL_HELP, show_default=False)] = None,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -60,9 +73,11 @@ def main(
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds per HTTP call.")] = 30.0,
 ) -> None:
     """Run and watch AI-agent executions through the agentexec HTTP API."""
-    if not api_url.startswith(("http://", "https://")):
-        raise typer.BadParameter("must start with http:// or https://", param_hint="--api-url")
-    ctx.obj = Context(api_url, api_key or None, timeout)
+    where = ApiLocation(api_url, "--api-url") if api_url else locate_api()
+    if not where.url.startswith(("http://", "https://")):
+        hint = where.source or "--api-url"
+        raise typer.BadParameter(f"{where.url!r} must start with http:// or https://", param_hint=hint)
+    ctx.obj = Context(where, api_key or None, timeout)
 
 
 def _register() -> None:
