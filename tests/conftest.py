@@ -14,12 +14,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
+
+from app.config import Settings  # only its defaults: no settings are read before the environment is set
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
-PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+# The server DATABASE_URL names (under `make test`, the embedded one of var/services.env when
+# scripts/services.sh had to start one), else the default's; the run's database is made there.
+_SERVER = make_url(os.environ.get("DATABASE_URL") or str(Settings.model_fields["database_url"].default))
+PG_ADMIN_URL = os.environ.get(
+    "TEST_PG_ADMIN_URL",
+    _SERVER.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False),
+)
 TEST_DB = f"agentexec_test_{RUN_ID}"
-os.environ["DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DB}"
+os.environ["DATABASE_URL"] = _SERVER.set(database=TEST_DB).render_as_string(hide_password=False)
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
 os.environ["CELERY_BROKER_URL"] = os.environ["REDIS_URL"]
 os.environ["DEFAULT_QUEUE"] = f"test-executions-{RUN_ID}"
@@ -31,7 +40,7 @@ os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 import psycopg  # noqa: E402
 
-from app.config import Settings, get_settings  # noqa: E402
+from app.config import get_settings  # noqa: E402
 
 
 def _admin(sql: str) -> None:

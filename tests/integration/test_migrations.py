@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 
 import psycopg
+from sqlalchemy.engine import make_url
 
 from tests.conftest import PG_ADMIN_URL, migrate
 
@@ -19,8 +20,9 @@ def test_upgrade_downgrade_upgrade_round_trips_on_an_empty_database():
     name = f"agentexec_mig_{secrets.token_hex(4)}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    plain = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    server = make_url(PG_ADMIN_URL).set(database=name)  # the server the run's database is on
+    plain = server.render_as_string(hide_password=False)
+    url = server.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     try:
         migrate(url)
         assert {
