@@ -54,7 +54,11 @@ def build_service(background_tasks: Dispatcher = None, **overrides: Any) -> Exec
     )
     dispatcher = _dispatcher(background_tasks, control_hub)
     state_manager = ExecutionStateManager(
-        repository, event_emitter, dispatcher, on_transition=overrides.get("on_transition")
+        repository,
+        event_emitter,
+        dispatcher,
+        on_transition=overrides.get("on_transition"),
+        tenant_limit=settings.tenant_max_concurrency,
     )
     progress_tracker = ExecutionProgressTracker(repository, event_emitter)
     task_runner = ExecutionTaskRunner(

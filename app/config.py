@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # On a warm shutdown (SIGTERM) running executions get this long to reach a step boundary,
     # then are handed back mid-call: requeued with a new attempt for another worker.
     worker_shutdown_grace: float = Field(10.0, ge=0)
+    # Flow control: at most this many executions of one tenant RUNNING or PAUSING at once
+    # (0: no limit); `agentexec tenants set-limit TENANT N` overrides it per tenant.
+    tenant_max_concurrency: int = Field(0, ge=0)
 
     # Model service.
     model_provider: str = "simulated"

@@ -38,6 +38,16 @@ class InvalidExecutionStateError(AgentExecError):
         self.target_state = target_state
 
 
+class NoSlotError(InvalidExecutionStateError):
+    """The claim found every concurrency slot of the execution's agent or tenant taken: it
+    stays QUEUED with waiting_reason "concurrency_limit" until a slot frees."""
+
+    def __init__(self, execution_id: Any):
+        super().__init__(
+            execution_id, "QUEUED", "RUNNING", f"execution {execution_id} waits for a concurrency slot"
+        )
+
+
 class InvalidProgressError(AgentExecError):
     """A progress report that would lower the percentage within an attempt."""
 

@@ -183,6 +183,7 @@ RECOVERY_CAUSES = {
     "cancelled": "worker_lost_while_cancelling",
     "paused": "worker_lost_while_pausing",
     "redelivered": "message_lost",
+    "woken": "slot_waiter_not_woken",
 }
 
 

@@ -33,7 +33,10 @@ class Agent(Base):
     """An agent: a named model configuration executions run with."""
 
     __tablename__ = "agents"
-    __table_args__ = (Index("uq_agents_tenant_name", "tenant", "name", unique=True),)
+    __table_args__ = (
+        Index("uq_agents_tenant_name", "tenant", "name", unique=True),
+        CheckConstraint("max_concurrency > 0", name="ck_agents_max_concurrency"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     tenant: Mapped[str] = mapped_column(String(100), server_default=DEFAULT_TENANT)
@@ -41,8 +44,23 @@ class Agent(Base):
     model: Mapped[str] = mapped_column(String(200))
     system_prompt: Mapped[str] = mapped_column(Text, server_default="")
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    # At most this many of its executions RUNNING or PAUSING at once (None: no limit).
+    max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TenantLimit(Base):
+    """A tenant's own concurrency limit, overriding TENANT_MAX_CONCURRENCY (0: no limit)."""
+
+    __tablename__ = "tenant_limits"
+    __table_args__ = (CheckConstraint("max_concurrency >= 0", name="ck_tenant_limits_max_concurrency"),)
+
+    tenant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    max_concurrency: Mapped[int] = mapped_column(Integer)
+
+
+_SLOT_STATES = "state IN ('RUNNING', 'PAUSING')"
 
 
 class Execution(Base):
@@ -69,6 +87,17 @@ class Execution(Base):
             "queued_at",
             postgresql_where=text("state = 'QUEUED'"),
         ),
+        # Concurrency slots (RUNNING/PAUSING) counted under the slot lock; the waiting line.
+        Index("ix_executions_slots_agent", "agent_id", postgresql_where=text(_SLOT_STATES)),
+        Index("ix_executions_slots_tenant", "tenant", postgresql_where=text(_SLOT_STATES)),
+        Index(
+            "ix_executions_waiting",
+            "tenant",
+            text("priority DESC"),
+            "queued_at",
+            "id",
+            postgresql_where=text("waiting_reason IS NOT NULL"),
+        ),
         Index(
             "uq_executions_idempotency",
             "tenant",
@@ -92,6 +121,8 @@ class Execution(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Why a QUEUED execution waits ("concurrency_limit", "task_busy"); None otherwise.
+    waiting_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     max_retries: Mapped[int] = mapped_column(Integer, server_default=text("3"))
     timeout_seconds: Mapped[int] = mapped_column(Integer, server_default=text("3600"))

@@ -25,6 +25,13 @@ class ExecutionState(str, enum.Enum):
     TIMED_OUT = "TIMED_OUT"
 
 
+class WaitingReason(str, enum.Enum):
+    """Why a QUEUED execution is not running yet (null when it only waits for a worker)."""
+
+    CONCURRENCY_LIMIT = "concurrency_limit"  # its agent's or tenant's slots are all taken
+    TASK_BUSY = "task_busy"  # on_conflict=enqueue: an earlier execution of its task_id is active
+
+
 class ErrorCode(str, enum.Enum):
     """Why an execution ended FAILED, TIMED_OUT or CANCELLED (null for every other state)."""
 
@@ -56,6 +63,8 @@ ACTIVE_STATES = frozenset(
         ExecutionState.CANCELLING,
     }
 )
+# The states that hold a concurrency slot (agents.max_concurrency, TENANT_MAX_CONCURRENCY).
+SLOT_STATES = frozenset({ExecutionState.RUNNING, ExecutionState.PAUSING})
 HELD_BY_WORKER = frozenset({ExecutionState.RUNNING, ExecutionState.PAUSING, ExecutionState.CANCELLING})
 
 
@@ -131,6 +140,12 @@ class AgentCreate(_Strict):
     model: str = Field("simulated-1", min_length=1, max_length=200)
     system_prompt: str = Field("", max_length=100_000)
     parameters: dict[str, Any] = Field(default_factory=dict)
+    max_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="At most this many executions RUNNING or PAUSING at once (null: no limit).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -148,6 +163,7 @@ class AgentUpdate(_Strict):
     model: str | None = Field(None, min_length=1, max_length=200)
     system_prompt: str | None = Field(None, max_length=100_000)
     parameters: dict[str, Any] | None = None
+    max_concurrency: int | None = Field(None, ge=1, le=100_000, description="null removes the limit.")
 
 
 class ExecutionFilters(BaseModel):

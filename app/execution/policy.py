@@ -32,6 +32,7 @@ class Outcome(str, enum.Enum):
     LOST = "lost"  # the run lost its lease (or PostgreSQL for too long) and wrote nothing
     ENDED_ELSEWHERE = "ended_elsewhere"  # someone else ended it (the reaper, a user) meanwhile
     DATABASE_UNAVAILABLE = "database_unavailable"  # the claim could not reach PostgreSQL: not run
+    WAITING = "waiting"  # no concurrency slot: it waits, QUEUED, for the run that frees one
 
     @classmethod
     def of(cls, state: ExecutionState) -> Outcome:

@@ -52,12 +52,14 @@ class Reaper:
             "paused": 0,
             "redelivered": 0,
             "still_in_broker": 0,
+            "woken": 0,
         }
         with self.repository.reaper_lock() as held:
             if not held:
                 return counts | {"skipped": 1}
             self._stale_held(counts)
             self._unclaimed(counts)
+            self._waiting_for_slots(counts)
             self.repository.record_reaper_pass(counts)
         if any(counts.values()):
             log.info("reaper pass", **counts)
@@ -118,6 +120,24 @@ class Reaper:
             counts[key] += 1
         except (InvalidExecutionStateError, ExecutionNotFoundError):
             pass  # it moved on by itself meanwhile
+
+    def _waiting_for_slots(self, counts: dict[str, int]) -> None:
+        """The backstop of the slot hand-over: wake as many waiting executions as slots are free
+        (the run that frees a slot wakes one itself; a crash between its commit and that send,
+        or a woken execution that lost the slot to a newcomer, leaves one waiting)."""
+        tenant_free: dict[str, float] = {}
+        for group in self.repository.waiting_groups(self.settings.tenant_max_concurrency):
+            if group.tenant not in tenant_free:
+                limit = group.tenant_limit
+                tenant_free[group.tenant] = limit - group.tenant_held if limit and limit > 0 else float("inf")
+            agent_free = (
+                group.agent_limit - group.agent_held if group.agent_limit is not None else float("inf")
+            )
+            free = int(min(group.waiting, agent_free, tenant_free[group.tenant]))
+            if free > 0:
+                woken = self.state_manager.wake_waiters(group.tenant, group.agent_id, free)
+                tenant_free[group.tenant] -= woken
+                counts["woken"] += woken
 
     def _unclaimed(self, counts: dict[str, int]) -> None:
         bg = self.background_tasks

@@ -301,12 +301,17 @@ class ExecutionService:
 
     def update_agent(self, agent_id: uuid.UUID, data: AgentUpdate, *, tenant: str | None = None) -> Agent:
         """Change the given fields of an agent."""
-        changes = data.model_dump(exclude_unset=True, exclude_none=True)
+        nullable = {"max_concurrency"}  # null is a value here: no limit
+        changes = {
+            k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None or k in nullable
+        }
         if not changes:
             return self.get_agent(agent_id, tenant=tenant)
         agent = self.repository.update_agent(agent_id, changes, tenant=tenant)
         if agent is None:
             raise AgentNotFoundError(agent_id)
+        if "max_concurrency" in changes:  # a raised or removed limit: waiters may start now
+            self.state_manager.wake_waiters(agent.tenant, agent.id, agent.max_concurrency or 1000)
         return agent
 
     def delete_agent(self, agent_id: uuid.UUID, *, tenant: str | None = None) -> None:

@@ -16,14 +16,14 @@ from typing import Any
 
 import structlog
 
-from app.errors import ExecutionNotFoundError, InvalidExecutionStateError
+from app.errors import ExecutionNotFoundError, InvalidExecutionStateError, NoSlotError
 from app.execution.dispatch import TaskDispatcher, celery_task_id
 from app.execution.event_emitter import EventSpec, ExecutionEventEmitter
 from app.execution.repository import ExecutionRepository
 from app.execution.transitions import sources_of, validate_transition
 from app.execution.writer import Expr
 from app.models import Execution, ExecutionEvent
-from app.schemas import FINISHED_STATES, ErrorCode, ExecutionState
+from app.schemas import FINISHED_STATES, SLOT_STATES, ErrorCode, ExecutionState
 
 log = structlog.get_logger(__name__)
 S = ExecutionState
@@ -44,6 +44,7 @@ _ENTERING_QUEUED: dict[str, Any] = {
     "result": None,
     "error_message": None,
     "error_code": None,
+    "waiting_reason": None,
 }
 # A new execution inserted already QUEUED (the row has no earlier attempt to read).
 _FIRST_QUEUED: dict[str, Any] = {
@@ -54,6 +55,7 @@ _FIRST_QUEUED: dict[str, Any] = {
     "progress_message": "Queued",
 }
 _ENTERING_RUNNING: dict[str, Any] = {
+    "waiting_reason": None,
     "started_at": Expr.FIRST_STARTED_AT,
     "heartbeat_at": Expr.NOW,
     "deadline_at": Expr.DEADLINE,
@@ -100,6 +102,7 @@ class Transition:
     events: list[ExecutionEvent] = field(default_factory=list)
     delay: float = 0
     agent: dict[str, Any] | None = None
+    waiters: bool = False  # it gave back a concurrency slot that executions wait for
 
 
 class ExecutionStateManager:
@@ -111,11 +114,13 @@ class ExecutionStateManager:
         event_emitter: ExecutionEventEmitter,
         background_tasks: TaskDispatcher | None = None,
         on_transition: Callable[[Transition], None] | None = None,
+        tenant_limit: int = 0,
     ):
         self.repository = repository
         self.event_emitter = event_emitter
         self.background_tasks = background_tasks
         self.on_transition = on_transition
+        self.tenant_limit = tenant_limit  # TENANT_MAX_CONCURRENCY: tenants without their own limit
 
     def validate_transition(self, current_state: ExecutionState, target_state: ExecutionState) -> bool:
         """True when the table allows `current_state -> target_state`."""
@@ -153,6 +158,9 @@ class ExecutionStateManager:
         emitter = self.event_emitter
         specs = [emitter.progress()] if progress_event else []
         specs.append(emitter.state_changed(current, reason, previous_from_row=current is None))
+        leaves_slot = target not in SLOT_STATES and (
+            current in SLOT_STATES if current is not None else bool(SLOT_STATES & (sources or frozenset()))
+        )
         if target in FINISHED_STATES:
             specs.append(emitter.completed())
         transition = self._write(
@@ -167,6 +175,7 @@ class ExecutionStateManager:
             specs,
             entry_params(target, delay=delay),
             delay,
+            slot="release" if leaves_slot else None,
         )
         self.after_commit([transition])
         return transition.execution
@@ -178,7 +187,10 @@ class ExecutionStateManager:
         settings read by the same statement: (the execution, the agent or None when it is gone).
 
         The first progress is 1/(steps + 2) of the run (the input step of a run of N steps).
-        Raises InvalidExecutionStateError (a stale or duplicate delivery) and ExecutionNotFoundError.
+        The claim takes a concurrency slot of the agent and the tenant in the same statement;
+        when none is free the execution is marked waiting (NoSlotError) and the run that frees
+        a slot sends it again. Raises InvalidExecutionStateError (a stale or duplicate
+        delivery), NoSlotError and ExecutionNotFoundError.
         """
         emitter = self.event_emitter
         specs = [emitter.state_changed(S.QUEUED, f"claimed by {worker}"), emitter.progress()]
@@ -187,22 +199,37 @@ class ExecutionStateManager:
             "progress_percentage": Expr.FIRST_PROGRESS,
             "progress_message": progress_message,
         }
-        transition = self._write(
-            execution_id,
-            S.RUNNING,
-            f"claimed by {worker}",
-            S.QUEUED,
-            None,
-            attempt,
-            None,
-            values,
-            specs,
-            {},
-            0,
-            with_agent=True,
-        )
-        self.after_commit([transition])
-        return transition.execution, transition.agent
+        for _ in range(3):  # a slot freed between the claim and the mark: claim again
+            written = self.repository.transition(
+                execution_id,
+                S.RUNNING,
+                expected_state=S.QUEUED,
+                expected_attempt=attempt,
+                values=values,
+                reason=f"claimed by {worker}",
+                events=specs,
+                with_agent=True,
+                slot="take",
+                tenant_limit=self.tenant_limit,
+            )
+            if written.execution is not None:
+                transition = Transition(
+                    written.execution,
+                    S.QUEUED,
+                    S.RUNNING,
+                    f"claimed by {worker}",
+                    events=written.events,
+                    agent=written.agent,
+                )
+                self.after_commit([transition])
+                return transition.execution, transition.agent
+            waiting = self.repository.mark_waiting(execution_id, attempt, self.tenant_limit)
+            if waiting is True:
+                log.info("no concurrency slot; waiting", execution_id=str(execution_id), attempt=attempt)
+                raise NoSlotError(execution_id)
+            if waiting is None:  # not QUEUED at this attempt any more: say why
+                self._explain_refusal(execution_id, S.QUEUED, S.RUNNING, attempt, None)
+        raise NoSlotError(execution_id)  # slots keep changing hands: wait for the next one
 
     def _write(
         self,
@@ -219,6 +246,7 @@ class ExecutionStateManager:
         delay: float,
         *,
         with_agent: bool = False,
+        slot: str | None = None,
     ) -> Transition:
         written = self.repository.transition(
             execution_id,
@@ -232,6 +260,8 @@ class ExecutionStateManager:
             events=specs,
             params=params,
             with_agent=with_agent,
+            slot=slot,
+            tenant_limit=self.tenant_limit,
         )
         if written.execution is None:
             self._explain_refusal(execution_id, current, target, expected_attempt, tenant)
@@ -245,6 +275,7 @@ class ExecutionStateManager:
             events=written.events,
             delay=delay,
             agent=written.agent,
+            waiters=written.waiters,
         )
 
     def create(
@@ -279,8 +310,29 @@ class ExecutionStateManager:
         self.event_emitter.publish(ev for tr in transitions for ev in tr.events)
         for tr in transitions:
             self.handle_state_side_effects(tr.execution, tr.previous_state, tr.new_state, delay=tr.delay)
+            if tr.waiters:
+                self.wake_waiters(tr.execution.tenant, tr.execution.agent_id, 1)
             if self.on_transition is not None:
                 self.on_transition(tr)
+
+    def wake_waiters(self, tenant: str, agent_id: uuid.UUID, count: int) -> int:
+        """Send the best `count` executions waiting for a slot of this tenant (this agent's
+        first, then by priority and age) to the workers again; how many were sent.
+
+        Their claim takes the slot or marks them waiting again. Called by the write that
+        gave a slot back (after its commit) and by the reaper, the backstop.
+        """
+        bg = self.background_tasks
+        if bg is None or count <= 0:
+            return 0
+        try:
+            rows = self.repository.take_waiters(tenant, agent_id, count)
+            for row in rows:
+                bg.start_task(row.id, row.attempt, queue=row.queue, priority=row.priority)
+        except Exception as exc:  # the reaper wakes them on its next pass
+            log.warning("waking a waiting execution failed; the reaper will", error=str(exc))
+            return 0
+        return len(rows)
 
     def handle_state_side_effects(
         self,

@@ -31,6 +31,7 @@ from app.errors import (
     InvalidExecutionStateError,
     InvalidProgressError,
     ModelOrchestrationError,
+    NoSlotError,
 )
 from app.execution.control import ControlHub, RunControl
 from app.execution.policy import (
@@ -117,6 +118,8 @@ class ExecutionTaskRunner:
                 "database unreachable at claim; giving the message back", execution_id=str(execution_id)
             )
             return Outcome.DATABASE_UNAVAILABLE
+        except NoSlotError:
+            return Outcome.WAITING
         except (InvalidExecutionStateError, ExecutionNotFoundError) as exc:
             log.info(
                 "claim refused; nothing to run", execution_id=str(execution_id), attempt=attempt, why=str(exc)

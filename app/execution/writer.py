@@ -90,6 +90,8 @@ class Shape:
     with_agent: bool = False  # also return the agent's model settings as `agent`
     tenant_guard: bool = False  # insert: the agent must belong to p_agent_tenant
     on_conflict_key: bool = False  # insert: nothing when (tenant, idempotency_key) exists
+    take_slot: bool = False  # update: only if a concurrency slot is free (the claim)
+    release_slot: bool = False  # update: leaves a slot; return whether someone waits for one
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Written:
     events: list[ExecutionEvent]
     previous_state: str | None = None
     agent: dict[str, Any] | None = None
+    waiters: bool = False  # a write that gave back a slot: executions wait for one
 
 
 _sql: dict[Shape, str] = {}
@@ -122,8 +125,15 @@ def _guard_clause(guards: tuple[str, ...]) -> list[str]:
     ]
 
 
+# The slot functions of migration 0005: they lock and count only when a limit applies.
+_TAKE_SLOT = "agentexec_take_slot(x.tenant, x.agent_id, %(p_tenant_limit)s::int)"
+_RELEASE_SLOT = "agentexec_release_slot(u.tenant, u.agent_id, %(p_tenant_limit)s::int) AS waiters"
+
+
 def _update_cte(shape: Shape) -> str:
     where = ["x.id = %(p_id)s", *_guard_clause(shape.guards)]
+    if shape.take_slot:  # last: the planner runs costly conditions after the cheap ones
+        where.append(_TAKE_SLOT)
     if not shape.sources:
         return (
             f"u AS (UPDATE executions x SET {_set_clause(shape.values)} "
@@ -197,6 +207,9 @@ def build_sql(shape: Shape) -> str:
     selected = ["u.*"]
     if shape.with_agent:
         selected.append(_AGENT)
+    if shape.release_slot:
+        ctes.append(f"w AS (SELECT {_RELEASE_SLOT} FROM u)")
+        selected.append("w.waiters")
     if shape.events:
         ctes.append(_events_cte(shape))
         selected.append(
@@ -205,6 +218,8 @@ def build_sql(shape: Shape) -> str:
         source = "u CROSS JOIN e ORDER BY e.id"
     else:
         source = "u"
+    if shape.release_slot:
+        source = source.replace("u", "u CROSS JOIN w", 1)
     return f"WITH {', '.join(ctes)} SELECT {', '.join(selected)} FROM {source}"
 
 
@@ -257,6 +272,8 @@ def update(
     sources: list[str] | None = None,
     params: Mapping[str, Any] | None = None,
     with_agent: bool = False,
+    slot: str | None = None,
+    tenant_limit: int = 0,
 ) -> Written:
     """UPDATE the execution where every guard holds; log history and events with it.
 
@@ -264,7 +281,10 @@ def update(
     `values` are column or attribute -> new value, a plain value or an `Expr` whose
     named parameters are in `params`. With `sources` the row must be in one of those
     states: the statement locks it and reads the state it replaces (the first history
-    row's from_state, and `previous_state` of events that ask for it).
+    row's from_state, and `previous_state` of events that ask for it). `slot="take"`
+    writes only if a concurrency slot is free; `slot="release"` (a write out of RUNNING or
+    PAUSING) returns in `waiters` whether executions wait for one. `tenant_limit` is
+    TENANT_MAX_CONCURRENCY, for tenants without their own limit.
     """
     pairs, bound = _split(values)
     shape = Shape(
@@ -275,7 +295,11 @@ def update(
         history=len(history),
         sources=sources is not None,
         with_agent=with_agent,
+        take_slot=slot == "take",
+        release_slot=slot == "release",
     )
+    if slot is not None:
+        bound["p_tenant_limit"] = tenant_limit
     bound |= {"p_id": execution_id} | {f"g_{k}": v for k, v in guards.items()}
     if sources is not None:
         bound["p_sources"] = list(sources)
@@ -342,4 +366,6 @@ def _run(connection: Connection, sql: str, params: dict[str, Any]) -> Written:
         for r in rows
         if "ev_id" in r
     ]
-    return Written(execution, logged, first.get("previous_state"), first.get("agent"))
+    return Written(
+        execution, logged, first.get("previous_state"), first.get("agent"), bool(first.get("waiters"))
+    )

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from app.errors import DatabaseError
@@ -24,7 +25,7 @@ from app.execution.dispatch import celery_task_id
 from app.execution.event_emitter import EventSpec, render_payload
 from app.execution.writer import ATTRIBUTE_OF, COLUMN_OF, Expr, History, Written, execution_from_row
 from app.models import DEFAULT_TENANT, Agent, Execution, ExecutionEvent, ExecutionStateHistory
-from app.schemas import HELD_BY_WORKER, ExecutionState
+from app.schemas import HELD_BY_WORKER, SLOT_STATES, ExecutionState
 from tests.conftest import RecordingDispatcher
 
 __all__ = ["EXPRESSIONS", "SERVER_DEFAULTS", "FakeEventBus", "FakeRepository", "RecordingDispatcher"]
@@ -123,6 +124,7 @@ class FakeRepository:
         self.agents: dict[uuid.UUID, Agent] = {}
         self.history: list[ExecutionStateHistory] = []
         self.events: list[ExecutionEvent] = []
+        self.tenant_limits = {}
 
     # ------------------------------------------------------------ helpers for tests
 
@@ -199,13 +201,19 @@ class FakeRepository:
         events: list[EventSpec],
         params: dict[str, Any] | None = None,
         with_agent: bool = False,
+        slot: str | None = None,
+        tenant_limit: int = 0,
     ) -> Written:
-        """The guarded UPDATE into `target`, its history row and its events."""
+        """The guarded UPDATE into `target`, its history row and its events; with `slot`
+        "take" only when a concurrency slot is free, "release" says whether some wait."""
         if expected_state is None and not sources:
             raise ValueError("a transition needs an expected state or the states it may come from")
         target_value = ExecutionState(target).value
         from_state = None if expected_state is None else ExecutionState(expected_state).value
-        return self._update(
+        row = self.rows.get(execution_id)
+        if slot == "take" and row is not None and not self._slot_free(row, tenant_limit):
+            return Written(None, [])
+        written = self._update(
             execution_id,
             guards=_guards(expected_state, expected_attempt, tenant),
             values={"state": target_value, "updated_at": Expr.NOW} | (values or {}),
@@ -215,6 +223,72 @@ class FakeRepository:
             params=params,
             with_agent=with_agent,
         )
+        if slot == "release" and written.execution is not None:
+            written.waiters = self._has_waiters(
+                written.execution.tenant, written.execution.agent_id, tenant_limit
+            )
+        return written
+
+    # ------------------------------------------------------- concurrency slots
+
+    tenant_limits: dict[str, int]
+
+    def _limits(self, row: Row, tenant_limit: int) -> tuple[int | None, int]:
+        agent = self.agents.get(row["agent_id"])
+        return (None if agent is None else agent.max_concurrency), self.tenant_limits.get(
+            row["tenant"], tenant_limit
+        )
+
+    def _held(self, **match: Any) -> int:
+        slots = {s.value for s in SLOT_STATES}
+        return sum(
+            1 for r in self.rows.values() if r["state"] in slots and all(r[k] == v for k, v in match.items())
+        )
+
+    def _slot_free(self, row: Row, tenant_limit: int) -> bool:
+        agent_limit, tenant = self._limits(row, tenant_limit)
+        if tenant > 0 and self._held(tenant=row["tenant"]) >= tenant:
+            return False
+        return agent_limit is None or self._held(agent_id=row["agent_id"]) < agent_limit
+
+    def _waiting(self, tenant: str) -> list[Row]:
+        return [
+            r
+            for r in self.rows.values()
+            if r["tenant"] == tenant
+            and r["state"] == "QUEUED"
+            and r.get("waiting_reason") == "concurrency_limit"
+        ]
+
+    def _has_waiters(self, tenant: str, agent_id: uuid.UUID, tenant_limit: int) -> bool:
+        agent = self.agents.get(agent_id)
+        limited = self.tenant_limits.get(tenant, tenant_limit) > 0 or (
+            agent is not None and agent.max_concurrency
+        )
+        return bool(limited) and bool(self._waiting(tenant))
+
+    def mark_waiting(self, execution_id: uuid.UUID, attempt: int, tenant_limit: int) -> bool | None:
+        """Mark a QUEUED execution waiting for a slot unless one is free (False) or it moved on (None)."""
+        row = self.rows.get(execution_id)
+        if row is None or row["state"] != "QUEUED" or row["attempt"] != attempt:
+            return None
+        if self._slot_free(row, tenant_limit):
+            return False
+        row["waiting_reason"] = "concurrency_limit"
+        return True
+
+    def take_waiters(self, tenant: str, agent_id: uuid.UUID, count: int) -> list[Any]:
+        """The best `count` waiters (this agent's first, then priority, then age), unmarked."""
+        best = sorted(
+            self._waiting(tenant),
+            key=lambda r: (r["agent_id"] != agent_id, -r["priority"], r["queued_at"], str(r["id"])),
+        )[:count]
+        for r in best:
+            r["waiting_reason"] = None
+        return [
+            SimpleNamespace(id=r["id"], attempt=r["attempt"], queue=r["queue"], priority=r["priority"])
+            for r in best
+        ]
 
     def record_progress(
         self,

@@ -333,3 +333,49 @@ def test_an_execution_created_without_start_is_queued_later_as_attempt_one(flow)
     assert (queued.attempt, queued.celery_task_id) == (1, celery_task_id(ex.id, 1))
     assert flow.dispatcher.started == [(ex.id, 1, QUEUE, 5, 0)]
     assert flow.runner.run(ex.id, 1, "w") is Outcome.COMPLETED
+
+
+def test_a_claim_without_a_free_slot_waits_and_the_run_that_frees_it_wakes_the_next(flow):
+    flow.hooked_agent.max_concurrency = 1
+    first = flow.create({"input": "x"}, hooked=True)
+    second = flow.create({"input": "y"}, hooked=True)
+    seen: list[Any] = []
+
+    def second_claims_while_the_first_runs(request: ModelRequest) -> None:
+        flow.hook.on_call = lambda request: None
+        seen.append(flow.runner.run(second.id, 1, "w2"))
+        seen.append(flow.row(second.id).waiting_reason)
+
+    flow.hook.on_call = second_claims_while_the_first_runs
+    assert flow.runner.run(first.id, 1, "w1") is Outcome.COMPLETED
+    assert seen == [Outcome.WAITING, "concurrency_limit"]
+    # The first run's end gave the slot back and sent the waiter again (same attempt).
+    assert flow.dispatcher.started[-1][:2] == (second.id, 1)
+    assert flow.row(second.id).waiting_reason is None and flow.row(second.id).state == "QUEUED"
+    assert flow.runner.run(second.id, 1, "w2") is Outcome.COMPLETED
+
+
+def test_a_tenant_limit_caps_running_executions_across_agents(flow):
+    flow.repo.tenant_limits[flow.agent.tenant] = 1
+    first = flow.create({"input": "x"}, hooked=True)
+    other = flow.create({"input": "y"})  # another agent of the same tenant
+    outcomes: list[Outcome] = []
+    flow.hook.on_call = lambda request: outcomes.append(flow.runner.run(other.id, 1, "w2"))
+    assert flow.runner.run(first.id, 1, "w1") is Outcome.COMPLETED
+    assert outcomes == [Outcome.WAITING]
+    assert flow.dispatcher.started[-1][:2] == (other.id, 1)
+    assert flow.runner.run(other.id, 1, "w2") is Outcome.COMPLETED
+
+
+def test_without_limits_no_claim_waits_and_no_end_wakes_anyone(flow):
+    first = flow.create({"input": "x"}, hooked=True)
+    second = flow.create({"input": "y"}, hooked=True)
+    outcomes: list[Outcome] = []
+
+    def claim_second(request: ModelRequest) -> None:
+        flow.hook.on_call = lambda request: None
+        outcomes.append(flow.runner.run(second.id, 1, "w2"))
+
+    flow.hook.on_call = claim_second
+    assert flow.runner.run(first.id, 1, "w1") is Outcome.COMPLETED
+    assert outcomes == [Outcome.COMPLETED] and len(flow.dispatcher.started) == 2

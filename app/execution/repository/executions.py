@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Select, func, literal_column, select, text
@@ -183,6 +184,8 @@ class ExecutionRows(RepositoryBase):
         events: list[EventSpec],
         params: dict[str, Any] | None = None,
         with_agent: bool = False,
+        slot: str | None = None,
+        tenant_limit: int = 0,
         uow: UnitOfWork | None = None,
     ) -> Written:
         """ONE statement: the guarded UPDATE into `target`, its history row and its event rows.
@@ -190,6 +193,8 @@ class ExecutionRows(RepositoryBase):
         Guarded by `expected_state`, or (when it is None) by the row being in one of
         `sources`: then the row is locked and the state it was in is read by the same
         statement. `execution` is None when nothing matched (then nothing was written).
+        `slot` "take" (the claim) also needs a free concurrency slot; "release" (leaving
+        RUNNING/PAUSING) returns in `waiters` whether executions wait for one.
         """
         if expected_state is None and not sources:
             raise ValueError("a transition needs an expected state or the states it may come from")
@@ -206,7 +211,68 @@ class ExecutionRows(RepositoryBase):
                 sources=None if expected_state is not None else sorted(s.value for s in sources or ()),
                 params=params,
                 with_agent=with_agent,
+                slot=slot,
+                tenant_limit=tenant_limit,
             )
+
+    def mark_waiting(self, execution_id: uuid.UUID, attempt: int, tenant_limit: int) -> bool | None:
+        """After a claim found no slot: mark the execution waiting for one, under the same
+        slot locks as the claim and the release, unless a slot has freed meanwhile.
+
+        True: marked (the run that frees a slot will find it); False: a slot is free now,
+        claim again; None: it is no longer QUEUED at this attempt.
+        """
+        sql = (
+            "SELECT x.state, x.attempt, (x.state = 'QUEUED' AND x.attempt = %(a)s"
+            " AND NOT agentexec_take_slot(x.tenant, x.agent_id, %(t)s::int)) AS full"
+            " FROM executions x WHERE x.id = %(i)s"
+        )
+        mark = (
+            "UPDATE executions SET waiting_reason = 'concurrency_limit', updated_at = now()"
+            " WHERE id = %(i)s AND state = 'QUEUED' AND attempt = %(a)s"
+        )
+        with self._work(None, "mark_waiting", execution_id, autocommit=False) as work:
+            driver = work.connection.connection.driver_connection
+            with driver.cursor() as cursor:  # type: ignore[union-attr]
+                row = cursor.execute(sql, {"i": execution_id, "a": attempt, "t": tenant_limit}).fetchone()
+                if row is None or row[0] != "QUEUED" or row[1] != attempt:
+                    return None
+                if not row[2]:
+                    return False
+                cursor.execute(mark, {"i": execution_id, "a": attempt})
+        return True
+
+    def take_waiters(self, tenant: str, agent_id: uuid.UUID, count: int) -> Sequence[Any]:
+        """The best `count` executions of `tenant` waiting for a slot (those of `agent_id` first,
+        then by priority and age), no longer marked waiting: (id, attempt, queue, priority)."""
+        sql = (
+            "UPDATE executions x SET waiting_reason = NULL WHERE x.id IN ("
+            " SELECT w.id FROM executions w WHERE w.tenant = %(t)s AND w.state = 'QUEUED'"
+            " AND w.waiting_reason = 'concurrency_limit'"
+            " ORDER BY (w.agent_id = %(a)s) DESC, w.priority DESC, w.queued_at, w.id"
+            " LIMIT %(n)s FOR UPDATE SKIP LOCKED)"
+            " AND x.state = 'QUEUED' RETURNING x.id, x.attempt, x.queue, x.priority"
+        )
+        with self._work(None, "take_waiters") as work:
+            return work.connection.exec_driver_sql(sql, {"t": tenant, "a": agent_id, "n": count}).all()
+
+    def waiting_groups(self, tenant_limit: int) -> Sequence[Any]:
+        """Per (tenant, agent) with executions waiting for a slot: how many wait, the agent's and
+        the tenant's limits and slots held (for the reaper, which wakes as many as are free)."""
+        sql = (
+            "SELECT w.tenant, w.agent_id, count(*) AS waiting,"
+            " (SELECT a.max_concurrency FROM agents a WHERE a.id = w.agent_id) AS agent_limit,"
+            " (SELECT count(*) FROM executions r WHERE r.agent_id = w.agent_id"
+            "   AND r.state IN ('RUNNING', 'PAUSING')) AS agent_held,"
+            " coalesce((SELECT t.max_concurrency FROM tenant_limits t WHERE t.tenant = w.tenant),"
+            "   %(d)s) AS tenant_limit,"
+            " (SELECT count(*) FROM executions r WHERE r.tenant = w.tenant"
+            "   AND r.state IN ('RUNNING', 'PAUSING')) AS tenant_held"
+            " FROM executions w WHERE w.state = 'QUEUED' AND w.waiting_reason = 'concurrency_limit'"
+            " GROUP BY w.tenant, w.agent_id ORDER BY w.tenant, w.agent_id"
+        )
+        with self._work(None, "waiting_groups") as work:
+            return work.connection.exec_driver_sql(sql, {"d": tenant_limit}).all()
 
     def update_state(
         self,

@@ -64,7 +64,11 @@ class OperationRows(RepositoryBase):
         queued = ExecutionState.QUEUED.value
         stale = (
             select(Execution.id)
-            .where(Execution.state == queued, Execution.queued_at < func.now() - _seconds(redeliver_after))
+            .where(
+                Execution.state == queued,
+                Execution.queued_at < func.now() - _seconds(redeliver_after),
+                Execution.waiting_reason.is_(None),  # no message on purpose: it waits for a slot
+            )
             .limit(limit)
             .scalar_subquery()
         )
