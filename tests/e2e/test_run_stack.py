@@ -356,8 +356,9 @@ def test_make_stop_stops_the_stack_of_this_checkout_within_the_graceful_timeout(
 
 
 def _submit_slow_work(checkout: Checkout) -> list[str]:
-    """Three single model calls of 5 s and three pipelines of three 1.5 s steps."""
-    single = {"input": "one long call", "simulate": {"latency_ms": 5000, "chunks": 50}}
+    """Three single model calls of 8 s (handed back mid-call when the worker's 2 s grace is over)
+    and three pipelines of three 1.5 s steps (handed back at the next step boundary)."""
+    single = {"input": "one long call", "simulate": {"latency_ms": 8000, "chunks": 80}}
     steps = [
         {"name": f"s{i}", "prompt": "{input}" if i == 1 else f"after {{steps.s{i - 1}}}"} for i in (1, 2, 3)
     ]
