@@ -56,6 +56,15 @@ class ConflictError(AgentExecError):
     """The request conflicts with existing data (a taken name, a reused idempotency key)."""
 
 
+class TaskBusyError(ConflictError):
+    """on_conflict=reject: the tenant already has an active execution with this task_id."""
+
+    def __init__(self, task_id: Any, active_id: Any):
+        super().__init__(f"task {task_id} already has an active execution: {active_id}")
+        self.task_id = task_id
+        self.active_execution_id = active_id
+
+
 class ModelOrchestrationError(AgentExecError):
     """The model service failed; `retryable` says whether another attempt may succeed."""
 

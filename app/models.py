@@ -36,6 +36,9 @@ class Agent(Base):
     __table_args__ = (
         Index("uq_agents_tenant_name", "tenant", "name", unique=True),
         CheckConstraint("max_concurrency > 0", name="ck_agents_max_concurrency"),
+        CheckConstraint(
+            "on_conflict IN ('allow', 'reject', 'enqueue', 'interrupt')", name="ck_agents_on_conflict"
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -46,6 +49,8 @@ class Agent(Base):
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     # At most this many of its executions RUNNING or PAUSING at once (None: no limit).
     max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The collision policy of its executions' task_id when a create names none (None: allow).
+    on_conflict: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -61,6 +66,7 @@ class TenantLimit(Base):
 
 
 _SLOT_STATES = "state IN ('RUNNING', 'PAUSING')"
+_ACTIVE_STATES = "state NOT IN ('COMPLETED', 'FAILED', 'TIMED_OUT', 'CANCELLED')"
 
 
 class Execution(Base):
@@ -97,6 +103,13 @@ class Execution(Base):
             "queued_at",
             "id",
             postgresql_where=text("waiting_reason IS NOT NULL"),
+        ),
+        Index(
+            "ix_executions_task_active",
+            "tenant",
+            "task_id",
+            "created_at",
+            postgresql_where=text(f"task_id IS NOT NULL AND {_ACTIVE_STATES}"),
         ),
         Index(
             "uq_executions_idempotency",

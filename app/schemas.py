@@ -32,6 +32,15 @@ class WaitingReason(str, enum.Enum):
     TASK_BUSY = "task_busy"  # on_conflict=enqueue: an earlier execution of its task_id is active
 
 
+class OnConflict(str, enum.Enum):
+    """What a create does when its tenant already has an active execution with its task_id."""
+
+    ALLOW = "allow"  # run both
+    REJECT = "reject"  # 409, naming the active execution
+    ENQUEUE = "enqueue"  # wait (QUEUED, waiting_reason task_busy) until the earlier one ends
+    INTERRUPT = "interrupt"  # cancel the earlier one (error_code interrupted), then start
+
+
 class ErrorCode(str, enum.Enum):
     """Why an execution ended FAILED, TIMED_OUT or CANCELLED (null for every other state)."""
 
@@ -116,7 +125,14 @@ class ExecutionCreate(_Strict):
 
     agent_id: uuid.UUID
     parameters: ExecutionParameters
-    task_id: uuid.UUID | None = None
+    task_id: uuid.UUID | None = Field(
+        None,
+        description="The caller's own id for the task; several executions may share it "
+        "(retries, follow-ups). `on_conflict` says what happens when one of them is still active.",
+    )
+    on_conflict: OnConflict | None = Field(
+        None, description="Collision policy for task_id (default: the agent's, else allow)."
+    )
     start: bool = True
     queue: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     priority: int = Field(5, ge=0, le=9)
@@ -146,6 +162,9 @@ class AgentCreate(_Strict):
         le=100_000,
         description="At most this many executions RUNNING or PAUSING at once (null: no limit).",
     )
+    on_conflict: OnConflict | None = Field(
+        None, description="Default collision policy of its executions' task_id (null: allow)."
+    )
 
     @field_validator("name")
     @classmethod
@@ -164,6 +183,7 @@ class AgentUpdate(_Strict):
     system_prompt: str | None = Field(None, max_length=100_000)
     parameters: dict[str, Any] | None = None
     max_concurrency: int | None = Field(None, ge=1, le=100_000, description="null removes the limit.")
+    on_conflict: OnConflict | None = Field(None, description="null: allow.")
 
 
 class ExecutionFilters(BaseModel):

@@ -60,6 +60,7 @@ class Reaper:
             self._stale_held(counts)
             self._unclaimed(counts)
             self._waiting_for_slots(counts)
+            self._waiting_for_tasks(counts)
             self.repository.record_reaper_pass(counts)
         if any(counts.values()):
             log.info("reaper pass", **counts)
@@ -138,6 +139,13 @@ class Reaper:
                 woken = self.state_manager.wake_waiters(group.tenant, group.agent_id, free)
                 tenant_free[group.tenant] -= woken
                 counts["woken"] += woken
+
+    def _waiting_for_tasks(self, counts: dict[str, int]) -> None:
+        """The backstop of the task hand-over (enqueue, interrupt): a task whose executions all
+        ended or wait gets its oldest waiter sent."""
+        for row in self.repository.idle_task_waiters(_BATCH):
+            if self.state_manager.wake_task_waiter(row.tenant, row.task_id):
+                counts["woken"] += 1
 
     def _unclaimed(self, counts: dict[str, int]) -> None:
         bg = self.background_tasks

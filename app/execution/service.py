@@ -101,6 +101,7 @@ class ExecutionService:
         Raises:
             AgentNotFoundError: unknown agent (for this tenant).
             ConflictError: the key was used with another body.
+            TaskBusyError: on_conflict=reject and the task_id has an active execution.
         """
         fingerprint = request_fingerprint(data) if idempotency_key else None
         values: dict[str, Any] = {
@@ -125,7 +126,11 @@ class ExecutionService:
         }
         # ONE statement: agent check, row, history and events (nothing when the key was used).
         created = self.state_manager.create(
-            values, start=data.start, tenant=tenant, keyed=idempotency_key is not None
+            values,
+            start=data.start,
+            tenant=tenant,
+            keyed=idempotency_key is not None,
+            on_conflict=None if data.on_conflict is None else data.on_conflict.value,
         )
         if created is not None:
             return created, True
@@ -286,7 +291,7 @@ class ExecutionService:
 
     def create_agent(self, data: AgentCreate, *, tenant: str = DEFAULT_TENANT) -> Agent:
         """A new agent; ConflictError when the name is taken."""
-        return self.repository.create_agent(Agent(tenant=tenant, **data.model_dump()))
+        return self.repository.create_agent(Agent(tenant=tenant, **data.model_dump(mode="json")))
 
     def get_agent(self, agent_id: uuid.UUID, *, tenant: str | None = None) -> Agent:
         """The agent; raises AgentNotFoundError."""
@@ -301,9 +306,11 @@ class ExecutionService:
 
     def update_agent(self, agent_id: uuid.UUID, data: AgentUpdate, *, tenant: str | None = None) -> Agent:
         """Change the given fields of an agent."""
-        nullable = {"max_concurrency"}  # null is a value here: no limit
+        nullable = {"max_concurrency", "on_conflict"}  # null is a value here: no limit, allow
         changes = {
-            k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None or k in nullable
+            k: v
+            for k, v in data.model_dump(mode="json", exclude_unset=True).items()
+            if v is not None or k in nullable
         }
         if not changes:
             return self.get_agent(agent_id, tenant=tenant)

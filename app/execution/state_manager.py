@@ -16,14 +16,14 @@ from typing import Any
 
 import structlog
 
-from app.errors import ExecutionNotFoundError, InvalidExecutionStateError, NoSlotError
+from app.errors import ExecutionNotFoundError, InvalidExecutionStateError, NoSlotError, TaskBusyError
 from app.execution.dispatch import TaskDispatcher, celery_task_id
 from app.execution.event_emitter import EventSpec, ExecutionEventEmitter
 from app.execution.repository import ExecutionRepository
 from app.execution.transitions import sources_of, validate_transition
 from app.execution.writer import Expr
 from app.models import Execution, ExecutionEvent
-from app.schemas import FINISHED_STATES, SLOT_STATES, ErrorCode, ExecutionState
+from app.schemas import FINISHED_STATES, SLOT_STATES, ErrorCode, ExecutionState, OnConflict
 
 log = structlog.get_logger(__name__)
 S = ExecutionState
@@ -80,6 +80,8 @@ def entry_values(target: ExecutionState, *, delay: float = 0) -> dict[str, Any]:
         return _ENTERING_QUEUED | ({"queued_at": Expr.NOW_PLUS_DELAY} if delay else {})
     if target is S.RUNNING:
         return dict(_ENTERING_RUNNING)
+    if target is S.CANCELLED:  # keeps "interrupted" if its CANCELLING said so
+        return _ENTERING_FINISHED | {"error_code": Expr.CANCEL_CODE}
     if target in FINISHED_STATES:
         code = _DEFAULT_ERROR_CODE[target]
         return _ENTERING_FINISHED | {"error_code": None if code is None else code.value}
@@ -103,6 +105,7 @@ class Transition:
     delay: float = 0
     agent: dict[str, Any] | None = None
     waiters: bool = False  # it gave back a concurrency slot that executions wait for
+    task_waiters: bool = False  # it ended an execution whose task_id another one waits for
 
 
 class ExecutionStateManager:
@@ -138,6 +141,7 @@ class ExecutionStateManager:
         tenant: str | None = None,
         delay: float = 0,
         progress_event: bool = False,
+        from_states: frozenset[ExecutionState] | None = None,
     ) -> Execution:
         """Move the execution to `target_state` in ONE statement, then publish and act.
 
@@ -152,7 +156,7 @@ class ExecutionStateManager:
         current = ExecutionState(expected_state) if expected_state else None
         if current is not None and not validate_transition(current, target):
             raise InvalidExecutionStateError(execution_id, current, target)
-        sources = None if current is not None else sources_of(target)
+        sources = None if current is not None else (from_states or sources_of(target))
         if sources is not None and not sources:  # nothing leads there (PENDING): say from where
             self._explain_refusal(execution_id, current, target, expected_attempt, tenant)
         emitter = self.event_emitter
@@ -262,6 +266,7 @@ class ExecutionStateManager:
             with_agent=with_agent,
             slot=slot,
             tenant_limit=self.tenant_limit,
+            release_task=target in FINISHED_STATES,
         )
         if written.execution is None:
             self._explain_refusal(execution_id, current, target, expected_attempt, tenant)
@@ -276,15 +281,27 @@ class ExecutionStateManager:
             delay=delay,
             agent=written.agent,
             waiters=written.waiters,
+            task_waiters=written.task_waiters,
         )
 
     def create(
-        self, values: dict[str, Any], *, start: bool = True, tenant: str | None = None, keyed: bool = False
+        self,
+        values: dict[str, Any],
+        *,
+        start: bool = True,
+        tenant: str | None = None,
+        keyed: bool = False,
+        on_conflict: str | None = None,
     ) -> Execution | None:
         """Insert a new execution PENDING and, when `start`, QUEUED (attempt 1): ONE statement
         writes the row, both history rows and both state_changed events; then publish and send
         the task. None (nothing written) when the agent does not exist in `tenant`, or (`keyed`)
-        when the tenant already used the row's idempotency key."""
+        when the tenant already used the row's idempotency key.
+
+        With a task_id the collision policy applies (`on_conflict`, else the agent's): its
+        check and the insert are one transaction. Raises TaskBusyError (reject); an enqueued
+        or interrupting execution waits ("task_busy") for the active ones to end, and with
+        interrupt those are cancelled (error_code interrupted) once this one is committed."""
         emitter = self.event_emitter
         history: list[tuple[str | None, str, str | None]] = [(None, S.PENDING.value, "created")]
         specs = [emitter.state_changed(None, "created", new_state=S.PENDING)]
@@ -293,17 +310,48 @@ class ExecutionStateManager:
             history.append((S.PENDING.value, S.QUEUED.value, "submitted"))
             specs.append(emitter.state_changed(S.PENDING, "submitted"))
             row_values |= _FIRST_QUEUED | {"celery_task_id": celery_task_id(values["id"], 1)}
-        written = self.repository.create_execution(
-            row_values, history=history, events=specs, agent_tenant=tenant, skip_if_key_exists=keyed
-        )
+        policy, active = OnConflict.ALLOW.value, list[uuid.UUID]()
+        if values.get("task_id") is None:
+            written = self.repository.create_execution(
+                row_values, history=history, events=specs, agent_tenant=tenant, skip_if_key_exists=keyed
+            )
+        else:
+            written, policy, active = self.repository.create_execution_for_task(
+                row_values,
+                history=history,
+                events=specs,
+                agent_tenant=tenant,
+                skip_if_key_exists=keyed,
+                on_conflict=on_conflict,
+            )
+            if written.execution is None and policy == OnConflict.REJECT.value and active:
+                raise TaskBusyError(values["task_id"], active[0])
         row = written.execution
         if row is None:
             return None
-        if start:
+        if start and row.waiting_reason is None:
             self.after_commit([Transition(row, S.PENDING, S.QUEUED, "submitted", events=written.events)])
         else:
             emitter.publish(written.events)
+        if policy == OnConflict.INTERRUPT.value:
+            for earlier in active:
+                self.interrupt(earlier, by=row.id)
         return row
+
+    def interrupt(self, execution_id: uuid.UUID, *, by: uuid.UUID) -> Execution | None:
+        """Cancel an execution for a newer one of its task (error_code interrupted): CANCELLING
+        when a worker holds it, CANCELLED otherwise; None when it ended meanwhile."""
+        reason = f"interrupted by {by}"
+        values = {"error_code": ErrorCode.INTERRUPTED.value}
+        for target, sources in (
+            (S.CANCELLING, frozenset({S.RUNNING, S.PAUSING})),
+            (S.CANCELLED, frozenset({S.PENDING, S.QUEUED, S.PAUSED})),
+        ):
+            try:
+                return self.change_state(execution_id, target, reason, values=values, from_states=sources)
+            except InvalidExecutionStateError:
+                continue
+        return None
 
     def after_commit(self, transitions: list[Transition]) -> None:
         """Publish the committed events, then run each entered state's side effects."""
@@ -312,8 +360,26 @@ class ExecutionStateManager:
             self.handle_state_side_effects(tr.execution, tr.previous_state, tr.new_state, delay=tr.delay)
             if tr.waiters:
                 self.wake_waiters(tr.execution.tenant, tr.execution.agent_id, 1)
+            if tr.task_waiters and tr.execution.task_id is not None:
+                self.wake_task_waiter(tr.execution.tenant, tr.execution.task_id)
             if self.on_transition is not None:
                 self.on_transition(tr)
+
+    def wake_task_waiter(self, tenant: str, task_id: uuid.UUID) -> bool:
+        """Send the oldest execution waiting for `task_id` (enqueue, interrupt) to the workers,
+        if none of the task's others is active any more. Called after a write that ended one
+        of the task's executions, and by the reaper."""
+        bg = self.background_tasks
+        if bg is None:
+            return False
+        try:
+            row = self.repository.take_task_waiter(tenant, task_id)
+            if row is not None:
+                bg.start_task(row.id, row.attempt, queue=row.queue, priority=row.priority)
+        except Exception as exc:  # the reaper hands it over on its next pass
+            log.warning("handing a task to its next execution failed; the reaper will", error=str(exc))
+            return False
+        return row is not None
 
     def wake_waiters(self, tenant: str, agent_id: uuid.UUID, count: int) -> int:
         """Send the best `count` executions waiting for a slot of this tenant (this agent's

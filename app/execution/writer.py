@@ -60,6 +60,7 @@ class Expr(str):
     DEADLINE: Expr
     MERGE_CONTEXT: Expr
     FIRST_PROGRESS: Expr
+    CANCEL_CODE: Expr
 
 
 Expr.NOW = Expr("now()")
@@ -71,6 +72,8 @@ Expr.DEADLINE = Expr("now() + x.timeout_seconds * interval '1 second'")
 Expr.MERGE_CONTEXT = Expr("x.context || %(context_update)s::jsonb")  # param: context_update
 # The input step's share of a run, 1 / (steps + 2) rounded to 0.01, or what an earlier
 # attempt reached if more: progress never goes back, across attempts.
+# A cancel keeps the more precise code its CANCELLING was given (interrupted), else cancelled.
+Expr.CANCEL_CODE = Expr("coalesce(x.error_code, 'cancelled')")
 Expr.FIRST_PROGRESS = Expr(
     "greatest(x.progress_percentage,"
     " round(100.0 / (coalesce(jsonb_array_length(x.parameters -> 'steps'), 1) + 2), 2)::float8)"
@@ -92,6 +95,7 @@ class Shape:
     on_conflict_key: bool = False  # insert: nothing when (tenant, idempotency_key) exists
     take_slot: bool = False  # update: only if a concurrency slot is free (the claim)
     release_slot: bool = False  # update: leaves a slot; return whether someone waits for one
+    release_task: bool = False  # update: ends it; return whether an execution waits for its task
 
 
 @dataclass
@@ -103,6 +107,7 @@ class Written:
     previous_state: str | None = None
     agent: dict[str, Any] | None = None
     waiters: bool = False  # a write that gave back a slot: executions wait for one
+    task_waiters: bool = False  # a write that ended an execution: another waits for its task_id
 
 
 _sql: dict[Shape, str] = {}
@@ -128,6 +133,7 @@ def _guard_clause(guards: tuple[str, ...]) -> list[str]:
 # The slot functions of migration 0005: they lock and count only when a limit applies.
 _TAKE_SLOT = "agentexec_take_slot(x.tenant, x.agent_id, %(p_tenant_limit)s::int)"
 _RELEASE_SLOT = "agentexec_release_slot(u.tenant, u.agent_id, %(p_tenant_limit)s::int) AS waiters"
+_RELEASE_TASK = "agentexec_task_released(u.tenant, u.task_id) AS task_waiters"
 
 
 def _update_cte(shape: Shape) -> str:
@@ -207,9 +213,12 @@ def build_sql(shape: Shape) -> str:
     selected = ["u.*"]
     if shape.with_agent:
         selected.append(_AGENT)
-    if shape.release_slot:
-        ctes.append(f"w AS (SELECT {_RELEASE_SLOT} FROM u)")
-        selected.append("w.waiters")
+    released = [
+        sql for on, sql in ((shape.release_slot, _RELEASE_SLOT), (shape.release_task, _RELEASE_TASK)) if on
+    ]
+    if released:
+        ctes.append(f"w AS (SELECT {', '.join(released)} FROM u)")
+        selected.append("w.*")
     if shape.events:
         ctes.append(_events_cte(shape))
         selected.append(
@@ -218,7 +227,7 @@ def build_sql(shape: Shape) -> str:
         source = "u CROSS JOIN e ORDER BY e.id"
     else:
         source = "u"
-    if shape.release_slot:
+    if released:
         source = source.replace("u", "u CROSS JOIN w", 1)
     return f"WITH {', '.join(ctes)} SELECT {', '.join(selected)} FROM {source}"
 
@@ -274,6 +283,7 @@ def update(
     with_agent: bool = False,
     slot: str | None = None,
     tenant_limit: int = 0,
+    release_task: bool = False,
 ) -> Written:
     """UPDATE the execution where every guard holds; log history and events with it.
 
@@ -284,7 +294,8 @@ def update(
     row's from_state, and `previous_state` of events that ask for it). `slot="take"`
     writes only if a concurrency slot is free; `slot="release"` (a write out of RUNNING or
     PAUSING) returns in `waiters` whether executions wait for one. `tenant_limit` is
-    TENANT_MAX_CONCURRENCY, for tenants without their own limit.
+    TENANT_MAX_CONCURRENCY, for tenants without their own limit. `release_task` (a write
+    that ends the execution) returns in `task_waiters` whether another waits for its task_id.
     """
     pairs, bound = _split(values)
     shape = Shape(
@@ -297,6 +308,7 @@ def update(
         with_agent=with_agent,
         take_slot=slot == "take",
         release_slot=slot == "release",
+        release_task=release_task,
     )
     if slot is not None:
         bound["p_tenant_limit"] = tenant_limit
@@ -367,5 +379,10 @@ def _run(connection: Connection, sql: str, params: dict[str, Any]) -> Written:
         if "ev_id" in r
     ]
     return Written(
-        execution, logged, first.get("previous_state"), first.get("agent"), bool(first.get("waiters"))
+        execution,
+        logged,
+        first.get("previous_state"),
+        first.get("agent"),
+        bool(first.get("waiters")),
+        bool(first.get("task_waiters")),
     )

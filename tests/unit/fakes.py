@@ -25,7 +25,7 @@ from app.execution.dispatch import celery_task_id
 from app.execution.event_emitter import EventSpec, render_payload
 from app.execution.writer import ATTRIBUTE_OF, COLUMN_OF, Expr, History, Written, execution_from_row
 from app.models import DEFAULT_TENANT, Agent, Execution, ExecutionEvent, ExecutionStateHistory
-from app.schemas import HELD_BY_WORKER, SLOT_STATES, ExecutionState
+from app.schemas import FINISHED_STATES, HELD_BY_WORKER, SLOT_STATES, ExecutionState
 from tests.conftest import RecordingDispatcher
 
 __all__ = ["EXPRESSIONS", "SERVER_DEFAULTS", "FakeEventBus", "FakeRepository", "RecordingDispatcher"]
@@ -76,6 +76,7 @@ EXPRESSIONS: dict[str, Evaluate] = {
     Expr.DEADLINE: lambda old, now, p: now + timedelta(seconds=_before(old)["timeout_seconds"]),
     Expr.MERGE_CONTEXT: lambda old, now, p: _before(old)["context"] | _jsonb(p["context_update"]),
     Expr.FIRST_PROGRESS: _first_progress,
+    Expr.CANCEL_CODE: lambda old, now, p: _before(old).get("error_code") or "cancelled",
 }
 
 
@@ -187,6 +188,86 @@ class FakeRepository:
         self.rows[row["id"]] = row
         return self._logged(row, history, events, now, None, None)
 
+    # ------------------------------------------------------- task collisions
+
+    def _task_rows(self, tenant: str, task_id: Any) -> list[Row]:
+        return sorted(
+            (r for r in self.rows.values() if r["tenant"] == tenant and r["task_id"] == task_id),
+            key=lambda r: (r["created_at"], str(r["id"])),
+        )
+
+    def create_execution_for_task(
+        self,
+        values: dict[str, Any],
+        *,
+        history: list[History],
+        events: list[EventSpec],
+        agent_tenant: str | None,
+        skip_if_key_exists: bool = False,
+        on_conflict: str | None = None,
+    ) -> tuple[Written, str, list[uuid.UUID]]:
+        """The policy (request, agent, allow), the task's active executions, then the insert."""
+        agent = self.agents.get(values["agent_id"])
+        policy = on_conflict or (agent.on_conflict if agent is not None else None) or "allow"
+        finished = {s.value for s in FINISHED_STATES}
+        active = (
+            []
+            if policy == "allow"
+            else [
+                r["id"]
+                for r in self._task_rows(values["tenant"], values["task_id"])
+                if r["state"] not in finished
+            ]
+        )
+        if active and policy == "reject":
+            return Written(None, []), policy, active
+        if active and policy in ("enqueue", "interrupt") and values.get("state") == "QUEUED":
+            values = values | {"waiting_reason": "task_busy"}
+        written = self.create_execution(
+            values,
+            history=history,
+            events=events,
+            agent_tenant=agent_tenant,
+            skip_if_key_exists=skip_if_key_exists,
+        )
+        return written, policy, active
+
+    def _task_idle(self, tenant: str, task_id: Any) -> bool:
+        finished = {s.value for s in FINISHED_STATES}
+        return not any(
+            r["state"] not in finished and r.get("waiting_reason") != "task_busy"
+            for r in self._task_rows(tenant, task_id)
+        )
+
+    def _task_waiting(self, tenant: str, task_id: Any) -> list[Row]:
+        return [
+            r
+            for r in self._task_rows(tenant, task_id)
+            if r["state"] == "QUEUED" and r.get("waiting_reason") == "task_busy"
+        ]
+
+    def take_task_waiter(self, tenant: str, task_id: uuid.UUID) -> Any | None:
+        """The oldest task_busy waiter, unmarked, once no other execution of the task is active."""
+        waiting = self._task_waiting(tenant, task_id)
+        if not waiting or not self._task_idle(tenant, task_id):
+            return None
+        row = waiting[0]
+        row["waiting_reason"] = None
+        return SimpleNamespace(
+            id=row["id"], attempt=row["attempt"], queue=row["queue"], priority=row["priority"]
+        )
+
+    def idle_task_waiters(self, limit: int) -> list[Any]:
+        """(tenant, task_id) of tasks whose executions all ended or wait."""
+        keys = {
+            (r["tenant"], r["task_id"])
+            for r in self.rows.values()
+            if r["state"] == "QUEUED" and r.get("waiting_reason") == "task_busy"
+        }
+        return [
+            SimpleNamespace(tenant=t, task_id=k) for t, k in sorted(keys, key=str) if self._task_idle(t, k)
+        ][:limit]
+
     def transition(
         self,
         execution_id: uuid.UUID,
@@ -203,6 +284,7 @@ class FakeRepository:
         with_agent: bool = False,
         slot: str | None = None,
         tenant_limit: int = 0,
+        release_task: bool = False,
     ) -> Written:
         """The guarded UPDATE into `target`, its history row and its events; with `slot`
         "take" only when a concurrency slot is free, "release" says whether some wait."""
@@ -223,6 +305,10 @@ class FakeRepository:
             params=params,
             with_agent=with_agent,
         )
+        if release_task and written.execution is not None and written.execution.task_id is not None:
+            written.task_waiters = bool(
+                self._task_waiting(written.execution.tenant, written.execution.task_id)
+            )
         if slot == "release" and written.execution is not None:
             written.waiters = self._has_waiters(
                 written.execution.tenant, written.execution.agent_id, tenant_limit

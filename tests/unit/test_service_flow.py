@@ -14,6 +14,7 @@ import pytest
 from app import events
 from app.commands import ModelRequest, SimulatedProvider, build_command_bus
 from app.config import Settings
+from app.errors import TaskBusyError
 from app.execution.dispatch import celery_task_id
 from app.execution.event_emitter import ExecutionEventEmitter
 from app.execution.policy import Outcome
@@ -379,3 +380,73 @@ def test_without_limits_no_claim_waits_and_no_end_wakes_anyone(flow):
     flow.hook.on_call = claim_second
     assert flow.runner.run(first.id, 1, "w1") is Outcome.COMPLETED
     assert outcomes == [Outcome.COMPLETED] and len(flow.dispatcher.started) == 2
+
+
+TASK = uuid.UUID("00000000-0000-4000-8000-000000000001")
+
+
+def test_reject_refuses_a_second_active_execution_of_the_task_and_names_the_first(flow):
+    first = flow.create({"input": "x"}, task_id=TASK)
+    with pytest.raises(TaskBusyError) as refused:
+        flow.create({"input": "y"}, task_id=TASK, on_conflict="reject")
+    assert refused.value.active_execution_id == first.id and str(first.id) in str(refused.value)
+    assert [r["id"] for r in flow.repo.rows.values()] == [first.id]
+    assert flow.runner.run(first.id, 1, "w") is Outcome.COMPLETED
+    later = flow.create({"input": "z"}, task_id=TASK, on_conflict="reject")  # the task is idle again
+    assert later.state == "QUEUED"
+
+
+def test_an_agent_default_policy_applies_when_the_create_names_none(flow):
+    flow.agent.on_conflict = "reject"
+    flow.create({"input": "x"}, task_id=TASK)
+    with pytest.raises(TaskBusyError):
+        flow.create({"input": "y"}, task_id=TASK)
+    flow.create({"input": "y"}, task_id=TASK, on_conflict="allow")  # the request wins
+
+
+def test_enqueue_waits_for_the_active_execution_then_starts(flow):
+    first = flow.create({"input": "x"}, task_id=TASK)
+    second = flow.create({"input": "y"}, task_id=TASK, on_conflict="enqueue")
+    assert (second.state, second.waiting_reason) == ("QUEUED", "task_busy")
+    assert [started[0] for started in flow.dispatcher.started] == [first.id]  # no message for it yet
+    assert flow.runner.run(first.id, 1, "w") is Outcome.COMPLETED
+    assert [started[0] for started in flow.dispatcher.started] == [first.id, second.id]
+    assert flow.row(second.id).waiting_reason is None
+    assert flow.runner.run(second.id, 1, "w") is Outcome.COMPLETED
+
+
+def test_interrupt_cancels_a_queued_execution_at_once_and_starts(flow):
+    first = flow.create({"input": "x"}, task_id=TASK)
+    second = flow.create({"input": "y"}, task_id=TASK, on_conflict="interrupt")
+    old = flow.row(first.id)
+    assert (old.state, old.error_code) == ("CANCELLED", "interrupted")
+    assert flow.repo.history_of(first.id)[-1] == ("QUEUED", "CANCELLED", f"interrupted by {second.id}")
+    assert flow.payloads(first.id, COMPLETED)[-1]["error_code"] == "interrupted"
+    assert flow.dispatcher.started[-1][0] == second.id and flow.row(second.id).waiting_reason is None
+
+
+def test_interrupt_of_a_running_execution_waits_for_its_cancel_to_end(flow):
+    first = flow.create({"input": "x"}, task_id=TASK, hooked=True)
+    created: list[Execution] = []
+
+    def interrupt_during_the_call(request: ModelRequest) -> None:
+        flow.hook.on_call = lambda request: None
+        created.append(flow.create({"input": "y"}, task_id=TASK, on_conflict="interrupt"))
+        assert flow.row(first.id).state == "CANCELLING"
+        assert flow.row(created[0].id).waiting_reason == "task_busy"
+
+    flow.hook.on_call = interrupt_during_the_call
+    assert flow.runner.run(first.id, 1, "w") is Outcome.CANCELLED
+    assert flow.row(first.id).error_code == "interrupted"  # kept from CANCELLING
+    [second] = created
+    assert flow.dispatcher.started[-1][0] == second.id
+    assert flow.runner.run(second.id, 1, "w") is Outcome.COMPLETED
+
+
+def test_the_reaper_hands_an_idle_task_to_its_oldest_waiter(flow):
+    first = flow.create({"input": "x"}, task_id=TASK)
+    second = flow.create({"input": "y"}, task_id=TASK, on_conflict="enqueue")
+    flow.repo.rows[first.id]["state"] = "COMPLETED"  # as if its end's hand-over was lost
+    [idle] = flow.repo.idle_task_waiters(10)
+    assert flow.state_manager.wake_task_waiter(idle.tenant, idle.task_id)
+    assert flow.dispatcher.started[-1][0] == second.id

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from psycopg.rows import namedtuple_row
 from sqlalchemy import Select, func, literal_column, select, text
 from sqlalchemy.exc import OperationalError
 
@@ -61,6 +62,82 @@ class ExecutionRows(RepositoryBase):
                 history=history,
                 skip_if_key_exists=skip_if_key_exists,
             )
+
+    def create_execution_for_task(
+        self,
+        values: dict[str, Any],
+        *,
+        history: list[writer.History],
+        events: list[EventSpec],
+        agent_tenant: str | None,
+        skip_if_key_exists: bool = False,
+        on_conflict: str | None = None,
+    ) -> tuple[Written, str, list[uuid.UUID]]:
+        """`create_execution` for a task_id, with its collision policy, in ONE transaction.
+
+        The policy (`on_conflict`, else the agent's, else allow) is resolved by the database;
+        unless it is allow, the task's lock is taken and its active executions read first:
+        with reject and an active one nothing is inserted; with enqueue or interrupt and an
+        active one the row is inserted waiting ("task_busy"). Returns (what was written, the
+        policy, the active executions' ids, oldest first).
+        """
+        guard = "SELECT policy, active FROM agentexec_task_guard(%(t)s, %(k)s, %(a)s, %(p)s)"
+        params = {"t": values["tenant"], "k": values["task_id"], "a": values["agent_id"], "p": on_conflict}
+        with self._work(None, "create_execution_for_task", values.get("id"), autocommit=False) as work:
+            driver = work.connection.connection.driver_connection
+            with driver.cursor() as cursor:  # type: ignore[union-attr]
+                policy, active = cursor.execute(guard, params).fetchone()  # type: ignore[misc]
+            active = list(active or [])
+            if active and policy == "reject":
+                return Written(None, []), policy, active
+            if active and policy in ("enqueue", "interrupt") and values.get("state") == "QUEUED":
+                values = values | {"waiting_reason": "task_busy"}  # no task message until its turn
+            written = writer.insert(
+                work.connection,
+                values,
+                agent_id=values["agent_id"],
+                agent_tenant=agent_tenant,
+                events=events,
+                history=history,
+                skip_if_key_exists=skip_if_key_exists,
+            )
+            return written, policy, active
+
+    def take_task_waiter(self, tenant: str, task_id: uuid.UUID) -> Any | None:
+        """The oldest execution waiting for `task_id` ("task_busy"), no longer waiting, when none
+        of the task's other executions is active any more: (id, attempt, queue, priority)."""
+        lock = (
+            "SELECT pg_advisory_xact_lock("
+            "hashtextextended('agentexec.task:' || %(t)s || ':' || %(k)s::text, 0))"
+        )
+        take = (
+            "UPDATE executions x SET waiting_reason = NULL WHERE x.id = ("
+            " SELECT w.id FROM executions w WHERE w.tenant = %(t)s AND w.task_id = %(k)s"
+            " AND w.state = 'QUEUED' AND w.waiting_reason = 'task_busy'"
+            " ORDER BY w.created_at, w.id LIMIT 1 FOR UPDATE)"
+            " AND NOT EXISTS (SELECT 1 FROM executions b WHERE b.tenant = %(t)s AND b.task_id = %(k)s"
+            " AND b.state NOT IN ('COMPLETED', 'FAILED', 'TIMED_OUT', 'CANCELLED')"
+            " AND b.waiting_reason IS DISTINCT FROM 'task_busy')"
+            " RETURNING x.id, x.attempt, x.queue, x.priority"
+        )
+        with self._work(None, "take_task_waiter", autocommit=False) as work:
+            driver = work.connection.connection.driver_connection
+            with driver.cursor(row_factory=namedtuple_row) as cursor:  # type: ignore[union-attr]
+                cursor.execute(lock, {"t": tenant, "k": task_id})
+                return cursor.execute(take, {"t": tenant, "k": task_id}).fetchone()
+
+    def idle_task_waiters(self, limit: int) -> Sequence[Any]:
+        """(tenant, task_id) of tasks whose executions all wait (task_busy) or ended: the reaper
+        wakes the oldest of each (a crash between an end and its hand-over leaves them)."""
+        sql = (
+            "SELECT DISTINCT w.tenant, w.task_id FROM executions w"
+            " WHERE w.state = 'QUEUED' AND w.waiting_reason = 'task_busy'"
+            " AND NOT EXISTS (SELECT 1 FROM executions b WHERE b.tenant = w.tenant AND b.task_id = w.task_id"
+            " AND b.state NOT IN ('COMPLETED', 'FAILED', 'TIMED_OUT', 'CANCELLED')"
+            " AND b.waiting_reason IS DISTINCT FROM 'task_busy') LIMIT %(n)s"
+        )
+        with self._work(None, "idle_task_waiters") as work:
+            return work.connection.exec_driver_sql(sql, {"n": limit}).all()
 
     def create(self, execution: Execution, *, uow: UnitOfWork | None = None) -> Execution:
         """Insert an execution row as given, logging nothing (imports and tests; the service
@@ -186,6 +263,7 @@ class ExecutionRows(RepositoryBase):
         with_agent: bool = False,
         slot: str | None = None,
         tenant_limit: int = 0,
+        release_task: bool = False,
         uow: UnitOfWork | None = None,
     ) -> Written:
         """ONE statement: the guarded UPDATE into `target`, its history row and its event rows.
@@ -213,6 +291,7 @@ class ExecutionRows(RepositoryBase):
                 with_agent=with_agent,
                 slot=slot,
                 tenant_limit=tenant_limit,
+                release_task=release_task,
             )
 
     def mark_waiting(self, execution_id: uuid.UUID, attempt: int, tenant_limit: int) -> bool | None:
