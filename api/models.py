@@ -19,9 +19,9 @@ from app.schemas import MAX_PAGE, MAX_PAGE_SIZE, AgentCreate, AgentUpdate, Execu
 
 _NUMBER = re.compile(r"\s*[-+]?[0-9.eE+-]+\s*")
 TASK_ID = (
-    "The caller's own id for the task this execution works on (a UUID it chooses): agentexec "
-    "only stores it, filters by it and sends it in every event. Several executions may share it "
-    "(retries of the task, other agents on the same task)."
+    "The caller's own id for the task this execution works on (a UUID it chooses), sent in every "
+    "event and a filter of the list. Several executions may share it (retries, follow-ups); "
+    "`on_conflict` at creation says what happens while one of them is still active."
 )
 # The domain's own bound; MAX_TIMEOUT_SECONDS (a setting) may only lower it (api.openapi, the view).
 SCHEMA_MAX_TIMEOUT: int = next(
@@ -141,7 +141,6 @@ class AgentUpdateBody(AgentUpdate):
 class ExecutionCreateBody(ExecutionCreate):
     """The body of POST /v1/executions."""
 
-    task_id: uuid.UUID | None = Field(None, description=TASK_ID)
     timeout_seconds: int | None = Field(
         None,
         gt=0,

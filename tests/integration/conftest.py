@@ -93,6 +93,8 @@ def start_gunicorn(
         if k not in ("PROMETHEUS_MULTIPROC_DIR", "AGENTEXEC_METRICS_DIR_OWNER")
     }
     full_env |= {"DATABASE_POOL_SIZE": "4", "DATABASE_MAX_OVERFLOW": "4", "SSE_HEARTBEAT_SECONDS": "0.5"}
+    # The code of this tree, whatever checkout an editable install of the package points at.
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     full_env |= env
     cmd = [
         str(Path(sys.executable).parent / "gunicorn"),
@@ -134,10 +136,11 @@ def start_gunicorn(
 
 
 @pytest.fixture(scope="module")
-def api_server(settings, celery_worker, tmp_path_factory) -> Iterator[Server]:  # type: ignore[no-untyped-def]
+def api_server(request, settings, celery_worker, tmp_path_factory) -> Iterator[Server]:  # type: ignore[no-untyped-def]
     """gunicorn (api.server.ThreadWorker: gthread, 2 workers) serving `api:create_app()` as the
-    Procfile's web line does."""
-    server = start_gunicorn(tmp_path_factory.mktemp("gunicorn") / "gunicorn.log")
+    Procfile's web line does; indirect parametrization may add environment variables."""
+    env: dict[str, str] = getattr(request, "param", None) or {}
+    server = start_gunicorn(tmp_path_factory.mktemp("gunicorn") / "gunicorn.log", **env)
     try:
         yield server
     finally:

@@ -1,0 +1,59 @@
+"""The README's curl walkthrough as a newcomer pastes it: its shell blocks, run twice, as they are.
+
+The blocks read `AGENTEXEC_API_URL` and `AGENTEXEC_API_KEY` (with documented defaults), so
+the test only sets those two; the server is gunicorn with API keys on, and a real worker
+runs the executions. The shell blocks of docs/api.md that build on the walkthrough run
+after it, in the same shell.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Server
+
+ROOT = Path(__file__).resolve().parents[2]
+SECTION = "## A first execution with curl"
+ERROR_PAGES = ("traceback", "<!doctype", "<html", "unexpected answer")
+
+
+def shell_blocks(text: str) -> list[str]:
+    """The ```sh and ```bash blocks of a Markdown text, in order."""
+    return re.findall(r"^```(?:sh|bash)\n(.*?)^```", text, re.S | re.M)
+
+
+def section(text: str, heading: str) -> str:
+    """The text of one `## ` section, up to the next one."""
+    start = text.index(heading + "\n")
+    end = text.find("\n## ", start + len(heading))
+    return text[start : end if end != -1 else len(text)]
+
+
+@pytest.mark.parametrize("api_server", [{"AUTH_ENABLED": "true"}], indirect=True)
+def test_the_readme_curl_walkthrough_runs_twice_without_an_error_page(
+    api_server: Server, service, clean_db
+) -> None:  # type: ignore[no-untyped-def]
+    key, _ = service.keys.create("readme", "the README walkthrough")
+    blocks = shell_blocks(section((ROOT / "README.md").read_text(), SECTION))
+    assert len(blocks) == 1 and "$API/v1/executions" in blocks[0]
+    script = "\n".join(blocks + shell_blocks((ROOT / "docs" / "api.md").read_text()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTEXEC_")}
+    env |= {"AGENTEXEC_API_URL": api_server.url, "AGENTEXEC_API_KEY": key}
+    executions = set()
+    for paste in (1, 2):
+        run = subprocess.run(
+            ["bash", "-e", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        output = run.stdout + run.stderr
+        assert run.returncode == 0, f"paste {paste}:\n{output[-4000:]}"
+        assert not [page for page in ERROR_PAGES if page in output.lower()], (
+            f"paste {paste}:\n{output[-4000:]}"
+        )
+        assert "event: agent.execution.completed" in output and "\nCOMPLETED\n" in output, output[-4000:]
+        executions.add(re.search(r"^execution (\S+)$", output, re.M).group(1))  # type: ignore[union-attr]
+    assert len(executions) == 2, "the second paste did not make its own execution"
