@@ -65,6 +65,17 @@ class TaskBusyError(ConflictError):
         self.active_execution_id = active_id
 
 
+class BudgetExceededError(AgentExecError):
+    """A token budget is spent: the execution's max_tokens, or its agent's daily budget.
+
+    `retry_after` is the seconds until the daily budget renews (next UTC midnight), or
+    None for max_tokens (that execution cannot continue)."""
+
+    def __init__(self, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ModelOrchestrationError(AgentExecError):
     """The model service failed; `retryable` says whether another attempt may succeed."""
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -39,6 +40,7 @@ class Agent(Base):
         CheckConstraint(
             "on_conflict IN ('allow', 'reject', 'enqueue', 'interrupt')", name="ck_agents_on_conflict"
         ),
+        CheckConstraint("daily_token_budget > 0", name="ck_agents_daily_token_budget"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -51,8 +53,25 @@ class Agent(Base):
     max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # The collision policy of its executions' task_id when a create names none (None: allow).
     on_conflict: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Tokens its executions may use per UTC day, all together (None: no budget).
+    daily_token_budget: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AgentUsageDaily(Base):
+    """Tokens an agent's executions used on one UTC day, and how many executions ended that day."""
+
+    __tablename__ = "agent_usage_daily"
+    __table_args__ = (Index("ix_agent_usage_daily_tenant_day", "tenant", "day"),)
+
+    agent_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100))
+    executions: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    total_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 class TenantLimit(Base):
@@ -136,6 +155,11 @@ class Execution(Base):
     error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # Why a QUEUED execution waits ("concurrency_limit", "task_busy"); None otherwise.
     waiting_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Token budget of the whole execution (every call, every attempt) and what it used so far.
+    max_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    total_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     attempt: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     max_retries: Mapped[int] = mapped_column(Integer, server_default=text("3"))
     timeout_seconds: Mapped[int] = mapped_column(Integer, server_default=text("3600"))

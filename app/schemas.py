@@ -138,6 +138,13 @@ class ExecutionCreate(_Strict):
     priority: int = Field(5, ge=0, le=9)
     timeout_seconds: int | None = Field(None, gt=0, le=7 * 86400)
     max_retries: int | None = Field(None, ge=0, le=20)
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=10**12,
+        description="Token budget of the whole execution, every model call and attempt together; "
+        "the call that would exceed it is not made and the execution fails with budget_exceeded.",
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -165,6 +172,9 @@ class AgentCreate(_Strict):
     on_conflict: OnConflict | None = Field(
         None, description="Default collision policy of its executions' task_id (null: allow)."
     )
+    daily_token_budget: int | None = Field(
+        None, ge=1, le=10**15, description="Tokens all its executions may use per UTC day (null: no budget)."
+    )
 
     @field_validator("name")
     @classmethod
@@ -184,6 +194,7 @@ class AgentUpdate(_Strict):
     parameters: dict[str, Any] | None = None
     max_concurrency: int | None = Field(None, ge=1, le=100_000, description="null removes the limit.")
     on_conflict: OnConflict | None = Field(None, description="null: allow.")
+    daily_token_budget: int | None = Field(None, ge=1, le=10**15, description="null removes the budget.")
 
 
 class ExecutionFilters(BaseModel):

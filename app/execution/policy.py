@@ -10,8 +10,10 @@ stopping and the state it found.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.schemas import ErrorCode, ExecutionState
@@ -119,6 +121,60 @@ def stop_for_state(state: ExecutionState | None, same_attempt: bool) -> Stop:
 def may_retry(attempt: int, max_retries: int) -> bool:
     """The retry budget: attempt N is retry N-1, allowed while at most max_retries."""
     return attempt - 1 < max_retries
+
+
+@dataclass
+class TokenBudget:
+    """What a run may still spend: the execution's max_tokens and the agent's daily budget.
+
+    `used` is what the execution used before this attempt's calls plus what they used;
+    `used_today` the agent's tokens of the UTC day when the run was claimed, plus this run's.
+    """
+
+    max_tokens: int | None = None
+    used: int = 0
+    daily: int | None = None
+    used_today: int = 0
+
+    def refusal(self, estimate: int) -> str | None:
+        """Why a model call needing at least `estimate` tokens must not start (None: it may)."""
+        if self.max_tokens is not None and (
+            self.used >= self.max_tokens or self.used + estimate > self.max_tokens
+        ):
+            return (
+                f"token budget exceeded: max_tokens is {self.max_tokens}, {self.used} used, "
+                f"the next model call needs at least {estimate}"
+            )
+        if self.daily is not None and (
+            self.used_today >= self.daily or self.used_today + estimate > self.daily
+        ):
+            return (
+                f"the agent's daily token budget is spent: {self.used_today} of {self.daily} used today "
+                f"(UTC), the next model call needs at least {estimate}"
+            )
+        return None
+
+    def add(self, tokens: int) -> None:
+        """Count a finished call's tokens."""
+        self.used += tokens
+        self.used_today += tokens
+
+
+def _spent(used: int, estimate: int, budget: int) -> bool:
+    return used >= budget or used + estimate > budget
+
+
+def estimate_tokens(*texts: str) -> int:
+    """The prompt tokens a call will use at least: its words (the simulated model's count and
+    the fallback when a provider reports no usage)."""
+    return sum(len(t.split()) for t in texts)
+
+
+def seconds_to_utc_midnight(now: datetime | None = None) -> int:
+    """Seconds until the next UTC day, when a daily budget renews (at least 1)."""
+    now = now or datetime.now(UTC)
+    tomorrow = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(1, math.ceil((tomorrow - now).total_seconds()))
 
 
 def model_error_code(retryable: bool, max_retries: int) -> ErrorCode:

@@ -11,6 +11,7 @@ from app.auth import ApiKeyStore
 from app.config import Settings
 from app.errors import (
     AgentNotFoundError,
+    BudgetExceededError,
     ConflictError,
     ExecutionNotFoundError,
     InvalidExecutionStateError,
@@ -19,7 +20,7 @@ from app.events import EventBus
 from app.execution.control import ControlHub
 from app.execution.dispatch import TaskDispatcher
 from app.execution.event_emitter import ExecutionEventEmitter
-from app.execution.policy import Outcome
+from app.execution.policy import Outcome, seconds_to_utc_midnight
 from app.execution.progress_tracker import ExecutionProgressTracker
 from app.execution.reaper import Reaper
 from app.execution.repository import ExecutionRepository
@@ -102,6 +103,7 @@ class ExecutionService:
             AgentNotFoundError: unknown agent (for this tenant).
             ConflictError: the key was used with another body.
             TaskBusyError: on_conflict=reject and the task_id has an active execution.
+            BudgetExceededError: the agent's daily token budget is spent (retry_after: seconds).
         """
         fingerprint = request_fingerprint(data) if idempotency_key else None
         values: dict[str, Any] = {
@@ -114,6 +116,7 @@ class ExecutionService:
             "max_retries": (
                 self.settings.default_max_retries if data.max_retries is None else data.max_retries
             ),
+            "max_tokens": data.max_tokens,
             "timeout_seconds": data.timeout_seconds or self.settings.default_timeout_seconds,
             "queue": data.queue or self.settings.default_queue,
             "priority": data.priority,
@@ -144,6 +147,15 @@ class ExecutionService:
                 return existing, False
             if self.repository.get_agent(data.agent_id, tenant=tenant) is not None:  # deleted meanwhile
                 raise ConflictError(f"idempotency key {idempotency_key!r} is being reused; try again")
+        agent = self.repository.get_agent(data.agent_id, tenant=tenant)
+        if agent is not None and agent.daily_token_budget is not None:
+            used = self.repository.tokens_today(agent.id)
+            if used >= agent.daily_token_budget:
+                raise BudgetExceededError(
+                    f"agent {agent.id} spent its daily token budget: {used} of {agent.daily_token_budget} "
+                    "tokens today (UTC); it renews at midnight UTC",
+                    retry_after=seconds_to_utc_midnight(),
+                )
         raise AgentNotFoundError(data.agent_id)
 
     def start_execution(
@@ -306,7 +318,7 @@ class ExecutionService:
 
     def update_agent(self, agent_id: uuid.UUID, data: AgentUpdate, *, tenant: str | None = None) -> Agent:
         """Change the given fields of an agent."""
-        nullable = {"max_concurrency", "on_conflict"}  # null is a value here: no limit, allow
+        nullable = {"max_concurrency", "on_conflict", "daily_token_budget"}  # null: no limit, allow
         changes = {
             k: v
             for k, v in data.model_dump(mode="json", exclude_unset=True).items()

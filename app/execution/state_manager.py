@@ -142,6 +142,7 @@ class ExecutionStateManager:
         delay: float = 0,
         progress_event: bool = False,
         from_states: frozenset[ExecutionState] | None = None,
+        usage: dict[str, int] | None = None,
     ) -> Execution:
         """Move the execution to `target_state` in ONE statement, then publish and act.
 
@@ -180,6 +181,8 @@ class ExecutionStateManager:
             entry_params(target, delay=delay),
             delay,
             slot="release" if leaves_slot else None,
+            # Every end counts in its agent's day (the usage API's `executions`), with its tokens.
+            usage=(usage or {}) | {"ended": 1} if target in FINISHED_STATES else usage,
         )
         self.after_commit([transition])
         return transition.execution
@@ -251,6 +254,7 @@ class ExecutionStateManager:
         *,
         with_agent: bool = False,
         slot: str | None = None,
+        usage: dict[str, int] | None = None,
     ) -> Transition:
         written = self.repository.transition(
             execution_id,
@@ -267,6 +271,7 @@ class ExecutionStateManager:
             slot=slot,
             tenant_limit=self.tenant_limit,
             release_task=target in FINISHED_STATES,
+            usage=usage,
         )
         if written.execution is None:
             self._explain_refusal(execution_id, current, target, expected_attempt, tenant)

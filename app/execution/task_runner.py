@@ -11,6 +11,7 @@ gives up without writing and the reaper takes over once the database is back.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import uuid
@@ -25,6 +26,7 @@ from app.commands import MODEL_GENERATE, CommandBus, ModelRequest
 from app.config import Settings
 from app.errors import (
     AgentNotFoundError,
+    BudgetExceededError,
     DatabaseUnavailableError,
     ExecutionInterrupted,
     ExecutionNotFoundError,
@@ -38,8 +40,10 @@ from app.execution.policy import (
     Action,
     Outcome,
     Stop,
+    TokenBudget,
     backoff_delay,
     end_write,
+    estimate_tokens,
     may_retry,
     model_error_code,
     stop_for_state,
@@ -146,13 +150,23 @@ class ExecutionTaskRunner:
         structlog.contextvars.bind_contextvars(agent_id=str(execution.agent_id))  # the worker clears it
         try:
             task_input = self.prepare_task_input(execution, agent)
+            budget = task_input["budget"]
+            if reason := budget.refusal(0):  # spent before this run started
+                raise BudgetExceededError(reason)
             task_type = execution.parameters.get("type", "standard")
             if task_type == "pipeline":
                 raw = self.execute_pipeline_task(execution, task_input, control)
+                usage = {}  # each step's usage was recorded with its checkpoint
             else:
                 raw = self.execute_standard_task(execution, task_input, control)
+                usage = dict(raw["responses"][0]["usage"])
             return self._end(
-                execution, Stop.FINISH, S.COMPLETED, "completed", result=self.process_results(raw)
+                execution,
+                Stop.FINISH,
+                S.COMPLETED,
+                "completed",
+                result=self.process_results(raw),
+                usage=usage | {"ended": 1},
             )
         except ExecutionInterrupted as stop:
             return self._end(execution, Stop(stop.kind))
@@ -163,6 +177,17 @@ class ExecutionTaskRunner:
             # reaper finds the stale heartbeat and re-queues (or fails) the execution.
             bound.error("database unavailable for too long; leaving the execution to the reaper")
             return Outcome.LOST
+        except BudgetExceededError as exc:
+            bound.info("token budget exceeded", why=str(exc))
+            return self._end(
+                execution,
+                Stop.FINISH,
+                S.FAILED,
+                "token budget exceeded",
+                error=str(exc),
+                code=E.BUDGET_EXCEEDED,
+                usage={"ended": 1},
+            )
         except AgentNotFoundError as exc:
             bound.warning("agent not found")
             return self._end(
@@ -212,7 +237,14 @@ class ExecutionTaskRunner:
         if not agent:
             raise AgentNotFoundError(execution.agent_id)
         agent_parameters = agent.get("parameters") or {}
+        budget = TokenBudget(
+            max_tokens=execution.max_tokens,
+            used=int(execution.total_tokens or 0),
+            daily=agent.get("daily_token_budget"),
+            used_today=int(agent.get("tokens_today") or 0),
+        )
         return {
+            "budget": budget,
             "input": str(params.get("input", "")),
             "steps": steps,
             "system_prompt": agent.get("system_prompt") or "",
@@ -259,7 +291,13 @@ class ExecutionTaskRunner:
             saved = self._db(
                 "save_checkpoint",
                 execution.id,
-                lambda: self.repository.save_checkpoint(execution.id, execution.attempt, {"steps": done}),
+                functools.partial(
+                    self.repository.save_checkpoint,
+                    execution.id,
+                    execution.attempt,
+                    {"steps": done},
+                    usage=response["usage"],
+                ),
             )
             if not saved:
                 raise ExecutionInterrupted(self._stop_from_db(execution).value)
@@ -269,7 +307,15 @@ class ExecutionTaskRunner:
     def call_model_service(
         self, execution: Execution, task_input: dict[str, Any], control: RunControl | None = None
     ) -> dict[str, Any]:
-        """One `model.generate` through the CommandBus; raises ModelOrchestrationError."""
+        """One `model.generate` through the CommandBus; raises ModelOrchestrationError, and
+        BudgetExceededError instead of making a call the token budget cannot pay for."""
+        budget: TokenBudget | None = task_input.get("budget")
+        if budget is not None and (
+            reason := budget.refusal(
+                estimate_tokens(task_input.get("system_prompt", ""), task_input["prompt"])
+            )
+        ):
+            raise BudgetExceededError(reason)
         request = ModelRequest(
             prompt=task_input["prompt"],
             system_prompt=task_input.get("system_prompt", ""),
@@ -283,6 +329,8 @@ class ExecutionTaskRunner:
             request.checkpoint = control.check_urgent
             request.sleep = control.sleep
         response: dict[str, Any] = self.command_bus.dispatch(MODEL_GENERATE, request)
+        if budget is not None:
+            budget.add(int((response.get("usage") or {}).get("total_tokens", 0)))
         return response
 
     def process_results(self, result: dict[str, Any]) -> dict[str, Any]:
@@ -341,6 +389,7 @@ class ExecutionTaskRunner:
         result: dict[str, Any] | None = None,
         error: str | None = None,
         code: ErrorCode | None = None,
+        usage: dict[str, int] | None = None,
     ) -> Outcome:
         """Write the end of the run for `stop`; when refused, do what `policy.REFUSED` says.
 
@@ -349,7 +398,7 @@ class ExecutionTaskRunner:
             log.warning("lease lost; stopping without writing", execution_id=str(execution.id))
             return Outcome.LOST
         try:
-            return Outcome.of(self._write_end(execution, stop, target, reason, result, error, code))
+            return Outcome.of(self._write_end(execution, stop, target, reason, result, error, code, usage))
         except InvalidExecutionStateError as exc:
             found = S(exc.current_state)
             action = when_refused(stop, found)
@@ -375,6 +424,7 @@ class ExecutionTaskRunner:
         result: dict[str, Any] | None,
         error: str | None,
         code: ErrorCode | None,
+        usage: dict[str, int] | None = None,
     ) -> ExecutionState:
         attempt = execution.attempt
         if stop is Stop.FINISH:
@@ -391,6 +441,7 @@ class ExecutionTaskRunner:
                 expected_attempt=attempt,
                 values=values,
                 progress_event=target is S.COMPLETED,
+                usage=usage,
             )
             return target
         if stop is Stop.RETRY:

@@ -61,6 +61,9 @@ class Expr(str):
     MERGE_CONTEXT: Expr
     FIRST_PROGRESS: Expr
     CANCEL_CODE: Expr
+    ADD_PROMPT_TOKENS: Expr
+    ADD_COMPLETION_TOKENS: Expr
+    ADD_TOTAL_TOKENS: Expr
 
 
 Expr.NOW = Expr("now()")
@@ -72,6 +75,9 @@ Expr.DEADLINE = Expr("now() + x.timeout_seconds * interval '1 second'")
 Expr.MERGE_CONTEXT = Expr("x.context || %(context_update)s::jsonb")  # param: context_update
 # The input step's share of a run, 1 / (steps + 2) rounded to 0.01, or what an earlier
 # attempt reached if more: progress never goes back, across attempts.
+Expr.ADD_PROMPT_TOKENS = Expr("x.prompt_tokens + %(usage_prompt)s::bigint")  # param: usage_prompt
+Expr.ADD_COMPLETION_TOKENS = Expr("x.completion_tokens + %(usage_completion)s::bigint")
+Expr.ADD_TOTAL_TOKENS = Expr("x.total_tokens + %(usage_total)s::bigint")
 # A cancel keeps the more precise code its CANCELLING was given (interrupted), else cancelled.
 Expr.CANCEL_CODE = Expr("coalesce(x.error_code, 'cancelled')")
 Expr.FIRST_PROGRESS = Expr(
@@ -96,6 +102,7 @@ class Shape:
     take_slot: bool = False  # update: only if a concurrency slot is free (the claim)
     release_slot: bool = False  # update: leaves a slot; return whether someone waits for one
     release_task: bool = False  # update: ends it; return whether an execution waits for its task
+    usage: bool = False  # update: add %(usage_*)s tokens to the execution and its agent's day
 
 
 @dataclass
@@ -130,6 +137,7 @@ def _guard_clause(guards: tuple[str, ...]) -> list[str]:
     ]
 
 
+_TODAY = "(now() AT TIME ZONE 'UTC')::date"  # usage and budgets count UTC days
 # The slot functions of migration 0005: they lock and count only when a limit applies.
 _TAKE_SLOT = "agentexec_take_slot(x.tenant, x.agent_id, %(p_tenant_limit)s::int)"
 _RELEASE_SLOT = "agentexec_release_slot(u.tenant, u.agent_id, %(p_tenant_limit)s::int) AS waiters"
@@ -160,6 +168,11 @@ def _insert_cte(shape: Shape) -> str:
         raise ValueError("an inserted row has no earlier values to read")
     selected = ", ".join(expr or f"%(v_{col})s::{SQL_TYPE[col]}" for col, expr in shape.values)
     tenant = " AND a.tenant = %(p_agent_tenant)s" if shape.tenant_guard else ""
+    # An agent whose daily token budget is spent takes no new execution (the service says 429).
+    tenant += (
+        " AND (a.daily_token_budget IS NULL OR coalesce((SELECT d.total_tokens FROM agent_usage_daily d"
+        f" WHERE d.agent_id = a.id AND d.day = {_TODAY}), 0) < a.daily_token_budget)"
+    )
     conflict = (
         " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
         if shape.on_conflict_key
@@ -201,7 +214,20 @@ def _events_cte(shape: Shape) -> str:
 
 _AGENT = (
     "(SELECT jsonb_build_object('model', a.model, 'system_prompt', a.system_prompt, "
-    "'parameters', a.parameters) FROM agents a WHERE a.id = u.agent_id) AS agent"
+    "'parameters', a.parameters, 'daily_token_budget', a.daily_token_budget, 'tokens_today', "
+    f"(SELECT d.total_tokens FROM agent_usage_daily d WHERE d.agent_id = a.id AND d.day = {_TODAY})) "
+    "FROM agents a WHERE a.id = u.agent_id) AS agent"
+)
+# Usage recorded by a write (a step's checkpoint, a run's end) is added to the agent's day.
+_DAILY_USAGE = (
+    "d AS (INSERT INTO agent_usage_daily AS g "
+    "(agent_id, day, tenant, executions, prompt_tokens, completion_tokens, total_tokens) "
+    f"SELECT u.agent_id, {_TODAY}, u.tenant, %(usage_ended)s::bigint, %(usage_prompt)s::bigint, "
+    "%(usage_completion)s::bigint, %(usage_total)s::bigint FROM u "
+    "ON CONFLICT (agent_id, day) DO UPDATE SET executions = g.executions + EXCLUDED.executions, "
+    "prompt_tokens = g.prompt_tokens + EXCLUDED.prompt_tokens, "
+    "completion_tokens = g.completion_tokens + EXCLUDED.completion_tokens, "
+    "total_tokens = g.total_tokens + EXCLUDED.total_tokens)"
 )
 
 
@@ -210,6 +236,8 @@ def build_sql(shape: Shape) -> str:
     ctes = [_update_cte(shape) if shape.kind == "update" else _insert_cte(shape)]
     if shape.history:
         ctes.append(_history_cte(shape))
+    if shape.usage:
+        ctes.append(_DAILY_USAGE)
     selected = ["u.*"]
     if shape.with_agent:
         selected.append(_AGENT)
@@ -284,6 +312,7 @@ def update(
     slot: str | None = None,
     tenant_limit: int = 0,
     release_task: bool = False,
+    usage: Mapping[str, int] | None = None,
 ) -> Written:
     """UPDATE the execution where every guard holds; log history and events with it.
 
@@ -296,7 +325,15 @@ def update(
     PAUSING) returns in `waiters` whether executions wait for one. `tenant_limit` is
     TENANT_MAX_CONCURRENCY, for tenants without their own limit. `release_task` (a write
     that ends the execution) returns in `task_waiters` whether another waits for its task_id.
+    `usage` ({prompt_tokens, completion_tokens, total_tokens, ended}) is added to the
+    execution's token counters and to its agent's usage of the day by the same statement.
     """
+    if usage is not None:
+        values = dict(values) | {
+            "prompt_tokens": Expr.ADD_PROMPT_TOKENS,
+            "completion_tokens": Expr.ADD_COMPLETION_TOKENS,
+            "total_tokens": Expr.ADD_TOTAL_TOKENS,
+        }
     pairs, bound = _split(values)
     shape = Shape(
         kind="update",
@@ -309,7 +346,15 @@ def update(
         take_slot=slot == "take",
         release_slot=slot == "release",
         release_task=release_task,
+        usage=usage is not None,
     )
+    if usage is not None:
+        bound |= {
+            "usage_prompt": int(usage.get("prompt_tokens", 0)),
+            "usage_completion": int(usage.get("completion_tokens", 0)),
+            "usage_total": int(usage.get("total_tokens", 0)),
+            "usage_ended": int(usage.get("ended", 0)),
+        }
     if slot is not None:
         bound["p_tenant_limit"] = tenant_limit
     bound |= {"p_id": execution_id} | {f"g_{k}": v for k, v in guards.items()}

@@ -43,6 +43,9 @@ SERVER_DEFAULTS: Row = {
     "queue": "executions",
     "priority": 5,
     "metadata": {},
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "total_tokens": 0,
 }
 _HELD = sorted(s.value for s in HELD_BY_WORKER)
 
@@ -77,6 +80,11 @@ EXPRESSIONS: dict[str, Evaluate] = {
     Expr.MERGE_CONTEXT: lambda old, now, p: _before(old)["context"] | _jsonb(p["context_update"]),
     Expr.FIRST_PROGRESS: _first_progress,
     Expr.CANCEL_CODE: lambda old, now, p: _before(old).get("error_code") or "cancelled",
+    Expr.ADD_PROMPT_TOKENS: lambda old, now, p: _before(old)["prompt_tokens"] + int(p["usage_prompt"]),
+    Expr.ADD_COMPLETION_TOKENS: lambda old, now, p: (
+        _before(old)["completion_tokens"] + int(p["usage_completion"])
+    ),
+    Expr.ADD_TOTAL_TOKENS: lambda old, now, p: _before(old)["total_tokens"] + int(p["usage_total"]),
 }
 
 
@@ -126,6 +134,7 @@ class FakeRepository:
         self.history: list[ExecutionStateHistory] = []
         self.events: list[ExecutionEvent] = []
         self.tenant_limits = {}
+        self.usage_today: dict[uuid.UUID, dict[str, int]] = {}  # agent -> today's usage
 
     # ------------------------------------------------------------ helpers for tests
 
@@ -152,6 +161,10 @@ class FakeRepository:
             return None
         return execution_from_row(copy.deepcopy(row))
 
+    def tokens_today(self, agent_id: uuid.UUID) -> int:
+        """The agent's tokens of the day."""
+        return self.usage_today.get(agent_id, {}).get("total_tokens", 0)
+
     def get_agent(self, agent_id: uuid.UUID, *, tenant: str | None = None) -> Agent | None:
         agent = self.agents.get(agent_id)
         return None if agent is None or (tenant is not None and agent.tenant != tenant) else agent
@@ -174,7 +187,11 @@ class FakeRepository:
         )
         row |= {col: _evaluate(col, v, None, now, {}) for col, v in _columns(values).items()}
         self._refuse_previous_from_row(events, sources=None)
-        if self.get_agent(values["agent_id"], tenant=agent_tenant) is None:
+        agent = self.get_agent(values["agent_id"], tenant=agent_tenant)
+        if agent is None:
+            return Written(None, [])
+        spent = self.usage_today.get(agent.id, {}).get("total_tokens", 0)
+        if agent.daily_token_budget is not None and spent >= agent.daily_token_budget:
             return Written(None, [])
         if any(row[col] is None for col in _NOT_NULL_WITHOUT_DEFAULT) or row["id"] in self.rows:
             raise DatabaseError("create_execution failed: IntegrityError")
@@ -285,6 +302,7 @@ class FakeRepository:
         slot: str | None = None,
         tenant_limit: int = 0,
         release_task: bool = False,
+        usage: dict[str, int] | None = None,
     ) -> Written:
         """The guarded UPDATE into `target`, its history row and its events; with `slot`
         "take" only when a concurrency slot is free, "release" says whether some wait."""
@@ -304,6 +322,7 @@ class FakeRepository:
             sources=None if expected_state is not None else sorted(s.value for s in sources or ()),
             params=params,
             with_agent=with_agent,
+            usage=usage,
         )
         if release_task and written.execution is not None and written.execution.task_id is not None:
             written.task_waiters = bool(
@@ -401,14 +420,21 @@ class FakeRepository:
             params={"context_update": context_update} if context_update else None,
         )
 
-    def save_checkpoint(self, execution_id: uuid.UUID, attempt: int, context_update: dict[str, Any]) -> bool:
-        """Merge into context while this attempt holds the execution."""
+    def save_checkpoint(
+        self,
+        execution_id: uuid.UUID,
+        attempt: int,
+        context_update: dict[str, Any],
+        usage: dict[str, int] | None = None,
+    ) -> bool:
+        """Merge into context while this attempt holds the execution; add the step's usage."""
         written = self._update(
             execution_id,
             guards={"attempt": attempt},
             values={"context": Expr.MERGE_CONTEXT, "updated_at": Expr.NOW},
             sources=_HELD,
             params={"context_update": context_update},
+            usage=usage,
         )
         return written.execution is not None
 
@@ -425,7 +451,19 @@ class FakeRepository:
         sources: list[str] | None = None,
         params: Mapping[str, Any] | None = None,
         with_agent: bool = False,
+        usage: Mapping[str, int] | None = None,
     ) -> Written:
+        if usage is not None:
+            values = dict(values) | {
+                "prompt_tokens": Expr.ADD_PROMPT_TOKENS,
+                "completion_tokens": Expr.ADD_COMPLETION_TOKENS,
+                "total_tokens": Expr.ADD_TOTAL_TOKENS,
+            }
+            params = dict(params or {}) | {
+                "usage_prompt": usage.get("prompt_tokens", 0),
+                "usage_completion": usage.get("completion_tokens", 0),
+                "usage_total": usage.get("total_tokens", 0),
+            }
         changes = _columns(values)
         self._refuse_previous_from_row(events, sources)
         old = self.rows.get(execution_id)
@@ -435,9 +473,21 @@ class FakeRepository:
         new = old | {col: _evaluate(col, v, old, now, params or {}) for col, v in changes.items()}
         self.rows[execution_id] = new
         previous = old["state"] if sources is not None else None
+        if usage is not None:
+            day = self.usage_today.setdefault(new["agent_id"], {"executions": 0, "total_tokens": 0})
+            day["executions"] += int(usage.get("ended", 0))
+            day["total_tokens"] += int(usage.get("total_tokens", 0))
         agent = None
         if with_agent and (a := self.agents.get(new["agent_id"])) is not None:
-            agent = _jsonb({"model": a.model, "system_prompt": a.system_prompt, "parameters": a.parameters})
+            agent = _jsonb(
+                {
+                    "model": a.model,
+                    "system_prompt": a.system_prompt,
+                    "parameters": a.parameters,
+                    "daily_token_budget": a.daily_token_budget,
+                    "tokens_today": self.usage_today.get(a.id, {}).get("total_tokens"),
+                }
+            )
         return self._logged(new, history, events, now, previous, agent)
 
     @staticmethod

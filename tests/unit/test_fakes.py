@@ -187,6 +187,8 @@ def test_a_claim_reads_the_agents_settings_or_none_when_the_agent_is_gone():
         "model": "m",
         "system_prompt": "be brief",
         "parameters": {"provider": "simulated"},
+        "daily_token_budget": None,
+        "tokens_today": None,
     }
     repo.agents.clear()
     assert _to(repo, ex_id, S.PAUSING, expected_state=S.RUNNING, with_agent=True).agent is None

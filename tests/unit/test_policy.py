@@ -12,9 +12,12 @@ from app.execution.policy import (
     Action,
     Outcome,
     Stop,
+    TokenBudget,
     end_write,
+    estimate_tokens,
     may_retry,
     model_error_code,
+    seconds_to_utc_midnight,
     stop_for_state,
     summarize,
     when_refused,
@@ -178,3 +181,22 @@ def test_a_handed_back_run_goes_from_running_to_queued():
 )
 def test_a_model_error_ending_the_run_is_permanent_spent_retries_or_unretried(retryable, max_retries, code):
     assert model_error_code(retryable, max_retries) is code
+
+
+def test_a_token_budget_refuses_a_call_it_cannot_pay_for_and_any_once_spent():
+    budget = TokenBudget(max_tokens=100, used=90)
+    assert budget.refusal(10) is None
+    assert "max_tokens is 100" in (budget.refusal(11) or "")
+    budget.add(10)
+    assert budget.refusal(0) is not None  # spent: not even a call estimated at nothing
+    daily = TokenBudget(daily=50, used_today=49)
+    assert daily.refusal(1) is None and "daily token budget" in (daily.refusal(2) or "")
+    assert TokenBudget().refusal(10**9) is None  # no budget at all
+
+
+def test_the_daily_budget_renews_at_the_next_utc_midnight():
+    from datetime import UTC, datetime
+
+    assert seconds_to_utc_midnight(datetime(2026, 11, 26, 23, 59, 30, tzinfo=UTC)) == 30
+    assert seconds_to_utc_midnight(datetime(2026, 11, 26, 0, 0, 0, tzinfo=UTC)) == 86400
+    assert estimate_tokens("be brief", "plan a trip") == 5

@@ -14,7 +14,7 @@ import pytest
 from app import events
 from app.commands import ModelRequest, SimulatedProvider, build_command_bus
 from app.config import Settings
-from app.errors import TaskBusyError
+from app.errors import BudgetExceededError, TaskBusyError
 from app.execution.dispatch import celery_task_id
 from app.execution.event_emitter import ExecutionEventEmitter
 from app.execution.policy import Outcome
@@ -450,3 +450,40 @@ def test_the_reaper_hands_an_idle_task_to_its_oldest_waiter(flow):
     [idle] = flow.repo.idle_task_waiters(10)
     assert flow.state_manager.wake_task_waiter(idle.tenant, idle.task_id)
     assert flow.dispatcher.started[-1][0] == second.id
+
+
+def test_max_tokens_stops_a_pipeline_before_the_step_it_cannot_pay_for(flow):
+    # Each simulated step uses its prompt's words plus ~3 for the output; three steps need ~30.
+    ex = flow.create(PIPELINE, max_tokens=16)
+    assert flow.runner.run(ex.id, 1, "w") is Outcome.FAILED
+    row = flow.row(ex.id)
+    assert (row.error_code, row.state) == ("budget_exceeded", "FAILED")
+    assert "max_tokens is 16" in row.error_message
+    assert list(row.context["steps"]) == ["a"]  # step b was not called
+    step_a = row.context["steps"]["a"]["usage"]
+    assert (row.prompt_tokens, row.completion_tokens, row.total_tokens) == (
+        step_a["prompt_tokens"],
+        step_a["completion_tokens"],
+        step_a["total_tokens"],
+    )
+
+
+def test_usage_is_counted_on_the_execution_and_the_agents_day(flow):
+    ex = flow.create(PIPELINE)
+    assert flow.runner.run(ex.id, 1, "w") is Outcome.COMPLETED
+    row = flow.row(ex.id)
+    assert row.total_tokens == row.result["usage"]["total_tokens"] > 0
+    assert row.prompt_tokens + row.completion_tokens == row.total_tokens
+    assert flow.repo.usage_today[flow.agent.id] == {"executions": 1, "total_tokens": row.total_tokens}
+
+
+def test_a_spent_daily_budget_fails_the_next_claim_and_refuses_creates(flow):
+    flow.agent.daily_token_budget = 10
+    first = flow.create({"input": "one two three four five six seven eight"})
+    queued = flow.create({"input": "x"})  # created while the budget still had room
+    assert flow.runner.run(first.id, 1, "w") is Outcome.COMPLETED  # it used more than 10
+    assert flow.runner.run(queued.id, 1, "w") is Outcome.FAILED
+    assert flow.row(queued.id).error_code == "budget_exceeded"
+    with pytest.raises(BudgetExceededError) as refused:
+        flow.create({"input": "y"})
+    assert 0 < refused.value.retry_after <= 86400 and "daily token budget" in str(refused.value)

@@ -74,9 +74,16 @@ def test_progress_is_guarded_as_at_most_the_new_percentage():
 def test_a_claim_also_reads_the_agents_model_settings():
     sql = build_sql(_update_shape(with_agent=True))
     assert (
-        "jsonb_build_object('model', a.model, 'system_prompt', a.system_prompt, 'parameters', a.parameters)"
-        in sql
+        "jsonb_build_object('model', a.model, 'system_prompt', a.system_prompt, 'parameters', a.parameters, "
+        "'daily_token_budget', a.daily_token_budget, 'tokens_today', " in sql
     )
+
+
+def test_a_write_with_usage_adds_it_to_the_execution_and_to_its_agents_day_in_the_same_statement():
+    sql = build_sql(_update_shape(usage=True))
+    assert "INSERT INTO agent_usage_daily AS g" in sql and sql.count("ON CONFLICT (agent_id, day)") == 1
+    assert "FROM u ON CONFLICT" in sql  # only when the guarded UPDATE matched
+    assert "usage_total" not in build_sql(_update_shape())
 
 
 def test_an_insert_with_a_conflict_key_does_nothing_for_a_used_idempotency_key():

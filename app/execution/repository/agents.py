@@ -38,6 +38,15 @@ class AgentRows(RepositoryBase):
                 work.session.flush()
             return agent
 
+    def tokens_today(self, agent_id: uuid.UUID) -> int:
+        """The tokens the agent's executions used on the current UTC day."""
+        sql = (
+            "SELECT total_tokens FROM agent_usage_daily"
+            " WHERE agent_id = %(a)s AND day = (now() AT TIME ZONE 'UTC')::date"
+        )
+        with self._work(None, "tokens_today") as work:
+            return int(work.connection.exec_driver_sql(sql, {"a": agent_id}).scalar() or 0)
+
     def get_agent(self, agent_id: uuid.UUID, *, tenant: str | None = None) -> Agent | None:
         """The agent, or None."""
         stmt = select(Agent).where(Agent.id == agent_id)

@@ -264,6 +264,7 @@ class ExecutionRows(RepositoryBase):
         slot: str | None = None,
         tenant_limit: int = 0,
         release_task: bool = False,
+        usage: dict[str, int] | None = None,
         uow: UnitOfWork | None = None,
     ) -> Written:
         """ONE statement: the guarded UPDATE into `target`, its history row and its event rows.
@@ -292,6 +293,7 @@ class ExecutionRows(RepositoryBase):
                 slot=slot,
                 tenant_limit=tenant_limit,
                 release_task=release_task,
+                usage=usage,
             )
 
     def mark_waiting(self, execution_id: uuid.UUID, attempt: int, tenant_limit: int) -> bool | None:
@@ -427,8 +429,15 @@ class ExecutionRows(RepositoryBase):
                 values={"result": result, "error_message": error_message, "updated_at": Expr.NOW},
             ).execution
 
-    def save_checkpoint(self, execution_id: uuid.UUID, attempt: int, context_update: dict[str, Any]) -> bool:
-        """Merge `context_update` into context while this attempt holds the execution."""
+    def save_checkpoint(
+        self,
+        execution_id: uuid.UUID,
+        attempt: int,
+        context_update: dict[str, Any],
+        usage: dict[str, int] | None = None,
+    ) -> bool:
+        """Merge `context_update` into context while this attempt holds the execution; add the
+        step's token `usage` to the execution and its agent's day in the same statement."""
         with self._work(None, "save_checkpoint", execution_id) as work:
             written = writer.update(
                 work.connection,
@@ -437,6 +446,7 @@ class ExecutionRows(RepositoryBase):
                 values={"context": Expr.MERGE_CONTEXT, "updated_at": Expr.NOW},
                 sources=_HELD,
                 params={"context_update": context_update},
+                usage=usage,
             )
         return written.execution is not None
 

@@ -1,0 +1,87 @@
+"""Token budgets and usage (#15) on a real worker: max_tokens stops a pipeline before the step
+it cannot pay for, the agent's daily budget fails the next claim and refuses creates, and the
+day's usage rollup equals the sum of the executions' own counters."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from app.errors import BudgetExceededError
+from app.schemas import AgentCreate, ExecutionCreate
+from tests.conftest import wait_for
+
+FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
+PIPELINE = {
+    "type": "pipeline",
+    "input": "plan a trip to the sea",
+    "steps": [
+        {"name": "a", "prompt": "{input} first"},
+        {"name": "b", "prompt": "{steps.a} second"},
+        {"name": "c", "prompt": "{steps.b} third"},
+    ],
+}
+
+
+def _finished(svc: Any, *ids: uuid.UUID) -> list[Any] | None:
+    rows = [svc.get_execution(i) for i in ids]
+    return rows if all(r.state in FINISHED for r in rows) else None
+
+
+def test_max_tokens_stops_a_pipeline_before_the_step_that_would_exceed_it(worker_service):  # type: ignore[no-untyped-def]
+    svc = worker_service
+    agent = svc.create_agent(AgentCreate(name="frugal"))
+    unlimited = svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters=PIPELINE))[0]
+    [full] = wait_for(lambda: _finished(svc, unlimited.id), what="the unlimited pipeline")
+    per_step = {name: cp["usage"]["total_tokens"] for name, cp in full.context["steps"].items()}
+    budget = per_step["a"] + per_step["b"]  # room for two steps, not three
+    capped = svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters=PIPELINE, max_tokens=budget))[
+        0
+    ]
+    [row] = wait_for(lambda: _finished(svc, capped.id), what="the capped pipeline")
+    assert (row.state, row.error_code) == ("FAILED", "budget_exceeded")
+    assert list(row.context["steps"]) == ["a", "b"] and row.total_tokens == budget
+    assert f"max_tokens is {budget}" in row.error_message
+    completed = [e.payload for e in svc.get_events(capped.id) if e.type == "agent.execution.completed"]
+    assert completed[-1]["error_code"] == "budget_exceeded"
+
+
+def test_a_spent_daily_budget_fails_queued_runs_at_claim_and_refuses_creates(worker_service):  # type: ignore[no-untyped-def]
+    svc = worker_service
+    agent = svc.create_agent(AgentCreate(name="daily", daily_token_budget=8))
+    first = svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "a b c d e f"}))[0]
+    [done] = wait_for(lambda: _finished(svc, first.id), what="the first run")
+    assert done.state == "COMPLETED" and done.total_tokens > 8  # its prompt (6) fitted the budget
+    with pytest.raises(BudgetExceededError) as refused:
+        svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"}))
+    assert 0 < refused.value.retry_after <= 86400
+
+
+def test_the_days_usage_equals_the_sum_of_the_executions_usage(worker_service, session_factory):  # type: ignore[no-untyped-def]
+    svc = worker_service
+    agent = svc.create_agent(AgentCreate(name="counted"))
+    ids = [
+        svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters=p))[0].id
+        for p in (PIPELINE, {"input": "hello there"}, {"input": "x", "simulate": {"fail_permanently": True}})
+    ]
+    rows = wait_for(lambda: _finished(svc, *ids), what="three runs")
+    assert [r.state for r in rows] == ["COMPLETED", "COMPLETED", "FAILED"]
+    with session_factory() as s:
+        day = s.execute(
+            text(
+                "SELECT executions, prompt_tokens, completion_tokens, total_tokens FROM agent_usage_daily"
+                " WHERE agent_id = :a"
+            ),
+            {"a": agent.id},
+        ).one()
+    assert tuple(day) == (
+        3,
+        sum(r.prompt_tokens for r in rows),
+        sum(r.completion_tokens for r in rows),
+        sum(r.total_tokens for r in rows),
+    )
+    assert rows[0].total_tokens == rows[0].result["usage"]["total_tokens"]
+    assert rows[1].total_tokens == rows[1].result["usage"]["total_tokens"] and rows[2].total_tokens == 0
