@@ -81,10 +81,11 @@ def main(
 
 
 def _register() -> None:
-    from cli import agents, executions, keys, status
+    from cli import agents, executions, keys, status, tenants
 
     app.add_typer(agents.app, name="agents")
     app.add_typer(keys.app, name="keys")
+    app.add_typer(tenants.app, name="tenants")
     app.command("status")(status.status)
     executions.register(app)
 

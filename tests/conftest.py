@@ -89,7 +89,7 @@ def clean_db(session_factory):  # type: ignore[no-untyped-def]
         s.execute(
             text(
                 "TRUNCATE agents, executions, execution_state_history, execution_events, api_keys, "
-                "reaper_status CASCADE"
+                "reaper_status, tenant_limits, agent_usage_daily CASCADE"
             )
         )
         s.commit()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from app.auth import ApiKeyStore
@@ -298,6 +299,63 @@ class ExecutionService:
             except InvalidExecutionStateError:
                 continue  # the state moved under us; decide again from the new one
         raise InvalidExecutionStateError(execution_id, current, "?", "the execution is changing; try again")
+
+    # ------------------------------------------------------------------ limits and usage
+
+    def set_tenant_limit(self, tenant: str, max_concurrency: int | None) -> None:
+        """Give a tenant its own concurrency limit (0: none) or remove it (None: the
+        TENANT_MAX_CONCURRENCY setting applies); waiters that now fit start at once."""
+        if max_concurrency is not None and max_concurrency < 0:
+            raise ValueError("a tenant limit is 0 (no limit) or more")
+        self.repository.set_tenant_limit(tenant, max_concurrency)
+        effective = self.settings.tenant_max_concurrency if max_concurrency is None else max_concurrency
+        self.state_manager.wake_waiters(tenant, uuid.UUID(int=0), effective or 1000)
+
+    def tenant_slots(self) -> list[dict[str, Any]]:
+        """Each tenant with a limit or executions holding or waiting for slots."""
+        return [
+            {
+                "tenant": r.tenant,
+                "max_concurrency": int(r.max_concurrency),
+                "own_limit": bool(r.own),
+                "running": int(r.held),
+                "waiting": int(r.waiting),
+            }
+            for r in self.repository.tenant_slots(self.settings.tenant_max_concurrency)
+        ]
+
+    def usage(
+        self,
+        *,
+        tenant: str,
+        group_by: str = "agent",
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        agent_id: uuid.UUID | None = None,
+    ) -> list[dict[str, Any]]:
+        """Token usage by agent, by UTC day, or both (`agent_day`), from the daily rollup.
+
+        A day counts the executions that ended on it and the tokens recorded on it; the
+        bounds select whole UTC days (the day of `created_after` through that of `created_before`).
+        """
+        rows = self.repository.usage(
+            tenant,
+            group_by,
+            after=None if created_after is None else created_after.astimezone(UTC).date(),
+            before=None if created_before is None else created_before.astimezone(UTC).date(),
+            agent_id=agent_id,
+        )
+        return [
+            {
+                "agent_id": r.agent_id,
+                "day": r.day,
+                "executions": int(r.executions),
+                "prompt_tokens": int(r.prompt_tokens),
+                "completion_tokens": int(r.completion_tokens),
+                "total_tokens": int(r.total_tokens),
+            }
+            for r in rows
+        ]
 
     # ------------------------------------------------------------------ agents
 

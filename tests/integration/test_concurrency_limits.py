@@ -196,3 +196,45 @@ def test_the_reaper_wakes_a_waiter_whose_wake_up_was_lost(worker_service, sessio
     assert wait_for(lambda: _all_finished(svc, [stranded]), timeout=30, what="the waiter to run") == [
         "COMPLETED"
     ]
+
+
+def _cli(*args: str) -> Any:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "agentexec"
+    done = subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, timeout=60, env=os.environ.copy()
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout) if "--json" in args else done.stderr
+
+
+def test_a_tenant_limit_set_from_the_cli_caps_the_tenant_and_unsetting_it_starts_the_waiters(worker_service):  # type: ignore[no-untyped-def]
+    from app.models import DEFAULT_TENANT
+
+    svc = worker_service
+    agent = svc.create_agent(AgentCreate(name="tenant-capped"))
+    assert "at most 1 executions" in _cli("tenants", "set-limit", DEFAULT_TENANT, "1")
+    [long] = _create(svc, agent.id, 1, latency_ms=20000, chunks=100)
+    wait_for(lambda: svc.get_execution(long).state == "RUNNING", what="the first to run")
+    [short] = _create(svc, agent.id, 1)
+    wait_for(
+        lambda: svc.get_execution(short).waiting_reason == "concurrency_limit", what="the second to wait"
+    )
+    [row] = [r for r in _cli("tenants", "list", "--json") if r["tenant"] == DEFAULT_TENANT]
+    assert row == {
+        "tenant": DEFAULT_TENANT,
+        "max_concurrency": 1,
+        "own_limit": True,
+        "running": 1,
+        "waiting": 1,
+    }
+    _cli("tenants", "unset-limit", DEFAULT_TENANT)  # TENANT_MAX_CONCURRENCY (0: none) applies again
+    assert wait_for(lambda: _all_finished(svc, [short]), timeout=20, what="the waiter to start") == [
+        "COMPLETED"
+    ]
+    svc.cancel_execution(long)

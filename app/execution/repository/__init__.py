@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from app.execution.repository.agents import AgentRows
 from app.execution.repository.executions import EXACT_COUNT_UP_TO, ExecutionRows
+from app.execution.repository.limits import LimitRows
 from app.execution.repository.operations import REAPER_LOCK_KEY, OperationRows
 
 
-class ExecutionRepository(ExecutionRows, AgentRows, OperationRows):
-    """Handles all database operations for executions, agents, API keys and operations."""
+class ExecutionRepository(ExecutionRows, AgentRows, OperationRows, LimitRows):
+    """Handles all database operations for executions, agents, API keys, operations and limits."""
 
 
 __all__ = ["EXACT_COUNT_UP_TO", "REAPER_LOCK_KEY", "ExecutionRepository"]
