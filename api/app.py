@@ -9,7 +9,7 @@ from flask_openapi3 import OpenAPI
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
-from api import agents, events, executions, operations
+from api import agents, events, executions, operations, usage
 from api.deps import SERVICE_KEY, SETTINGS_KEY
 from api.errors import register_error_handlers
 from api.guards import check_json_body
@@ -89,7 +89,7 @@ def create_app(**overrides: Any) -> OpenAPI:
     app.before_request(check_json_body)
     register_error_handlers(app)
     register_components(app)
-    for blueprint in (operations.bp, agents.bp, executions.bp, events.bp):
+    for blueprint in (operations.bp, agents.bp, executions.bp, events.bp, usage.bp):
         app.register_api(blueprint)
     document_security(app, settings.auth_enabled)
 

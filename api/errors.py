@@ -21,12 +21,14 @@ from api.problems import problem, validation_problem
 from app.errors import (
     AgentExecError,
     AgentNotFoundError,
+    BudgetExceededError,
     ConflictError,
     DatabaseError,
     DatabaseUnavailableError,
     ExecutionNotFoundError,
     InvalidExecutionStateError,
     InvalidProgressError,
+    TaskBusyError,
 )
 
 log = structlog.get_logger(__name__)
@@ -38,6 +40,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     InvalidExecutionStateError: 409,
     InvalidProgressError: 409,
     ConflictError: 409,
+    BudgetExceededError: 429,
     DatabaseUnavailableError: 503,
     OperationalError: 503,  # a connection lost outside the repository's wrapper
     InterfaceError: 503,
@@ -51,6 +54,7 @@ TITLES = {
     404: "Not Found",
     409: "Conflict",
     422: "Unprocessable Content",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -88,7 +92,15 @@ def handle_domain_error(exc: Exception) -> Response:
             method=request.method,
         )
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
-    return problem(status, TITLES.get(status, "Error"), _detail(exc, status), headers=headers)
+    extra: dict[str, object] = {}
+    if isinstance(exc, TaskBusyError):  # on_conflict=reject: which execution holds the task
+        extra["active_execution_id"] = str(exc.active_execution_id)
+    if isinstance(exc, BudgetExceededError):
+        extra["type"] = "https://agentexec.dev/problems/budget-exceeded"
+        if exc.retry_after is not None:  # the daily budget renews at the next UTC midnight
+            headers = {"Retry-After": str(exc.retry_after)}
+            extra["retry_after"] = exc.retry_after
+    return problem(status, TITLES.get(status, "Error"), _detail(exc, status), headers=headers, **extra)
 
 
 def handle_http_error(exc: HTTPException) -> WerkzeugResponse:

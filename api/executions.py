@@ -48,7 +48,10 @@ def create_execution(header: IdempotencyHeader, body: ExecutionCreateBody) -> Re
 
     201 with the new execution. With an `Idempotency-Key`: the same key and body again
     answer 200 with the first execution; the same key with another body answers 409.
-    An unknown `agent_id` or bad `parameters` answer 422.
+    An unknown `agent_id` or bad `parameters` answer 422. With a `task_id` and
+    `on_conflict=reject` while another execution of the task is active: 409 naming it
+    (`active_execution_id`). When the agent's daily token budget is spent: 429
+    (type `.../budget-exceeded`) with Retry-After, the seconds to the next UTC midnight.
     """
     refusal = _beyond_this_deployment(body)
     if refusal is not None:
@@ -90,6 +93,7 @@ def list_executions(query: ExecutionListQuery) -> Response:
         task_id=query.task_id,
         created_after=query.created_after,
         created_before=query.created_before,
+        error_code=query.error_code,
     )
     rows, total, exact = service().list_executions_page(
         filters, Pagination(page=query.page, page_size=query.page_size), tenant=tenant()

@@ -9,13 +9,23 @@ from __future__ import annotations
 import copy
 import re
 import uuid
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.models import Agent, Execution, ExecutionEvent, ExecutionStateHistory
-from app.schemas import MAX_PAGE, MAX_PAGE_SIZE, AgentCreate, AgentUpdate, ExecutionCreate, ExecutionState
+from app.schemas import (
+    MAX_PAGE,
+    MAX_PAGE_SIZE,
+    AgentCreate,
+    AgentUpdate,
+    ErrorCode,
+    ExecutionCreate,
+    ExecutionState,
+    OnConflict,
+    WaitingReason,
+)
 
 _NUMBER = re.compile(r"\s*[-+]?[0-9.eE+-]+\s*")
 TASK_ID = (
@@ -98,6 +108,18 @@ class ExecutionListQuery(PageQuery):
     task_id: uuid.UUID | None = Field(None, description="only the executions of this caller's task id")
     created_after: IsoDateTime | None = None
     created_before: IsoDateTime | None = None
+    error_code: list[ErrorCode] | None = Field(None, description="only executions that ended with this code")
+
+
+class UsageQuery(_Params):
+    """GET /v1/usage: token usage of the tenant's agents by agent or by UTC day."""
+
+    group_by: Literal["agent", "day", "agent_day"] = Field(
+        "agent", description="one item per agent, per UTC day, or per agent and day"
+    )
+    agent_id: uuid.UUID | None = None
+    created_after: IsoDateTime | None = Field(None, description="from this UTC day on (inclusive)")
+    created_before: IsoDateTime | None = Field(None, description="up to this UTC day (inclusive)")
 
 
 class HistoryQuery(_Params):
@@ -169,6 +191,9 @@ class AgentOut(BaseModel):
     model: str
     system_prompt: str
     parameters: dict[str, Any]
+    max_concurrency: int | None = Field(description="at most this many RUNNING or PAUSING (null: no limit)")
+    on_conflict: OnConflict | None = Field(description="default collision policy of task_id (null: allow)")
+    daily_token_budget: int | None = Field(description="tokens per UTC day for all its executions")
     created_at: datetime
     updated_at: datetime
 
@@ -181,6 +206,9 @@ class AgentOut(BaseModel):
             model=row.model,
             system_prompt=row.system_prompt or "",
             parameters=row.parameters or {},
+            max_concurrency=row.max_concurrency,
+            on_conflict=None if row.on_conflict is None else OnConflict(row.on_conflict),
+            daily_token_budget=row.daily_token_budget,
             created_at=row.created_at,
             updated_at=row.updated_at,
         )
@@ -202,6 +230,14 @@ class Progress(BaseModel):
     message: str | None
 
 
+class Usage(BaseModel):
+    """Tokens an execution used so far, every model call and attempt together."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 class ExecutionOut(BaseModel):
     """An execution."""
 
@@ -214,6 +250,14 @@ class ExecutionOut(BaseModel):
     context: dict[str, Any]
     result: dict[str, Any] | None
     error_message: str | None
+    error_code: ErrorCode | None = Field(
+        description="why it ended FAILED, TIMED_OUT or CANCELLED (null otherwise)"
+    )
+    waiting_reason: WaitingReason | None = Field(
+        description="why a QUEUED execution does not run yet (null: it only waits for a worker)"
+    )
+    max_tokens: int | None
+    usage: Usage
     attempt: int
     celery_task_id: str | None = Field(description=CELERY_TASK_ID)
     max_retries: int
@@ -240,6 +284,14 @@ class ExecutionOut(BaseModel):
             context=row.context or {},
             result=row.result,
             error_message=row.error_message,
+            error_code=None if row.error_code is None else ErrorCode(row.error_code),
+            waiting_reason=None if row.waiting_reason is None else WaitingReason(row.waiting_reason),
+            max_tokens=row.max_tokens,
+            usage=Usage(
+                prompt_tokens=row.prompt_tokens or 0,
+                completion_tokens=row.completion_tokens or 0,
+                total_tokens=row.total_tokens or 0,
+            ),
             attempt=row.attempt,
             celery_task_id=row.celery_task_id,
             max_retries=row.max_retries,
@@ -355,3 +407,23 @@ class Problem(BaseModel):
     status: int
     detail: str
     errors: list[FieldError] | None = None
+
+
+class UsageItem(BaseModel):
+    """Usage of one agent, one UTC day, or one agent on one day (by `group_by`).
+
+    `executions` counts the executions that ended on the day(s); tokens are counted when a
+    step or a run records them."""
+
+    agent_id: uuid.UUID | None
+    day: date | None
+    executions: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class UsageOut(BaseModel):
+    """GET /v1/usage."""
+
+    items: list[UsageItem]

@@ -205,6 +205,7 @@ class ExecutionFilters(BaseModel):
     task_id: uuid.UUID | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    error_code: list[ErrorCode] | None = None
 
 
 MAX_PAGE = 1_000_000

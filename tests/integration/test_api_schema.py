@@ -70,7 +70,16 @@ def test_the_openapi_document_is_3_1_covers_every_route_and_carries_the_transiti
     assert list(create["responses"]["422"]["content"]) == ["application/problem+json"]
     assert "ExecutionOut" in doc["components"]["schemas"] and "Problem" in doc["components"]["schemas"]
     listing = {p["name"] for p in doc["paths"]["/v1/executions"]["get"]["parameters"]}
-    assert listing == {"state", "agent_id", "task_id", "created_after", "created_before", "page", "page_size"}
+    assert listing == {
+        "state",
+        "agent_id",
+        "task_id",
+        "created_after",
+        "created_before",
+        "error_code",
+        "page",
+        "page_size",
+    }
     events = doc["paths"]["/v1/executions/{execution_id}/events"]["get"]["responses"]["200"]["content"]
     assert {"application/json", "text/event-stream"} <= set(events)
 
@@ -160,7 +169,27 @@ OPERATION_IDS = {
     ("/healthz", "get"): "getHealth",
     ("/readyz", "get"): "getReadiness",
     ("/metrics", "get"): "getMetrics",
+    ("/v1/usage", "get"): "getUsage",
 }
+
+
+def test_error_code_is_an_enum_in_the_schema(api):  # type: ignore[no-untyped-def]
+    doc = api.get("/openapi.json").get_json()
+    schemas = doc["components"]["schemas"]
+    ref = schemas["ExecutionOut"]["properties"]["error_code"]
+    name = next(o["$ref"] for o in ref["anyOf"] if "$ref" in o).rsplit("/", 1)[1]
+    assert set(schemas[name]["enum"]) == {
+        "model_error",
+        "model_error_permanent",
+        "retries_exhausted",
+        "timeout",
+        "worker_lost",
+        "agent_not_found",
+        "budget_exceeded",
+        "interrupted",
+        "cancelled",
+        "internal_error",
+    }
 
 
 def test_every_operation_has_its_short_stable_camel_case_operation_id(api):  # type: ignore[no-untyped-def]

@@ -516,6 +516,8 @@ def _filter_clauses(f: ExecutionFilters, tenant: str | None) -> list[Any]:
         where.append(Execution.agent_id == f.agent_id)
     if f.task_id is not None:
         where.append(Execution.task_id == f.task_id)
+    if f.error_code:
+        where.append(Execution.error_code.in_([c.value for c in f.error_code]))
     if f.created_after is not None:
         where.append(Execution.created_at > f.created_after)
     if f.created_before is not None:
