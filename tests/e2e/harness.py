@@ -441,14 +441,14 @@ class Stack:
         return proc
 
     def start_api(self) -> tuple[Proc, str]:
-        """gunicorn `api:create_app()` (gthread); returns the process and its base URL."""
+        """gunicorn `api:create_app()` (api.server.ThreadWorker, as the Procfile); the process and its URL."""
         port = free_port()
         proc = Proc(
             "web",
             [
                 str(BIN / "gunicorn"),
                 "--worker-class",
-                "gthread",
+                "api.server.ThreadWorker",
                 "--workers",
                 "1",
                 "--threads",

@@ -139,7 +139,7 @@ def stack(
         [
             str(BIN / "gunicorn"),
             "--worker-class",
-            "gthread",
+            "api.server.ThreadWorker",
             "--workers",
             "1",
             "--threads",
