@@ -41,7 +41,9 @@ def test_the_readme_curl_walkthrough_runs_twice_without_an_error_page(
     key, _ = service.keys.create("readme", "the README walkthrough")
     blocks = shell_blocks(section((ROOT / "README.md").read_text(), SECTION))
     assert len(blocks) == 1 and "$API/v1/executions" in blocks[0]
-    script = "\n".join(blocks + shell_blocks((ROOT / "docs" / "api.md").read_text()))
+    limits = shell_blocks(section((ROOT / "README.md").read_text(), "## Limits and budgets"))
+    assert len(limits) == 1 and "$API/v1/usage" in limits[0]  # it uses the walkthrough's API and KEY
+    script = "\n".join(blocks + limits + shell_blocks((ROOT / "docs" / "api.md").read_text()))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTEXEC_")}
     env |= {"AGENTEXEC_API_URL": api_server.url, "AGENTEXEC_API_KEY": key}
     executions = set()
@@ -55,5 +57,6 @@ def test_the_readme_curl_walkthrough_runs_twice_without_an_error_page(
             f"paste {paste}:\n{output[-4000:]}"
         )
         assert "event: agent.execution.completed" in output and "\nCOMPLETED\n" in output, output[-4000:]
+        assert '{"items":[{"agent_id"' in output, output[-4000:]  # GET /v1/usage answered
         executions.add(re.search(r"^execution (\S+)$", output, re.M).group(1))  # type: ignore[union-attr]
     assert len(executions) == 2, "the second paste did not make its own execution"
