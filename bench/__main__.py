@@ -15,7 +15,7 @@ from types import FrameType
 
 from bench import env as bench_env
 
-FIGURES = ("roundtrips", "throughput", "latency", "inflight", "http", "sse", "listing")
+FIGURES = ("roundtrips", "throughput", "latency", "inflight", "http", "sse", "listing", "flowcontrol")
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

@@ -70,7 +70,9 @@ Expr.NOW = Expr("now()")
 Expr.NEXT_ATTEMPT = Expr("x.attempt + 1")
 Expr.NEXT_TASK_ID = Expr("x.id::text || '-' || (x.attempt + 1)")
 Expr.NOW_PLUS_DELAY = Expr("now() + make_interval(secs => %(delay_seconds)s::float8)")  # param: delay_seconds
-Expr.FIRST_STARTED_AT = Expr("coalesce(x.started_at, now())")
+# The moment the claim really took the row (after any wait for a concurrency slot's lock),
+# not the start of its statement: a claim that waited for a slot starts after the run that freed it.
+Expr.FIRST_STARTED_AT = Expr("coalesce(x.started_at, clock_timestamp())")
 Expr.DEADLINE = Expr("now() + x.timeout_seconds * interval '1 second'")
 Expr.MERGE_CONTEXT = Expr("x.context || %(context_update)s::jsonb")  # param: context_update
 # The input step's share of a run, 1 / (steps + 2) rounded to 0.01, or what an earlier

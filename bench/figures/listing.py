@@ -126,6 +126,7 @@ def run(ctx: Ctx) -> None:
     rows, n = ctx.sizes["list_rows"], ctx.sizes["list_queries"]
     t0 = time.monotonic()
     agents = generate(svc, rows)
+    ctx.state["listing_rows"] = rows  # the usage figure reuses them
     print(f"  generated {rows:,} rows in {time.monotonic() - t0:.0f} s", flush=True)
     key = ctx.state.get("api_key")
     if key is None:
