@@ -8,15 +8,18 @@
 Its version is the API's (`info.version` of /openapi.json).
 """
 
+from agentexec_client._calls import NOT_GIVEN, NotGiven
 from agentexec_client.async_client import AsyncClient
 from agentexec_client.client import Client
 from agentexec_client.errors import (
     AgentexecError,
+    BudgetExceeded,
     Conflict,
     ConnectionFailed,
     NotFound,
     ProblemError,
     RateLimited,
+    TaskBusy,
     Unauthorized,
     ValidationFailed,
     WaitTimeout,
@@ -39,6 +42,7 @@ from agentexec_client.models import (
     AgentCreate,
     AgentPage,
     AgentUpdate,
+    ErrorCode,
     Execution,
     ExecutionCreate,
     ExecutionPage,
@@ -47,15 +51,22 @@ from agentexec_client.models import (
     FieldError,
     History,
     HistoryItem,
+    OnConflict,
     PipelineStep,
     Problem,
     Progress,
     SimulateOptions,
+    Usage,
+    UsageGroup,
+    UsageItem,
+    UsageReport,
+    WaitingReason,
 )
 from agentexec_client.version import __version__
 
 __all__ = [
     "FINAL_STATES",
+    "NOT_GIVEN",
     "Agent",
     "AgentCreate",
     "AgentPage",
@@ -63,11 +74,13 @@ __all__ = [
     "AgentexecError",
     "AnyEvent",
     "AsyncClient",
+    "BudgetExceeded",
     "Client",
     "CompletedEvent",
     "CompletedPayload",
     "Conflict",
     "ConnectionFailed",
+    "ErrorCode",
     "Event",
     "EventType",
     "Execution",
@@ -79,6 +92,8 @@ __all__ = [
     "History",
     "HistoryItem",
     "NotFound",
+    "NotGiven",
+    "OnConflict",
     "PipelineStep",
     "Problem",
     "ProblemError",
@@ -89,9 +104,15 @@ __all__ = [
     "SimulateOptions",
     "StateChangedEvent",
     "StateChangedPayload",
+    "TaskBusy",
     "Unauthorized",
+    "Usage",
+    "UsageGroup",
+    "UsageItem",
+    "UsageReport",
     "ValidationFailed",
     "WaitTimeout",
+    "WaitingReason",
     "__version__",
     "parse_event",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -21,6 +21,7 @@ from agentexec_client.models import (
     AgentCreate,
     AgentPage,
     AgentUpdate,
+    ErrorCode,
     Execution,
     ExecutionCreate,
     ExecutionPage,
@@ -28,15 +29,34 @@ from agentexec_client.models import (
     ExecutionState,
     History,
     HistoryItem,
+    UsageGroup,
+    UsageItem,
+    UsageReport,
 )
 
 AGENTS = "/v1/agents"
 EXECUTIONS = "/v1/executions"
+USAGE = "/v1/usage"
 CONTROL_ACTIONS = ("start", "cancel", "pause", "resume", "retry")
 
 
+class NotGiven:
+    """The default of an argument whose None means something (an agent's limit: remove it)."""
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN = NotGiven()
+
+
 def _given(**values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
+    return {k: v for k, v in values.items() if v is not None and v is not NOT_GIVEN}
+
+
+def _set(**values: Any) -> dict[str, Any]:
+    """The values given, None included (sent as null)."""
+    return {k: v for k, v in values.items() if v is not NOT_GIVEN}
 
 
 def _agent(response: httpx.Response) -> Agent:
@@ -71,9 +91,10 @@ def agent_page(page: int, page_size: int) -> Call[AgentPage]:
     return Call("GET", AGENTS, lambda r: AgentPage.model_validate(r.json()), params, reconnectable=True)
 
 
-def agent_update(agent_id: uuid.UUID, **fields: Any) -> Call[Agent]:
-    """PATCH /v1/agents/{id} with the fields given."""
-    return Call("PATCH", f"{AGENTS}/{agent_id}", _agent, json=AgentUpdate(**_given(**fields)).body())
+def agent_update(agent_id: uuid.UUID, fields: Mapping[str, Any], limits: Mapping[str, Any]) -> Call[Agent]:
+    """PATCH /v1/agents/{id} with the `fields` that are not None and the `limits` given (None: remove)."""
+    body = AgentUpdate(**_given(**fields), **_set(**limits)).body()
+    return Call("PATCH", f"{AGENTS}/{agent_id}", _agent, json=body)
 
 
 def agent_delete(agent_id: uuid.UUID) -> Call[None]:
@@ -160,12 +181,25 @@ def states_of(state: StateFilter) -> list[str]:
     return [ExecutionState(str(s).upper()).value for s in state]
 
 
+ErrorCodeFilter = ErrorCode | str | Iterable[ErrorCode | str] | None
+
+
+def error_codes_of(error_code: ErrorCodeFilter) -> list[str]:
+    """The `error_code` filter as a list of codes (sent as given: the server knows its own codes)."""
+    if error_code is None:
+        return []
+    if isinstance(error_code, str):
+        return [str(error_code)]
+    return [str(c) for c in error_code]
+
+
 def filters_of(
     state: StateFilter,
     agent_id: uuid.UUID | None,
     task_id: Any,
     created_after: datetime | None,
     created_before: datetime | None,
+    error_code: ErrorCodeFilter = None,
 ) -> dict[str, Any]:
     """The query filters of a listing."""
     return {
@@ -174,6 +208,7 @@ def filters_of(
         "task_id": None if task_id is None else str(task_id),
         "created_after": created_after,
         "created_before": created_before,
+        "error_code": error_codes_of(error_code),
     }
 
 
@@ -184,6 +219,36 @@ def execution_page(page: int, page_size: int, filters: Mapping[str, Any]) -> Cal
         params[name] = value.isoformat() if isinstance(value, datetime) else value
     return Call(
         "GET", EXECUTIONS, lambda r: ExecutionPage.model_validate(r.json()), params, reconnectable=True
+    )
+
+
+# ------------------------------------------------------------------- usage
+
+
+def _day_bound(value: date | datetime | None) -> str | None:
+    """A usage bound: a date is that UTC day (sent as its UTC midnight, never a local one)."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        value = datetime.combine(value, time(), tzinfo=timezone.utc)  # noqa: UP017 (runs on 3.10)
+    return value.isoformat()
+
+
+def usage(
+    group_by: UsageGroup,
+    agent_id: uuid.UUID | None,
+    created_after: date | datetime | None,
+    created_before: date | datetime | None,
+) -> Call[list[UsageItem]]:
+    """GET /v1/usage: tokens by agent, UTC day, or both; the days between the bounds, inclusive."""
+    params = {
+        "group_by": group_by,
+        "agent_id": None if agent_id is None else str(agent_id),
+        "created_after": _day_bound(created_after),
+        "created_before": _day_bound(created_before),
+    }
+    return Call(
+        "GET", USAGE, lambda r: UsageReport.model_validate(r.json()).items, params, reconnectable=True
     )
 
 

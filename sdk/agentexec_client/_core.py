@@ -77,7 +77,8 @@ class RetryPolicy:
     """When to send a request again, and after how long.
 
     429 and 503 are retried after their Retry-After (or a backoff when absent) unless it
-    is longer than `max_wait`; a dropped or refused connection is retried only for a
+    is longer than `max_wait`, except a spent token budget (it renews at midnight, not in
+    a moment); a dropped or refused connection is retried only for a
     reconnectable call; nothing else is retried. At most `max_retries` retries per call.
     """
 
@@ -91,20 +92,25 @@ class RetryPolicy:
         ceiling = min(self.backoff_cap, self.backoff_base * 2.0**attempt)
         return random.uniform(ceiling / 2, ceiling)
 
-    def after_answer(self, response: httpx.Response, attempt: int) -> float | None:
+    def after_answer(self, error: errors.ProblemError, attempt: int) -> float | None:
         """Seconds to wait before retrying this error answer, or None to raise it."""
-        if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
+        if not retried(error) or attempt >= self.max_retries:
             return None
-        wait = errors.retry_after(response)
-        if wait is None:
+        if error.retry_after is None:
             return self.backoff(attempt)
-        return wait if wait <= self.max_wait else None
+        return error.retry_after if error.retry_after <= self.max_wait else None
 
     def after_failure(self, call: Call[Any], attempt: int) -> float | None:
         """Seconds to wait before retrying after a transport error, or None to raise it."""
         if not call.reconnectable or attempt >= self.max_retries:
             return None
         return self.backoff(attempt)
+
+
+def retried(error: errors.ProblemError) -> bool:
+    """True for the error answers worth sending the request again for: 429 and 503,
+    but not a spent daily token budget."""
+    return error.status in RETRY_STATUSES and not isinstance(error, errors.BudgetExceeded)
 
 
 def path_id(value: Any) -> str:
@@ -279,7 +285,7 @@ class Follow:
 
 def answer_wait(error: errors.ProblemError, retry: RetryPolicy) -> float:
     """Seconds to wait after an error answer to a stream request; raises the ones not retried."""
-    if error.status not in RETRY_STATUSES or (error.retry_after or 0.0) > retry.max_wait:
+    if not retried(error) or (error.retry_after or 0.0) > retry.max_wait:
         raise error
     return error.retry_after or 0.0
 

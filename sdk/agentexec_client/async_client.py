@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import date, datetime
 from typing import TypeVar
 
 import httpx
@@ -24,8 +25,9 @@ from agentexec_client._core import (
     headers_of,
     stream_closing,
 )
-from agentexec_client.async_resources import AsyncAgents, AsyncExecutions
+from agentexec_client.async_resources import AgentRef, AsyncAgents, AsyncExecutions
 from agentexec_client.events import AnyEvent
+from agentexec_client.models import UsageGroup, UsageItem
 from agentexec_client.version import USER_AGENT
 
 T = TypeVar("T")
@@ -69,6 +71,20 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    async def usage(
+        self,
+        *,
+        group_by: UsageGroup = "agent",
+        agent: AgentRef | None = None,
+        created_after: date | datetime | None = None,
+        created_before: date | datetime | None = None,
+    ) -> list[UsageItem]:
+        """Tokens this tenant's agents used: one item per agent, per UTC day, or per agent and
+        day (`group_by`), optionally of one agent (id or name) and the UTC days from
+        `created_after` through `created_before` (a date is that UTC day)."""
+        agent_id = None if agent is None else await self.agents.id_of(agent)
+        return await self.send(calls.usage(group_by, agent_id, created_after, created_before))
+
     async def send(self, call: Call[T]) -> T:
         """Send one call, retrying as its policy allows; raise ProblemError or ConnectionFailed."""
         attempt = 0
@@ -82,9 +98,10 @@ class AsyncClient:
             else:
                 if response.status_code < 400:
                     return call.parse(response)
-                delay = self.retry.after_answer(response, attempt)
+                error = errors.problem_error(response)
+                delay = self.retry.after_answer(error, attempt)
                 if delay is None:
-                    raise errors.problem_error(response)
+                    raise error
             attempt += 1
             await asyncio.sleep(delay)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentexec_client import _calls as calls
 from agentexec_client import errors
-from agentexec_client._calls import StateFilter
+from agentexec_client._calls import NOT_GIVEN, ErrorCodeFilter, NotGiven, StateFilter
 from agentexec_client._core import Follow, as_uuid
 from agentexec_client.events import AnyEvent, EventType
 from agentexec_client.models import (
@@ -20,6 +20,7 @@ from agentexec_client.models import (
     ExecutionPage,
     ExecutionParameters,
     HistoryItem,
+    OnConflict,
 )
 
 if TYPE_CHECKING:
@@ -42,11 +43,21 @@ class AsyncAgents:
         model: str | None = None,
         system_prompt: str | None = None,
         parameters: Mapping[str, Any] | None = None,
+        max_concurrency: int | None = None,
+        on_conflict: OnConflict | str | None = None,
+        daily_token_budget: int | None = None,
     ) -> Agent:
-        """Create an agent (Conflict when the name is taken)."""
-        return await self._c.send(
-            calls.agent_create(name, model=model, system_prompt=system_prompt, parameters=parameters)
+        """Create an agent (Conflict when the name is taken); None leaves a limit unset."""
+        call = calls.agent_create(
+            name,
+            model=model,
+            system_prompt=system_prompt,
+            parameters=parameters,
+            max_concurrency=max_concurrency,
+            on_conflict=on_conflict,
+            daily_token_budget=daily_token_budget,
         )
+        return await self._c.send(call)
 
     async def get(self, agent: AgentRef) -> Agent:
         """The agent with this id, or else this name (NotFound when there is none)."""
@@ -77,10 +88,19 @@ class AsyncAgents:
         model: str | None = None,
         system_prompt: str | None = None,
         parameters: Mapping[str, Any] | None = None,
+        max_concurrency: int | None | NotGiven = NOT_GIVEN,
+        on_conflict: OnConflict | str | None | NotGiven = NOT_GIVEN,
+        daily_token_budget: int | None | NotGiven = NOT_GIVEN,
     ) -> Agent:
-        """Change the fields given (None leaves a field as it is)."""
+        """Change the fields given: None leaves name, model, system_prompt and parameters as they
+        are, but removes a limit (max_concurrency, on_conflict, daily_token_budget)."""
         fields = {"name": name, "model": model, "system_prompt": system_prompt, "parameters": parameters}
-        return await self._c.send(calls.agent_update(await self.id_of(agent), **fields))
+        limits = {
+            "max_concurrency": max_concurrency,
+            "on_conflict": on_conflict,
+            "daily_token_budget": daily_token_budget,
+        }
+        return await self._c.send(calls.agent_update(await self.id_of(agent), fields, limits))
 
     async def delete(self, agent: AgentRef) -> None:
         """Delete an agent and its finished executions (Conflict while one is active)."""
@@ -107,10 +127,12 @@ class AsyncExecutions:
         idempotency_key: str | None = None,
         start: bool | None = None,
         task_id: uuid.UUID | str | None = None,
+        on_conflict: OnConflict | str | None = None,
         queue: str | None = None,
         priority: int | None = None,
         timeout_seconds: int | None = None,
         max_retries: int | None = None,
+        max_tokens: int | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> Execution:
         """Submit an execution to an agent (id or name); see `Client.executions.create`."""
@@ -120,10 +142,12 @@ class AsyncExecutions:
             idempotency_key,
             start=start,
             task_id=task_id,
+            on_conflict=on_conflict,
             queue=queue,
             priority=priority,
             timeout_seconds=timeout_seconds,
             max_retries=max_retries,
+            max_tokens=max_tokens,
             metadata=metadata,
         )
         return await self._c.send(call)
@@ -140,10 +164,14 @@ class AsyncExecutions:
         task_id: uuid.UUID | str | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        error_code: ErrorCodeFilter = None,
         page_size: int = 100,
     ) -> AsyncIterator[Execution]:
-        """Every matching execution, newest first (a page at a time; each one once)."""
-        filters = await self._filters(state, agent, task_id, created_after, created_before)
+        """Every matching execution, newest first (a page at a time; each one once).
+
+        `state` and `error_code` take one value or several (any of them matches).
+        """
+        filters = await self._filters(state, agent, task_id, created_after, created_before, error_code)
         pager = calls.ExecutionPager(filters, page_size)
         while not pager.done:
             for execution in pager.take(await self._c.send(pager.call())):
@@ -159,9 +187,10 @@ class AsyncExecutions:
         task_id: uuid.UUID | str | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        error_code: ErrorCodeFilter = None,
     ) -> ExecutionPage:
         """One page of executions, newest first, with the total."""
-        filters = await self._filters(state, agent, task_id, created_after, created_before)
+        filters = await self._filters(state, agent, task_id, created_after, created_before, error_code)
         return await self._c.send(calls.execution_page(page, page_size, filters))
 
     async def delete(self, execution: ExecutionRef) -> None:
@@ -240,6 +269,7 @@ class AsyncExecutions:
         task_id: Any,
         created_after: datetime | None,
         created_before: datetime | None,
+        error_code: ErrorCodeFilter,
     ) -> dict[str, Any]:
         agent_id = None if agent is None else await self._c.agents.id_of(agent)
-        return calls.filters_of(state, agent_id, task_id, created_after, created_before)
+        return calls.filters_of(state, agent_id, task_id, created_after, created_before, error_code)

@@ -1,12 +1,14 @@
 """`Client`: the agentexec API from synchronous code; sends calls and follows event streams.
 
-Its resources, `client.agents` and `client.executions`, are in `resources.py`.
+Its resources, `client.agents` and `client.executions`, are in `resources.py`;
+`client.usage()` (GET /v1/usage) is a method of its own.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import date, datetime
 from typing import TypeVar
 
 import httpx
@@ -23,7 +25,8 @@ from agentexec_client._core import (
     stream_closing,
 )
 from agentexec_client.events import AnyEvent
-from agentexec_client.resources import Agents, Executions
+from agentexec_client.models import UsageGroup, UsageItem
+from agentexec_client.resources import AgentRef, Agents, Executions
 from agentexec_client.version import USER_AGENT
 
 T = TypeVar("T")
@@ -71,6 +74,20 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def usage(
+        self,
+        *,
+        group_by: UsageGroup = "agent",
+        agent: AgentRef | None = None,
+        created_after: date | datetime | None = None,
+        created_before: date | datetime | None = None,
+    ) -> list[UsageItem]:
+        """Tokens this tenant's agents used: one item per agent, per UTC day, or per agent and
+        day (`group_by`), optionally of one agent (id or name) and the UTC days from
+        `created_after` through `created_before` (a date is that UTC day)."""
+        agent_id = None if agent is None else self.agents.id_of(agent)
+        return self.send(calls.usage(group_by, agent_id, created_after, created_before))
+
     def send(self, call: Call[T]) -> T:
         """Send one call, retrying as its policy allows; raise ProblemError or ConnectionFailed."""
         attempt = 0
@@ -84,9 +101,10 @@ class Client:
             else:
                 if response.status_code < 400:
                     return call.parse(response)
-                delay = self.retry.after_answer(response, attempt)
+                error = errors.problem_error(response)
+                delay = self.retry.after_answer(error, attempt)
                 if delay is None:
-                    raise errors.problem_error(response)
+                    raise error
             attempt += 1
             time.sleep(delay)
 

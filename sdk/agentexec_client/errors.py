@@ -1,14 +1,16 @@
 """The exceptions of the client: API answers (problem+json), lost connections, waits that ran out.
 
 Every error answer of the API is `application/problem+json`; `ProblemError` carries its
-fields and has one subclass per status a caller commonly handles. `str()` of any of
-them is one line.
+fields and has one subclass per status a caller commonly handles, and a subclass of
+those for the answers a caller acts on differently (a busy task names the execution
+holding it; a spent token budget is not retried). `str()` of any of them is one line.
 """
 
 from __future__ import annotations
 
 import email.utils
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -65,12 +67,26 @@ class Conflict(ProblemError):
     """409: not allowed in the current state, a name taken, or an idempotency key reused."""
 
 
+class TaskBusy(Conflict):
+    """409 from a create with `on_conflict="reject"`: `active_execution_id` holds the task."""
+
+    @property
+    def active_execution_id(self) -> uuid.UUID:
+        """The active execution with the same task_id."""
+        return uuid.UUID(str(self.body["active_execution_id"]))
+
+
 class ValidationFailed(ProblemError):
     """422: the request is invalid; `errors` names each field."""
 
 
 class RateLimited(ProblemError):
     """429: too many requests; `retry_after` says how many seconds to wait."""
+
+
+class BudgetExceeded(RateLimited):
+    """429: the agent's daily token budget is spent; `retry_after` is the seconds to the next
+    UTC midnight, when it renews. Never retried by the client."""
 
 
 class ConnectionFailed(AgentexecError):
@@ -97,6 +113,24 @@ BY_STATUS: dict[int, type[ProblemError]] = {
     422: ValidationFailed,
     429: RateLimited,
 }
+BUDGET_EXCEEDED_TYPE = "https://agentexec.dev/problems/budget-exceeded"
+
+
+def _class_of(status: int, body: dict[str, Any]) -> type[ProblemError]:
+    """The exception class of an answer: by its problem type or members, else by its status."""
+    if status == 429 and body.get("type") == BUDGET_EXCEEDED_TYPE:
+        return BudgetExceeded
+    if status == 409 and _is_uuid(body.get("active_execution_id")):
+        return TaskBusy
+    return BY_STATUS.get(status, ProblemError)
+
+
+def _is_uuid(value: Any) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return value is not None
 
 
 def _field(error: FieldError) -> str:
@@ -138,14 +172,17 @@ def problem_error(response: httpx.Response) -> ProblemError:
         body = None
     if not isinstance(body, dict):
         body = {}
-    cls = BY_STATUS.get(response.status_code, ProblemError)
+    cls = _class_of(response.status_code, body)
+    wait = retry_after(response)
+    if wait is None and isinstance(body.get("retry_after"), int | float):
+        wait = max(float(body["retry_after"]), 0.0)
     return cls(
         response.status_code,
         str(body.get("title") or response.reason_phrase or "HTTP error"),
         str(body.get("detail") or ""),
         _field_errors(body.get("errors")),
         type=str(body.get("type") or "about:blank"),
-        retry_after=retry_after(response),
+        retry_after=wait,
         body=body,
     )
 

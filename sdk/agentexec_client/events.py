@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from agentexec_client.models import ExecutionState, Model
+from agentexec_client.models import ErrorCodeValue, ExecutionState, Model
 
 
 class EventType(str, enum.Enum):
@@ -74,6 +74,9 @@ class CompletedPayload(_Payload):
     state: ExecutionState
     result: dict[str, Any] | None
     error_message: str | None
+    error_code: ErrorCodeValue | None = None
+    """Why it ended FAILED, TIMED_OUT or CANCELLED; None otherwise (and in events logged before
+    the API had error codes)."""
 
 
 class StateChangedEvent(_Envelope):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime
-from typing import Any, ClassVar
+from datetime import date, datetime
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr
 
 
 class ExecutionState(str, enum.Enum):
@@ -41,6 +41,65 @@ class ExecutionState(str, enum.Enum):
 FINAL_STATES = frozenset(
     {ExecutionState.COMPLETED, ExecutionState.FAILED, ExecutionState.CANCELLED, ExecutionState.TIMED_OUT}
 )
+
+
+class ErrorCode(str, enum.Enum):
+    """Why an execution ended FAILED, TIMED_OUT or CANCELLED (the `ErrorCode` schema)."""
+
+    MODEL_ERROR = "model_error"
+    MODEL_ERROR_PERMANENT = "model_error_permanent"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    TIMEOUT = "timeout"
+    WORKER_LOST = "worker_lost"
+    AGENT_NOT_FOUND = "agent_not_found"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"
+    INTERNAL_ERROR = "internal_error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class OnConflict(str, enum.Enum):
+    """What a create does while an execution with its task_id is active (the `OnConflict` schema)."""
+
+    ALLOW = "allow"
+    REJECT = "reject"
+    ENQUEUE = "enqueue"
+    INTERRUPT = "interrupt"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class WaitingReason(str, enum.Enum):
+    """Why a QUEUED execution does not run yet (the `WaitingReason` schema)."""
+
+    CONCURRENCY_LIMIT = "concurrency_limit"
+    TASK_BUSY = "task_busy"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _known(kind: type[enum.Enum]) -> BeforeValidator:
+    """The member of `kind` for a known value; an unknown one stays a str (a newer server's)."""
+
+    def read(value: Any) -> Any:
+        try:
+            return kind(value)
+        except ValueError:
+            return value
+
+    return BeforeValidator(read)
+
+
+# In answers: a code, policy or reason a newer server adds arrives as its str, never as an error.
+ErrorCodeValue = Annotated[ErrorCode | str, _known(ErrorCode)]
+OnConflictValue = Annotated[OnConflict | str, _known(OnConflict)]
+WaitingReasonValue = Annotated[WaitingReason | str, _known(WaitingReason)]
+UsageGroup = Literal["agent", "day", "agent_day"]
 
 
 class Model(BaseModel):
@@ -73,6 +132,12 @@ class Agent(Model):
     model: str
     system_prompt: str
     parameters: dict[str, Any]
+    max_concurrency: int | None
+    """At most this many of its executions RUNNING or PAUSING at once; None: no limit."""
+    on_conflict: OnConflictValue | None
+    """The default collision policy of its executions' task_id; None: allow."""
+    daily_token_budget: int | None
+    """Tokens all its executions may use per UTC day; None: no budget."""
     created_at: datetime
     updated_at: datetime
 
@@ -95,16 +160,22 @@ class AgentCreate(RequestModel):
     model: str | None = None
     system_prompt: str | None = None
     parameters: dict[str, Any] | None = None
+    max_concurrency: int | None = None
+    on_conflict: OnConflict | None = None
+    daily_token_budget: int | None = None
 
 
 class AgentUpdate(RequestModel):
-    """The body of PATCH /v1/agents/{id}: any subset of the fields."""
+    """The body of PATCH /v1/agents/{id}: any subset of the fields (a limit set to None is removed)."""
 
     SCHEMA = "AgentUpdateBody"
     name: str | None = None
     model: str | None = None
     system_prompt: str | None = None
     parameters: dict[str, Any] | None = None
+    max_concurrency: int | None = None
+    on_conflict: OnConflict | None = None
+    daily_token_budget: int | None = None
 
 
 # -------------------------------------------------------------- executions
@@ -116,6 +187,15 @@ class Progress(Model):
     SCHEMA = "Progress"
     percentage: float
     message: str | None
+
+
+class Usage(Model):
+    """Tokens an execution used so far, every model call and attempt together."""
+
+    SCHEMA = "Usage"
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
 
 
 class Execution(Model):
@@ -132,6 +212,13 @@ class Execution(Model):
     context: dict[str, Any]
     result: dict[str, Any] | None
     error_message: str | None
+    error_code: ErrorCodeValue | None
+    """Why it ended FAILED, TIMED_OUT or CANCELLED (an `ErrorCode`); None otherwise."""
+    waiting_reason: WaitingReasonValue | None
+    """Why a QUEUED execution does not run yet (a `WaitingReason`); None when it only waits for a worker."""
+    max_tokens: int | None
+    """Its token budget, every model call and attempt together; None: none."""
+    usage: Usage
     attempt: int
     celery_task_id: str | None
     """The Celery task id of the current attempt (`<id>-<attempt>`, as in Flower); None until first queued."""
@@ -213,11 +300,14 @@ class ExecutionCreate(RequestModel):
     parameters: dict[str, Any]
     task_id: uuid.UUID | None = None
     """Your own id for the task this execution works on; several executions may share it."""
+    on_conflict: OnConflict | None = None
+    """What to do while another execution with this task_id is active (default: the agent's, else allow)."""
     start: bool | None = None
     queue: str | None = None
     priority: int | None = None
     timeout_seconds: int | None = None
     max_retries: int | None = None
+    max_tokens: int | None = None
     metadata: dict[str, Any] | None = None
 
 
@@ -236,6 +326,31 @@ class History(Model):
 
     SCHEMA = "HistoryOut"
     items: list[HistoryItem]
+
+
+# ------------------------------------------------------------------- usage
+
+
+class UsageItem(Model):
+    """Tokens used by one agent, on one UTC day, or by one agent on one day (by `group_by`)."""
+
+    SCHEMA = "UsageItem"
+    agent_id: uuid.UUID | None
+    """None when grouped by day only."""
+    day: date | None
+    """None when grouped by agent only."""
+    executions: int
+    """The executions that ended on the day(s)."""
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class UsageReport(Model):
+    """The answer of GET /v1/usage."""
+
+    SCHEMA = "UsageOut"
+    items: list[UsageItem]
 
 
 # ------------------------------------------------------------------ errors

@@ -1,7 +1,8 @@
 """The client's models cannot drift from the API: compared with the live /openapi.json.
 
 Each model of `agentexec_client` names the component schema it mirrors (`SCHEMA`); its
-fields, which of them are required and which may be null must be the schema's. The
+fields, which of them are required and which may be null must be the schema's; its
+enums and the query parameters its listings send must be the document's. The
 event payloads are not in the document; they are compared with the server's one
 definition of them (`PAYLOADS`). The comparison is shown to catch a field added to the
 API but not to the client, on a changed copy of the document.
@@ -23,6 +24,7 @@ from agentexec_client import (
     AgentUpdate,
     CompletedEvent,
     CompletedPayload,
+    ErrorCode,
     Event,
     Execution,
     ExecutionCreate,
@@ -32,6 +34,7 @@ from agentexec_client import (
     FieldError,
     History,
     HistoryItem,
+    OnConflict,
     PipelineStep,
     Problem,
     Progress,
@@ -40,8 +43,14 @@ from agentexec_client import (
     SimulateOptions,
     StateChangedEvent,
     StateChangedPayload,
+    Usage,
+    UsageGroup,
+    UsageItem,
+    UsageReport,
+    WaitingReason,
     __version__,
 )
+from agentexec_client import _calls as calls
 from pydantic import BaseModel
 
 from app.events import COMPLETED, PROGRESS, STATE_CHANGED
@@ -53,8 +62,11 @@ ANSWERS: list[type[BaseModel]] = [
     Execution,
     ExecutionPage,
     Progress,
+    Usage,
     HistoryItem,
     History,
+    UsageItem,
+    UsageReport,
     Event,
     StateChangedEvent,
     ProgressEvent,
@@ -83,6 +95,7 @@ ROUTES: dict[tuple[str, str], tuple[str | None, str | None]] = {
     ("delete", "/v1/executions/{execution_id}"): (None, None),
     ("get", "/v1/executions/{execution_id}/history"): ("HistoryOut", None),
     ("get", "/v1/executions/{execution_id}/events"): ("EventsOut", None),
+    ("get", "/v1/usage"): ("UsageOut", None),
 } | {
     ("post", f"/v1/executions/{{execution_id}}/{a}"): ("ExecutionOut", "control")
     for a in (
@@ -92,6 +105,21 @@ ROUTES: dict[tuple[str, str], tuple[str | None, str | None]] = {
         "resume",
         "retry",
     )
+}
+# The enums of the document, each with the client's own.
+ENUMS: dict[str, list[str]] = {
+    "ExecutionState": [s.value for s in ExecutionState],
+    "ErrorCode": [c.value for c in ErrorCode],
+    "OnConflict": [c.value for c in OnConflict],
+    "WaitingReason": [r.value for r in WaitingReason],
+}
+# The query parameters the client's listings send (paging included).
+QUERIES: dict[str, set[str]] = {
+    "/v1/executions": {"page", "page_size", *calls.filters_of(None, None, None, None, None)},
+    "/v1/agents": {"page", "page_size"},
+    "/v1/usage": set(calls.usage("agent", None, None, None).params or {}),
+    "/v1/executions/{execution_id}/history": set(calls.history("x", 1).params or {}),
+    "/v1/executions/{execution_id}/events": set(calls.events_page("x", 0, 1).params or {}),
 }
 PAYLOAD_MODELS = {STATE_CHANGED: StateChangedPayload, PROGRESS: ProgressPayload, COMPLETED: CompletedPayload}
 
@@ -129,12 +157,14 @@ def drift(doc: dict[str, Any]) -> list[str]:
                 found.append(f"{model.__name__}.{field}: required differs from {name}")
             if model in ANSWERS and _nullable(fields[field].annotation) != _schema_nullable(props[field]):
                 found.append(f"{model.__name__}.{field}: nullable differs from {name}")
-    states = schemas.get("ExecutionState", {}).get("enum", [])
-    if states != [s.value for s in ExecutionState]:
-        found.append(f"ExecutionState {[s.value for s in ExecutionState]} != the API's {states}")
+    for enum_name, ours in ENUMS.items():
+        theirs = schemas.get(enum_name, {}).get("enum", [])
+        if theirs != ours:
+            found.append(f"{enum_name} {ours} != the API's {theirs}")
     if set(schemas.get("EventsOut", {}).get("properties", {})) != {"items"}:
         found.append("EventsOut is no longer {items}")
     found += _route_drift(doc)
+    found += _query_drift(doc)
     return found
 
 
@@ -167,6 +197,27 @@ def _route_drift(doc: dict[str, Any]) -> list[str]:
     return found
 
 
+def _query_drift(doc: dict[str, Any]) -> list[str]:
+    """The query parameters the client sends, and the group_by values it knows, against the API's."""
+    found = []
+    for path, ours in QUERIES.items():
+        params = doc["paths"].get(path, {}).get("get", {}).get("parameters", [])
+        theirs = {p["name"] for p in params if p.get("in") == "query"}
+        if theirs != ours:
+            found.append(f"GET {path} takes {sorted(theirs)}, the client sends {sorted(ours)}")
+    group_by = next(
+        (
+            p["schema"]
+            for p in doc["paths"].get("/v1/usage", {}).get("get", {}).get("parameters", [])
+            if p["name"] == "group_by"
+        ),
+        {},
+    )
+    if group_by.get("enum") != list(typing.get_args(UsageGroup)):
+        found.append(f"UsageGroup {list(typing.get_args(UsageGroup))} != the API's {group_by.get('enum')}")
+    return found
+
+
 @pytest.fixture(scope="module")
 def openapi(api_server) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     response = httpx.get(f"{api_server.url}/openapi.json", timeout=10)
@@ -186,12 +237,18 @@ def test_a_field_added_to_the_api_but_not_to_the_client_is_caught(openapi: dict[
     changed["components"]["schemas"]["AgentOut"]["required"].remove("model")
     changed["components"]["schemas"]["ExecutionState"]["enum"].append("REQUIRES_ACTION")
     changed["paths"]["/v1/executions/{execution_id}/input"] = {"post": {"responses": {}}}
+    changed["components"]["schemas"]["ErrorCode"]["enum"].append("max_turns_exceeded")
+    changed["paths"]["/v1/usage"]["get"]["parameters"].append({"name": "queue", "in": "query"})
     assert set(drift(changed)) == {
         "ExecutionOut.requires_action is in the API, not in Execution",
         "Agent.model: required differs from AgentOut",
         f"ExecutionState {[s.value for s in ExecutionState]} != the API's "
         f"{[*[s.value for s in ExecutionState], 'REQUIRES_ACTION']}",
         "POST /v1/executions/{execution_id}/input is in the API, not in the client",
+        f"ErrorCode {[c.value for c in ErrorCode]} != the API's "
+        f"{[*[c.value for c in ErrorCode], 'max_turns_exceeded']}",
+        "GET /v1/usage takes ['agent_id', 'created_after', 'created_before', 'group_by', 'queue'], "
+        "the client sends ['agent_id', 'created_after', 'created_before', 'group_by']",
     }
 
 

@@ -25,6 +25,7 @@ import httpx
 import pytest
 from agentexec_client import (
     AsyncClient,
+    BudgetExceeded,
     Client,
     ConnectionFailed,
     ExecutionState,
@@ -238,6 +239,36 @@ def test_429_is_retried_after_retry_after_and_raised_as_rate_limited_when_it_per
     with Client(httpserver.url_for("/"), max_retries=2) as client, pytest.raises(RateLimited) as limited:
         client.agents.list_page()
     assert limited.value.retry_after == 0 and limited.value.detail == "slow down" and len(httpserver.log) == 3
+
+
+def test_a_spent_token_budget_is_raised_at_once_as_budget_exceeded_even_with_a_short_retry_after(
+    httpserver: HTTPServer,
+) -> None:
+    # A 429 of a spent daily budget lasts until the next UTC midnight, however close that is.
+    problem = {
+        "type": "https://agentexec.dev/problems/budget-exceeded",
+        "title": "Too Many Requests",
+        "status": 429,
+        "detail": "agent x spent its daily token budget",
+        "retry_after": 1,
+    }
+    httpserver.expect_request("/v1/agents").respond_with_json(
+        problem, status=429, headers={"Retry-After": "1"}, content_type="application/problem+json"
+    )
+    with Client(httpserver.url_for("/")) as client, pytest.raises(BudgetExceeded) as spent:
+        client.agents.list_page()
+    assert len(httpserver.log) == 1 and spent.value.retry_after == 1
+    assert isinstance(spent.value, RateLimited) and str(spent.value) == (
+        "Too Many Requests: agent x spent its daily token budget (HTTP 429)"
+    )
+
+    async def from_async() -> None:
+        async with AsyncClient(httpserver.url_for("/")) as client:
+            with pytest.raises(BudgetExceeded):
+                await client.agents.list_page()
+
+    asyncio.run(from_async())
+    assert len(httpserver.log) == 2
 
 
 def test_503_is_retried_even_for_a_delete_and_401_and_500_are_raised_at_once(
