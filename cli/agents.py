@@ -1,19 +1,56 @@
-"""`agentexec agents create|list|show|delete`, and resolving an agent given by id or name."""
+"""`agentexec agents create|update|list|show|delete`, and resolving an agent given by id or name."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from agentexec_client import Agent, Client, NotFound
+from agentexec_client import NOT_GIVEN, Agent, Client, NotFound, NotGiven, OnConflict
 
 from cli.context import client_of
 from cli.render import CliError, agents_table, err, out, print_json
 
-app = typer.Typer(help="Create, list, show and delete agents.", no_args_is_help=True)
+app = typer.Typer(help="Create, update, list, show and delete agents.", no_args_is_help=True)
+
+
+class OnConflictOrNone(str, Enum):
+    """An agent's default collision policy, or `none` to remove it (then: allow)."""
+
+    allow = "allow"
+    reject = "reject"
+    enqueue = "enqueue"
+    interrupt = "interrupt"
+    none = "none"
+
+
+ON_CONFLICT_HELP = (
+    "Default for its executions while another run of the same task_id is active: allow, reject, "
+    "enqueue or interrupt."
+)
+SystemPrompt = Annotated[str | None, typer.Option("--system-prompt", "-s", help="System prompt.")]
+SystemPromptFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--system-prompt-file", exists=True, dir_okay=False, help="Read the system prompt from a file."
+    ),
+]
+Params = Annotated[
+    list[str] | None,
+    typer.Option("--param", help="Agent parameter KEY=VALUE (VALUE as JSON when it parses); repeatable."),
+]
+MaxConcurrency = Annotated[
+    int | None,
+    typer.Option("--max-concurrency", min=0, help="At most N of its executions running at once; 0: none."),
+]
+DailyTokenBudget = Annotated[
+    int | None,
+    typer.Option("--daily-token-budget", min=0, help="Tokens its executions may use per UTC day; 0: none."),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the agent as JSON.")]
 
 
 def resolve_agent(client: Client, ref: str) -> Agent:
@@ -47,40 +84,94 @@ def key_values(pairs: list[str], option: str) -> dict[str, Any]:
     return values
 
 
+def _system_prompt(text: str | None, path: Path | None) -> str | None:
+    if text is not None and path is not None:
+        raise typer.BadParameter("give --system-prompt or --system-prompt-file, not both")
+    return path.read_text() if path is not None else text
+
+
+def _limit(value: int | None) -> int | None | NotGiven:
+    """A limit option: not given (left alone), 0 (removed: None) or N."""
+    return NOT_GIVEN if value is None else (value or None)
+
+
+def _print_agent(agent: Agent, as_json: bool, done: str) -> None:
+    if as_json:
+        print_json(agent.model_dump(mode="json"))
+    else:
+        out.print(str(agent.id))
+        err.print(f"{done} agent {agent.name!r}")
+
+
 @app.command("create")
 def create(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Unique agent name.")],
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model name.")] = None,
-    system_prompt: Annotated[str | None, typer.Option("--system-prompt", "-s", help="System prompt.")] = None,
-    system_prompt_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--system-prompt-file", exists=True, dir_okay=False, help="Read the system prompt from a file."
-        ),
+    system_prompt: SystemPrompt = None,
+    system_prompt_file: SystemPromptFile = None,
+    param: Params = None,
+    max_concurrency: MaxConcurrency = None,
+    on_conflict: Annotated[
+        OnConflict | None, typer.Option("--on-conflict", case_sensitive=False, help=ON_CONFLICT_HELP)
     ] = None,
-    param: Annotated[
-        list[str] | None,
-        typer.Option("--param", help="Agent parameter KEY=VALUE (VALUE as JSON when it parses); repeatable."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the agent as JSON.")] = False,
+    daily_token_budget: DailyTokenBudget = None,
+    as_json: AsJson = False,
 ) -> None:
     """Create an agent."""
-    if system_prompt is not None and system_prompt_file is not None:
-        raise typer.BadParameter("give --system-prompt or --system-prompt-file, not both")
-    if system_prompt_file is not None:
-        system_prompt = system_prompt_file.read_text()
     agent = client_of(ctx).agents.create(
         name,
         model=model or None,
-        system_prompt=system_prompt,
+        system_prompt=_system_prompt(system_prompt, system_prompt_file),
         parameters=key_values(param, "--param") if param else None,
+        max_concurrency=max_concurrency or None,
+        on_conflict=on_conflict,
+        daily_token_budget=daily_token_budget or None,
     )
-    if as_json:
-        print_json(agent.model_dump(mode="json"))
-    else:
-        out.print(str(agent.id))
-        err.print(f"created agent {agent.name!r}")
+    _print_agent(agent, as_json, "created")
+
+
+@app.command("update")
+def update(
+    ctx: typer.Context,
+    agent: Annotated[str, typer.Argument(help="Agent id or name.")],
+    name: Annotated[str | None, typer.Option("--name", help="New name.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name.")] = None,
+    system_prompt: SystemPrompt = None,
+    system_prompt_file: SystemPromptFile = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", help="Replace the parameters: KEY=VALUE (VALUE as JSON); repeatable."),
+    ] = None,
+    max_concurrency: MaxConcurrency = None,
+    on_conflict: Annotated[
+        OnConflictOrNone | None,
+        typer.Option("--on-conflict", case_sensitive=False, help=ON_CONFLICT_HELP + " none: remove it."),
+    ] = None,
+    daily_token_budget: DailyTokenBudget = None,
+    as_json: AsJson = False,
+) -> None:
+    """Change an agent: only the options given (0 or none removes a limit)."""
+    limits = (max_concurrency, on_conflict, daily_token_budget)
+    if all(v is None for v in (name, model, system_prompt, system_prompt_file, param, *limits)):
+        raise typer.BadParameter("give at least one option to change")
+    prompt = _system_prompt(system_prompt, system_prompt_file)
+    client = client_of(ctx)
+    found = resolve_agent(client, agent)
+    policy: OnConflict | None | NotGiven = NOT_GIVEN
+    if on_conflict is not None:
+        policy = None if on_conflict is OnConflictOrNone.none else OnConflict(on_conflict.value)
+    changed = client.agents.update(
+        found.id,
+        name=name,
+        model=model,
+        system_prompt=prompt,
+        parameters=key_values(param, "--param") if param else None,
+        max_concurrency=_limit(max_concurrency),
+        on_conflict=policy,
+        daily_token_budget=_limit(daily_token_budget),
+    )
+    _print_agent(changed, as_json, "updated")
 
 
 @app.command("list")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from agentexec_client import FINAL_STATES, AgentexecError, ExecutionState
+from agentexec_client import FINAL_STATES, AgentexecError, ErrorCode, ExecutionState, OnConflict
 from rich.markup import escape
 from rich.table import Table
 
@@ -23,6 +24,7 @@ from cli.render import (
     print_json,
     short_time,
     show_execution,
+    state_detail,
     state_text,
 )
 from cli.watch import follow_lines, report_outcome, watch_execution
@@ -111,6 +113,22 @@ def submit(
     queue: Annotated[str | None, typer.Option("--queue", help="Celery queue.")] = None,
     timeout_seconds: Annotated[int | None, typer.Option("--timeout-seconds", min=1)] = None,
     max_retries: Annotated[int | None, typer.Option("--max-retries", min=0)] = None,
+    task_id: Annotated[
+        uuid.UUID | None,
+        typer.Option("--task-id", metavar="UUID", help="Your id of the task (several runs may share it)."),
+    ] = None,
+    on_conflict: Annotated[
+        OnConflict | None,
+        typer.Option(
+            "--on-conflict",
+            case_sensitive=False,
+            help="While another run of --task-id is active: run both (allow), refuse (reject), wait "
+            "for it (enqueue) or cancel it (interrupt). Default: the agent's, else allow.",
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", min=1, help="Token budget of the whole execution.")
+    ] = None,
     simulate: Annotated[
         list[str] | None,
         typer.Option(
@@ -132,9 +150,13 @@ def submit(
         queue=queue,
         timeout_seconds=timeout_seconds,
         max_retries=max_retries,
+        task_id=task_id,
+        on_conflict=on_conflict,
+        max_tokens=max_tokens,
     )
     again = "" if execution.created else " (existing, same idempotency key)"
-    err.print(f"submitted {execution.id} to {escape(found.name)}: {state_text(execution.state)}{again}")
+    shown = state_detail(execution.state, waiting_reason=execution.waiting_reason)
+    err.print(f"submitted {execution.id} to {escape(found.name)}: {shown}{again}")
     if not watch:
         out.print(str(execution.id))
         return
@@ -148,6 +170,10 @@ def list_executions(
         typer.Option("--state", case_sensitive=False, help="Only these states; repeatable."),
     ] = None,
     agent: Annotated[str | None, typer.Option("--agent", "-a", help="Agent id or name.")] = None,
+    error_code: Annotated[
+        list[ErrorCode] | None,
+        typer.Option("--error-code", case_sensitive=False, help="Only those that ended so; repeatable."),
+    ] = None,
     page: Annotated[int, typer.Option("--page", min=1)] = 1,
     page_size: Annotated[int, typer.Option("--page-size", min=1, max=200)] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print the page as JSON.")] = False,
@@ -155,7 +181,7 @@ def list_executions(
     """List executions, newest first."""
     client = client_of(ctx)
     agent_id = resolve_agent(client, agent).id if agent else None
-    found = client.executions.list_page(page, page_size, state=state, agent=agent_id)
+    found = client.executions.list_page(page, page_size, state=state, agent=agent_id, error_code=error_code)
     body = found.model_dump(mode="json")
     if as_json:
         print_json(body)

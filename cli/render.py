@@ -32,6 +32,8 @@ STATE_GLYPHS: dict[str, str] = {
     ExecutionState.CANCELLED: "[yellow]✗[/yellow]",
 }
 UNREACHABLE_HINT = " (is it running? set --api-url or AGENTEXEC_API_URL)"
+# An error code that only repeats its state is not shown next to it.
+SAID_BY_STATE = {"cancelled": ExecutionState.CANCELLED, "timeout": ExecutionState.TIMED_OUT}
 
 
 class CliError(Exception):
@@ -51,6 +53,26 @@ def state_text(state: str | None) -> str:
     state = str(state or "?")
     style = STATE_STYLES.get(state, "")
     return f"[{style}]{state}[/{style}]" if style else state
+
+
+def state_reason(state: Any, error_code: Any = None, waiting_reason: Any = None) -> str | None:
+    """Why an execution ended (its error_code) or why a QUEUED one waits; None when nothing to add."""
+    if error_code and SAID_BY_STATE.get(str(error_code)) != str(state):
+        return str(error_code)
+    if waiting_reason and str(state) == ExecutionState.QUEUED:
+        return f"waiting: {waiting_reason}"
+    return None
+
+
+def state_detail(state: Any, error_code: Any = None, waiting_reason: Any = None) -> str:
+    """The state, coloured, followed by `state_reason` in parentheses when there is one."""
+    reason = state_reason(state, error_code, waiting_reason)
+    return state_text(state) + (f" [dim]({escape(reason)})[/dim]" if reason else "")
+
+
+def state_of(item: dict[str, Any]) -> str:
+    """`state_detail` of an execution as JSON."""
+    return state_detail(item.get("state"), item.get("error_code"), item.get("waiting_reason"))
 
 
 def state_glyph(state: str | None) -> str:
@@ -93,7 +115,7 @@ def executions_table(items: list[dict[str, Any]], agent_names: dict[str, str]) -
         table.add_row(
             str(item.get("id")),
             escape(agent_names.get(agent_id, agent_id)),
-            state_text(item.get("state")),
+            state_of(item),
             "" if pct is None else f"{float(pct):.0f}%",
             str(item.get("attempt", "")),
             short_time(item.get("created_at")),
@@ -133,7 +155,7 @@ def show_execution(item: dict[str, Any], agent_name: str | None = None) -> None:
         ("id", item.get("id")),
         ("agent", f"{agent_name} ({item.get('agent_id')})" if agent_name else item.get("agent_id")),
         ("type", params.get("type", "standard")),
-        ("state", state_text(item.get("state"))),
+        ("state", state_of(item)),
         (
             "progress",
             f"{float(progress.get('percentage') or 0):.0f}%"
@@ -142,6 +164,7 @@ def show_execution(item: dict[str, Any], agent_name: str | None = None) -> None:
         ("attempt", f"{item.get('attempt')} (max retries {item.get('max_retries')})"),
         ("queue", f"{item.get('queue')}  priority {item.get('priority')}"),
         ("timeout", f"{item.get('timeout_seconds')} s"),
+        ("tokens", _tokens(item)),
         ("created", short_time(item.get("created_at"))),
         ("started", short_time(item.get("started_at"))),
         ("completed", short_time(item.get("completed_at"))),
@@ -159,6 +182,17 @@ def show_execution(item: dict[str, Any], agent_name: str | None = None) -> None:
         out.print(escape(result_text(item["result"])))
 
 
+def _tokens(item: dict[str, Any]) -> str:
+    """'120 (prompt 100, completion 20) of at most 5000', or empty before any was used or allowed."""
+    usage, cap = item.get("usage") or {}, item.get("max_tokens")
+    total = usage.get("total_tokens") or 0
+    if not total and cap is None:
+        return ""
+    prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+    text = f"{total} (prompt {prompt}, completion {completion})"
+    return text + (f" of at most {cap}" if cap is not None else "")
+
+
 def event_line(event: dict[str, Any]) -> str:
     """One event as a line: id, time, type and what it says."""
     payload = event.get("payload") or {}
@@ -170,7 +204,7 @@ def event_line(event: dict[str, Any]) -> str:
     elif kind.endswith("progress"):
         what = f"{float(payload.get('percentage') or 0):5.1f}%  {escape(str(payload.get('message') or ''))}"
     elif kind.endswith("completed"):
-        what = state_text(payload.get("state"))
+        what = state_detail(payload.get("state"), payload.get("error_code"))
         if payload.get("error_message"):
             what += f"  {escape(str(payload['error_message']))}"
     else:

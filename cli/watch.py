@@ -32,7 +32,9 @@ from cli.render import (
     out,
     print_json_line,
     result_text,
+    state_detail,
     state_glyph,
+    state_reason,
     state_text,
 )
 
@@ -62,7 +64,8 @@ def watch_execution(client: Client, execution: Execution) -> Execution:
     """Show live progress from the SSE stream; returns the execution as it ended."""
     state = execution.state
     with _progress_bar() as bar:
-        task = bar.add_task("", total=100, state=state_text(state), outcome=None)
+        shown = state_detail(state, waiting_reason=execution.waiting_reason)
+        task = bar.add_task("", total=100, state=shown, outcome=None)
         try:
             if state not in FINAL_STATES:
                 for event in client.executions.stream(execution.id):
@@ -80,7 +83,8 @@ def watch_execution(client: Client, execution: Execution) -> Execution:
                         bar.update(task, state=state_text(state))
             final = client.executions.get(execution.id)
             done = 100 if final.state == ExecutionState.COMPLETED else bar.tasks[0].completed
-            bar.update(task, completed=done, state=state_text(final.state), outcome=state_glyph(final.state))
+            shown = state_detail(final.state, final.error_code, final.waiting_reason)
+            bar.update(task, completed=done, state=shown, outcome=state_glyph(final.state))
         finally:
             # Ended, interrupted or cut off: the last frame left on screen must not spin.
             if bar.tasks[0].fields.get("outcome") is None:
@@ -95,7 +99,9 @@ def report_outcome(final: Execution) -> int:
         out.print(escape(result_text(final.result)))
         return 0
     message = final.error_message or "no error message"
-    err.print(f"[bold red]{final.state}[/bold red]: {escape(message)}")
+    reason = state_reason(final.state, final.error_code)
+    code = f" ({escape(reason)})" if reason else ""
+    err.print(f"[bold red]{final.state}[/bold red]{code}: {escape(message)}")
     return 1
 
 

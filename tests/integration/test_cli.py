@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -486,4 +486,98 @@ def test_a_failed_execution_under_watch_ends_on_a_still_cross_and_its_state_not_
     lines = [line.strip() for line in last_frame.splitlines() if line.strip()]
     assert not SPINNER_FRAMES.search(last_frame), lines
     assert lines[0].startswith("✗ FAILED "), lines
-    assert lines[-1] == "FAILED: simulated permanent model failure", lines
+    assert lines[0].startswith("✗ FAILED (model_error_permanent) "), lines
+    assert lines[-1] == "FAILED (model_error_permanent): simulated permanent model failure", lines
+
+
+def test_agents_create_and_update_set_and_remove_the_limits(cli):  # type: ignore[no-untyped-def]
+    made = cli.json(
+        "agents",
+        "create",
+        "capped",
+        "--max-concurrency",
+        "2",
+        "--on-conflict",
+        "reject",
+        "--daily-token-budget",
+        "1000",
+    )
+    assert (made["max_concurrency"], made["on_conflict"], made["daily_token_budget"]) == (2, "reject", 1000)
+    renamed = cli.json("agents", "update", "capped", "--name", "still-capped", "--max-concurrency", "3")
+    assert (renamed["name"], renamed["max_concurrency"], renamed["on_conflict"]) == (
+        "still-capped",
+        3,
+        "reject",
+    )
+    freed = cli.json("agents", "update", made["id"], "--max-concurrency", "0", "--on-conflict", "none")
+    assert (freed["max_concurrency"], freed["on_conflict"], freed["daily_token_budget"]) == (None, None, 1000)
+    assert cli("agents", "update", "still-capped", "--daily-token-budget", "0").stderr.strip() == (
+        "updated agent 'still-capped'"
+    )
+    assert json.loads(cli("agents", "show", "still-capped").stdout)["daily_token_budget"] is None
+    assert "Usage" in cli("agents", "update", "still-capped", code=2).output
+    assert "Usage" in cli("agents", "create", "x", "--on-conflict", "sometimes", code=2).output
+
+
+def test_submit_on_conflict_reject_on_a_busy_task_exits_1_naming_the_active_execution(cli, writer):  # type: ignore[no-untyped-def]
+    task = str(uuid.uuid4())
+    active = cli("submit", "writer", "--input", "long", "--task-id", task, *SLOW).stdout.strip()
+    wait_for(lambda: cli.execution(active)["state"] == "RUNNING", what="the first run to start")
+    refused = cli.process(
+        "submit", "writer", "--input", "x", "--task-id", task, "--on-conflict", "reject", code=1
+    )
+    assert refused.stdout == "" and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert refused.stderr.startswith("error: Conflict") and "(HTTP 409)" in refused.stderr
+    assert f"already has an active execution: {active}" in refused.stderr
+
+    waiting = cli("submit", "writer", "--input", "y", "--task-id", task, "--on-conflict", "enqueue")
+    assert "QUEUED (waiting: task_busy)" in waiting.stderr
+    assert "QUEUED (waiting: task_busy)" in cli("show", waiting.stdout.strip()).stdout
+    newest = cli(
+        "submit",
+        "writer",
+        "--input",
+        "z",
+        "--task-id",
+        task,
+        "--on-conflict",
+        "interrupt",
+        "--max-tokens",
+        "5000",
+        "--watch",
+    )
+    assert "✓ COMPLETED" in newest.stderr
+    shown = cli("show", active).stdout
+    assert re.search(r"^state\s+CANCELLED \(interrupted\)$", shown, re.M), shown
+    interrupted = cli.json("list", "--error-code", "interrupted")["items"]
+    assert {e["id"] for e in interrupted} == {active, waiting.stdout.strip()}
+    table = cli("list", "--error-code", "INTERRUPTED").stdout
+    assert table.count("CANCELLED (interrupted)") == 2
+    last = cli.json("list", "--state", "COMPLETED")["items"][0]
+    assert last["max_tokens"] == 5000 and re.search(
+        rf"^tokens\s+{last['usage']['total_tokens']} \(prompt \d+, completion \d+\) of at most 5000$",
+        cli("show", last["id"]).stdout,
+        re.M,
+    )
+
+
+def test_usage_prints_the_apis_answer_as_json_and_as_a_table_at_80_columns(cli, writer):  # type: ignore[no-untyped-def]
+    cli.json("agents", "create", "an-agent-with-a-rather-long-descriptive-name-for-its-reports")
+    for agent in ("writer", "an-agent-with-a-rather-long-descriptive-name-for-its-reports"):
+        assert "COMPLETED" in cli("submit", agent, "--input", "a b c d e f", "--watch").stderr
+    for group_by in ("agent", "day", "agent_day"):
+        api = httpx.get(f"{cli.url}/v1/usage", params={"group_by": group_by}, timeout=10).json()
+        assert cli.json("usage", "--group-by", group_by) == api and len(api["items"]) in (1, 2), group_by
+    mine = httpx.get(f"{cli.url}/v1/usage", params={"agent_id": writer["id"]}, timeout=10).json()
+    today = datetime.now(UTC).date().isoformat()
+    assert cli.json("usage", "--agent", "writer", "--since", today, "--until", today) == mine
+    tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
+    assert cli.json("usage", "--since", tomorrow) == {"items": []}
+    assert "no usage recorded" in cli("usage", "--since", tomorrow).stderr
+
+    table = cli("usage", "--group-by", "agent_day", columns=80).stdout
+    assert all(len(line) <= 80 for line in table.splitlines()), table
+    assert "…" not in table and "writer" in table and today in table and writer["id"] not in table
+    total = mine["items"][0]["total_tokens"]
+    assert re.search(rf"^writer\s+{today}\s+1\s+[\d,]+\s+[\d,]+\s+{total:,}$", table, re.M), table
+    assert "Usage" in cli("usage", "--since", "yesterday", code=2).output
