@@ -309,7 +309,7 @@ def test_an_agent_carries_its_limits_and_none_in_an_update_removes_only_that_lim
     assert (plain.max_concurrency, plain.on_conflict, plain.daily_token_budget) == (None, None, None)
 
 
-def test_a_rejected_create_raises_task_busy_naming_the_active_execution_and_error_codes_filter(
+def test_a_rejected_create_raises_task_busy_naming_the_active_execution_and_error_codes_are_filters(
     client: Client,
 ) -> None:
     ex = client.executions
@@ -327,20 +327,23 @@ def test_a_rejected_create_raises_task_busy_naming_the_active_execution_and_erro
 
     waiting = ex.create("writer", input="third", task_id=task, on_conflict="enqueue")
     assert (waiting.state, waiting.waiting_reason) == (S.QUEUED, WaitingReason.TASK_BUSY)
-    newest = ex.create("writer", input="fourth", task_id=task, on_conflict=OnConflict.INTERRUPT)
-    for replaced in (first, waiting):
-        ended = ex.wait(replaced.id, timeout=20)
-        assert (ended.state, ended.error_code) == (S.CANCELLED, ErrorCode.INTERRUPTED)
-    done = ex.wait(newest.id, timeout=20)
-    assert done.state == S.COMPLETED and done.error_code is None and done.usage.total_tokens > 0
-    assert {e.id for e in ex.list(error_code="interrupted")} == {first.id, waiting.id}
-    assert {e.id for e in ex.list(error_code=[ErrorCode.TIMEOUT, ErrorCode.INTERRUPTED])} == {
+    ex.cancel(first.id)
+    ended = ex.wait(first.id, timeout=20)
+    assert (ended.state, ended.error_code) == (S.CANCELLED, ErrorCode.CANCELLED)
+    done = ex.wait(waiting.id, timeout=20)
+    assert done.state == S.COMPLETED and done.error_code is None and done.waiting_reason is None
+    assert done.usage.total_tokens == done.usage.prompt_tokens + done.usage.completion_tokens > 0
+    capped = ex.wait(ex.create("writer", input="a b c d e f", max_tokens=1).id, timeout=20)
+    assert (capped.state, capped.error_code) == (S.FAILED, ErrorCode.BUDGET_EXCEEDED)
+
+    assert {e.id for e in ex.list(error_code="cancelled")} == {first.id}
+    assert {e.id for e in ex.list(error_code=[ErrorCode.BUDGET_EXCEEDED, "cancelled"])} == {
         first.id,
-        waiting.id,
+        capped.id,
     }
-    assert ex.list_page(error_code=ErrorCode.BUDGET_EXCEEDED).items == []
+    assert ex.list_page(error_code=ErrorCode.INTERRUPTED).items == []
     completed = [e for e in ex.events(first.id) if isinstance(e, CompletedEvent)]
-    assert [e.payload.error_code for e in completed] == [ErrorCode.INTERRUPTED]
+    assert [e.payload.error_code for e in completed] == [ErrorCode.CANCELLED]
 
 
 def _spend_the_budget(client: Client) -> tuple[Any, Any, Any]:
