@@ -94,6 +94,7 @@ def handle_domain_error(exc: Exception) -> Response:
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
     extra: dict[str, object] = {}
     if isinstance(exc, TaskBusyError):  # on_conflict=reject: which execution holds the task
+        extra["type"] = "https://agentexec.dev/problems/task-busy"
         extra["active_execution_id"] = str(exc.active_execution_id)
     if isinstance(exc, BudgetExceededError):
         extra["type"] = "https://agentexec.dev/problems/budget-exceeded"

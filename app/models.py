@@ -153,6 +153,8 @@ class Execution(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The collision policy its create resolved to (with a task_id; None for allow).
+    on_conflict: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # Why a QUEUED execution waits ("concurrency_limit", "task_busy"); None otherwise.
     waiting_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # Token budget of the whole execution (every call, every attempt) and what it used so far.

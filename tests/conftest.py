@@ -84,15 +84,24 @@ def session_factory(settings: Settings):  # type: ignore[no-untyped-def]
 def clean_db(session_factory):  # type: ignore[no-untyped-def]
     """Empty tables before a test (tests never rely on rows another test left)."""
     from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
 
-    with session_factory() as s:
-        s.execute(
-            text(
-                "TRUNCATE agents, executions, execution_state_history, execution_events, api_keys, "
-                "reaper_status, tenant_limits, agent_usage_daily CASCADE"
-            )
-        )
-        s.commit()
+    # A run the previous test left on the worker may be writing right now; TRUNCATE takes its
+    # tables one by one and can deadlock with that write (PostgreSQL then aborts one of the
+    # two). Tables in the order a run's statements touch them, and another try when it happens.
+    truncate = text(
+        "TRUNCATE executions, execution_state_history, execution_events, agent_usage_daily, agents, "
+        "api_keys, reaper_status, tenant_limits CASCADE"
+    )
+    for attempt in range(5):
+        try:
+            with session_factory() as s:
+                s.execute(truncate)
+                s.commit()
+            break
+        except OperationalError as exc:
+            if "deadlock" not in str(exc) or attempt == 4:
+                raise
     yield
 
 

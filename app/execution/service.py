@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from app.auth import ApiKeyStore
@@ -48,6 +48,13 @@ def request_fingerprint(body: ExecutionCreate) -> str:
     """SHA-256 of the canonical JSON of a create request (idempotency comparison)."""
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _utc_day(moment: datetime | None) -> date | None:
+    """The UTC day of a moment; one without a time zone is taken as UTC."""
+    if moment is None:
+        return None
+    return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)).date()
 
 
 class ExecutionService:
@@ -138,6 +145,7 @@ class ExecutionService:
         )
         if created is not None:
             return created, True
+        # Nothing was inserted: the key was used, the agent's budget is spent, or no agent.
         if idempotency_key:
             existing = self.repository.get_by_idempotency_key(tenant, idempotency_key)
             if existing is not None:
@@ -146,10 +154,10 @@ class ExecutionService:
                         f"idempotency key {idempotency_key!r} was already used with a different request body"
                     )
                 return existing, False
-            if self.repository.get_agent(data.agent_id, tenant=tenant) is not None:  # deleted meanwhile
-                raise ConflictError(f"idempotency key {idempotency_key!r} is being reused; try again")
         agent = self.repository.get_agent(data.agent_id, tenant=tenant)
-        if agent is not None and agent.daily_token_budget is not None:
+        if agent is None:
+            raise AgentNotFoundError(data.agent_id)
+        if agent.daily_token_budget is not None:
             used = self.repository.tokens_today(agent.id)
             if used >= agent.daily_token_budget:
                 raise BudgetExceededError(
@@ -157,7 +165,11 @@ class ExecutionService:
                     "tokens today (UTC); it renews at midnight UTC",
                     retry_after=seconds_to_utc_midnight(),
                 )
-        raise AgentNotFoundError(data.agent_id)
+        # The agent is there and within budget now: the key's first execution was deleted
+        # meanwhile, or the budget's day turned; another try decides.
+        if idempotency_key:
+            raise ConflictError(f"idempotency key {idempotency_key!r} is being reused; try again")
+        raise ConflictError("the agent changed while the execution was being created; try again")
 
     def start_execution(
         self, execution_id: uuid.UUID, *, tenant: str | None = None, reason: str | None = None
@@ -341,8 +353,8 @@ class ExecutionService:
         rows = self.repository.usage(
             tenant,
             group_by,
-            after=None if created_after is None else created_after.astimezone(UTC).date(),
-            before=None if created_before is None else created_before.astimezone(UTC).date(),
+            after=_utc_day(created_after),
+            before=_utc_day(created_before),
             agent_id=agent_id,
         )
         return [

@@ -339,7 +339,7 @@ class ExecutionStateManager:
         else:
             emitter.publish(written.events)
         if policy == OnConflict.INTERRUPT.value:
-            for earlier in active:
+            for earlier in reversed(active):  # newest first: no hand-over to one about to go
                 self.interrupt(earlier, by=row.id)
         return row
 

@@ -392,12 +392,6 @@ class CountingTransport(httpx.HTTPTransport):
         return super().handle_request(request)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server: a create WITH an Idempotency-Key (every client create has one) on a spent budget "
-    "answers 409 'idempotency key is being reused' instead of 429 (ExecutionService.create_execution "
-    "checks the key before the budget)",
-)
 def test_a_spent_daily_budget_raises_budget_exceeded_at_once_without_a_retry(url: str) -> None:
     transport = CountingTransport()
     with Client(url, transport=transport) as client:

@@ -57,6 +57,8 @@ def test_fifty_concurrent_rejecting_creates_of_one_task_leave_exactly_one(worker
             s.execute(text("SELECT count(*) FROM executions WHERE task_id = :t"), {"t": task}).scalar_one()
             == 1
         )
+        [only] = s.execute(text("SELECT id FROM executions WHERE task_id = :t"), {"t": task}).scalars()
+    svc.cancel_execution(only)  # leave nothing running for the next test
 
 
 def test_enqueue_runs_after_the_earlier_one_ends(worker_service):  # type: ignore[no-untyped-def]
@@ -102,3 +104,22 @@ def test_reject_names_the_active_execution_and_allows_once_it_ended(worker_servi
         assert exc.active_execution_id == first.id
     wait_for(lambda: _finished(svc, first.id), what="the first to finish")
     assert _create(svc, agent.id, task).state == "QUEUED"
+
+
+def test_interrupt_cancels_running_and_waiting_ones_and_only_the_newest_runs(worker_service):  # type: ignore[no-untyped-def]
+    """Repeated: the worker's end of the interrupted run, the hand-over of the task and the
+    cancels of the interrupt race each other; no deadlock, and no earlier waiter slips through."""
+    svc = worker_service
+    agent = svc.create_agent(AgentCreate(name="interrupt-race"))
+    for round_ in range(6):
+        task = uuid.uuid4()
+        running = _create(svc, agent.id, task, simulate={"latency_ms": 300 + 40 * round_, "chunks": 30})
+        waiting = _create(svc, agent.id, task, on_conflict="enqueue")
+        if round_ % 2:
+            wait_for(lambda r=running: svc.get_execution(r.id).state == "RUNNING", what="the first to run")
+        newest = _create(svc, agent.id, task, on_conflict="interrupt")
+        ids = (running.id, waiting.id, newest.id)
+        a, w, n = wait_for(lambda ids=ids: _finished(svc, *ids), timeout=30, what="all three to end")
+        assert (a.state, a.error_code) in {("CANCELLED", "interrupted"), ("COMPLETED", None)}, round_
+        assert (w.state, w.error_code, w.started_at) == ("CANCELLED", "interrupted", None), round_
+        assert n.state == "COMPLETED" and (a.completed_at is None or n.started_at >= a.completed_at), round_

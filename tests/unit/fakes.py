@@ -238,6 +238,8 @@ class FakeRepository:
         )
         if active and policy == "reject":
             return Written(None, []), policy, active
+        if policy != "allow":
+            values = values | {"on_conflict": policy}
         if active and policy in ("enqueue", "interrupt") and values.get("state") == "QUEUED":
             values = values | {"waiting_reason": "task_busy"}
         written = self.create_execution(
@@ -266,6 +268,9 @@ class FakeRepository:
     def take_task_waiter(self, tenant: str, task_id: uuid.UUID) -> Any | None:
         """The oldest task_busy waiter, unmarked, once no other execution of the task is active."""
         waiting = self._task_waiting(tenant, task_id)
+        interrupters = [i for i, r in enumerate(waiting) if r.get("on_conflict") == "interrupt"]
+        if interrupters:  # the ones before the newest interrupter are about to be cancelled
+            waiting = waiting[interrupters[-1] :]
         if not waiting or not self._task_idle(tenant, task_id):
             return None
         row = waiting[0]

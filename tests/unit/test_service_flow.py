@@ -487,3 +487,32 @@ def test_a_spent_daily_budget_fails_the_next_claim_and_refuses_creates(flow):
     with pytest.raises(BudgetExceededError) as refused:
         flow.create({"input": "y"})
     assert 0 < refused.value.retry_after <= 86400 and "daily token budget" in str(refused.value)
+
+
+def test_an_interrupt_cancels_every_earlier_execution_and_hands_the_task_to_itself_only(flow):
+    first = flow.create({"input": "x"}, task_id=TASK, hooked=True)
+    waiting = flow.create({"input": "y"}, task_id=TASK, on_conflict="enqueue")
+    created: list[Execution] = []
+
+    def interrupt_during_the_call(request: ModelRequest) -> None:
+        flow.hook.on_call = lambda request: None
+        created.append(flow.create({"input": "z"}, task_id=TASK, on_conflict="interrupt"))
+
+    flow.hook.on_call = interrupt_during_the_call
+    assert flow.runner.run(first.id, 1, "w") is Outcome.CANCELLED
+    [newest] = created
+    assert (flow.row(waiting.id).state, flow.row(waiting.id).error_code) == ("CANCELLED", "interrupted")
+    started = [s[0] for s in flow.dispatcher.started]
+    assert waiting.id not in started and started[-1] == newest.id
+
+
+def test_the_hand_over_skips_waiters_a_newer_interrupter_is_about_to_cancel(flow):
+    first = flow.create({"input": "x"}, task_id=TASK)
+    older = flow.create({"input": "y"}, task_id=TASK, on_conflict="enqueue")
+    flow.repo.rows[first.id]["state"] = "RUNNING"
+    newest = flow.create({"input": "z"}, task_id=TASK, on_conflict="allow")  # not a waiter
+    flow.repo.rows[newest.id] |= {"on_conflict": "interrupt", "waiting_reason": "task_busy"}
+    flow.repo.rows[first.id]["state"] = "COMPLETED"  # as if the interrupt had not reached `older` yet
+    woken = flow.repo.take_task_waiter(first.tenant, TASK)
+    assert woken is not None and woken.id == newest.id
+    assert flow.row(older.id).waiting_reason == "task_busy"

@@ -90,6 +90,8 @@ class ExecutionRows(RepositoryBase):
             active = list(active or [])
             if active and policy == "reject":
                 return Written(None, []), policy, active
+            if policy != "allow":
+                values = values | {"on_conflict": policy}
             if active and policy in ("enqueue", "interrupt") and values.get("state") == "QUEUED":
                 values = values | {"waiting_reason": "task_busy"}  # no task message until its turn
             written = writer.insert(
@@ -110,11 +112,17 @@ class ExecutionRows(RepositoryBase):
             "SELECT pg_advisory_xact_lock("
             "hashtextextended('agentexec.task:' || %(t)s || ':' || %(k)s::text, 0))"
         )
+        # The oldest waiter, but not one a newer interrupting waiter is about to cancel; SKIP
+        # LOCKED: a waiter being written (cancelled) right now is not waited for (that writer
+        # wants this task's lock next: waiting for its row would deadlock).
         take = (
             "UPDATE executions x SET waiting_reason = NULL WHERE x.id = ("
             " SELECT w.id FROM executions w WHERE w.tenant = %(t)s AND w.task_id = %(k)s"
             " AND w.state = 'QUEUED' AND w.waiting_reason = 'task_busy'"
-            " ORDER BY w.created_at, w.id LIMIT 1 FOR UPDATE)"
+            " AND NOT EXISTS (SELECT 1 FROM executions n WHERE n.tenant = %(t)s AND n.task_id = %(k)s"
+            "  AND n.state = 'QUEUED' AND n.waiting_reason = 'task_busy' AND n.on_conflict = 'interrupt'"
+            "  AND (n.created_at, n.id) > (w.created_at, w.id))"
+            " ORDER BY w.created_at, w.id LIMIT 1 FOR UPDATE SKIP LOCKED)"
             " AND NOT EXISTS (SELECT 1 FROM executions b WHERE b.tenant = %(t)s AND b.task_id = %(k)s"
             " AND b.state NOT IN ('COMPLETED', 'FAILED', 'TIMED_OUT', 'CANCELLED')"
             " AND b.waiting_reason IS DISTINCT FROM 'task_busy')"
@@ -303,9 +311,10 @@ class ExecutionRows(RepositoryBase):
         True: marked (the run that frees a slot will find it); False: a slot is free now,
         claim again; None: it is no longer QUEUED at this attempt.
         """
+        # The row first, then the slot locks: the order of the claim and of every end.
+        lock = "SELECT state, attempt FROM executions WHERE id = %(i)s FOR UPDATE"
         sql = (
-            "SELECT x.state, x.attempt, (x.state = 'QUEUED' AND x.attempt = %(a)s"
-            " AND NOT agentexec_take_slot(x.tenant, x.agent_id, %(t)s::int)) AS full"
+            "SELECT NOT agentexec_take_slot(x.tenant, x.agent_id, %(t)s::int) AS full"
             " FROM executions x WHERE x.id = %(i)s"
         )
         mark = (
@@ -315,10 +324,11 @@ class ExecutionRows(RepositoryBase):
         with self._work(None, "mark_waiting", execution_id, autocommit=False) as work:
             driver = work.connection.connection.driver_connection
             with driver.cursor() as cursor:  # type: ignore[union-attr]
-                row = cursor.execute(sql, {"i": execution_id, "a": attempt, "t": tenant_limit}).fetchone()
+                row = cursor.execute(lock, {"i": execution_id}).fetchone()
                 if row is None or row[0] != "QUEUED" or row[1] != attempt:
                     return None
-                if not row[2]:
+                full = cursor.execute(sql, {"i": execution_id, "t": tenant_limit}).fetchone()
+                if full is None or not full[0]:
                     return False
                 cursor.execute(mark, {"i": execution_id, "a": attempt})
         return True
