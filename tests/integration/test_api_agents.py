@@ -22,7 +22,19 @@ def test_an_agent_is_created_read_listed_changed_and_deleted(api):  # type: igno
     assert created.status_code == 201
     agent = created.get_json()
     assert agent["name"] == "summarizer" and agent["parameters"] == {"temperature": 0}
-    assert set(agent) == {"id", "name", "model", "system_prompt", "parameters", "created_at", "updated_at"}
+    assert set(agent) == {
+        "id",
+        "name",
+        "model",
+        "system_prompt",
+        "parameters",
+        "max_concurrency",
+        "on_conflict",
+        "daily_token_budget",
+        "created_at",
+        "updated_at",
+    }
+    assert (agent["max_concurrency"], agent["on_conflict"], agent["daily_token_budget"]) == (None, None, None)
 
     assert api.get(f"/v1/agents/{agent['id']}").get_json() == agent
     api.post("/v1/agents", json={"name": "another"})
