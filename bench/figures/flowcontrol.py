@@ -14,16 +14,14 @@ gunicorn grouped by agent and by day over the whole range and over one week.
 
 from __future__ import annotations
 
-import http.client
 import time
-import urllib.parse
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench import env as bench_env
 from bench.common import Ctx, make_agent, service
-from bench.figures.listing import generate
+from bench.figures.listing import generate, http_times
 from bench.results import Figure, percentile
 
 ROLLUP = """
@@ -93,26 +91,6 @@ def _handover(ctx: Ctx) -> None:
     ctx.add(Figure("slot_handover_p99_ms", percentile(delays, 99), "ms", baseline=percentile(base, 99)))
 
 
-def _usage_times(url: str, key: str, params: dict[str, Any], n: int) -> list[float]:
-    parsed = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
-    path = "/v1/usage?" + urllib.parse.urlencode(params)
-    times: list[float] = []
-    try:
-        for i in range(n + 3):
-            t0 = time.perf_counter()
-            conn.request("GET", path, headers={"Authorization": f"Bearer {key}"})
-            resp = conn.getresponse()
-            body = resp.read()
-            if resp.status != 200:
-                raise RuntimeError(f"GET {path} answered {resp.status}: {body[:300]!r}")
-            if i >= 3:
-                times.append((time.perf_counter() - t0) * 1000)
-    finally:
-        conn.close()
-    return times
-
-
 def _usage(ctx: Ctx) -> None:
     from sqlalchemy import text
 
@@ -138,7 +116,7 @@ def _usage(ctx: Ctx) -> None:
     web = ctx.env.start_web("web-usage", env={"AUTH_ENABLED": "true", "RATE_LIMIT": "1000000000"})
     try:
         for label, params in asks:
-            times = _usage_times(web.info["url"], key, params, n)
+            times = http_times(web.info["url"], key, params, n, route="/v1/usage")
             fig = Figure(
                 f"usage_p99_ms[{label}]",
                 percentile(times, 99),

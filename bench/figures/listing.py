@@ -80,10 +80,13 @@ def filters(agents: list[uuid.UUID]) -> list[tuple[str, dict[str, Any], bool]]:
     ]
 
 
-def _http_times(url: str, key: str, params: dict[str, Any], n: int) -> list[float]:
+def http_times(
+    url: str, key: str, params: dict[str, Any], n: int, route: str = "/v1/executions"
+) -> list[float]:
+    """Milliseconds of `n` GETs of `route` with `params` on one keep-alive connection (3 warm-ups)."""
     parsed = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
-    path = "/v1/executions?" + urllib.parse.urlencode(params, doseq=True)
+    path = f"{route}?" + urllib.parse.urlencode(params, doseq=True)
     headers = {"Authorization": f"Bearer {key}"}
     times: list[float] = []
     try:
@@ -135,7 +138,7 @@ def run(ctx: Ctx) -> None:
     capped_available = hasattr(svc.repository, "list_executions_page")
     try:
         for label, params, has_goal in filters(agents):
-            http_ms = _http_times(web.info["url"], key, params, n)
+            http_ms = http_times(web.info["url"], key, params, n)
             exact_ms = _repo_times(svc, params, max(n // 2, 10), capped=False)
             note = f"repository p99: exact total {percentile(exact_ms, 99):.1f} ms"
             if capped_available:

@@ -94,14 +94,13 @@ class ExecutionRows(RepositoryBase):
                 values = values | {"on_conflict": policy}
             if active and policy in ("enqueue", "interrupt") and values.get("state") == "QUEUED":
                 values = values | {"waiting_reason": "task_busy"}  # no task message until its turn
-            written = writer.insert(
-                work.connection,
+            written = self.create_execution(
                 values,
-                agent_id=values["agent_id"],
-                agent_tenant=agent_tenant,
-                events=events,
                 history=history,
+                events=events,
+                agent_tenant=agent_tenant,
                 skip_if_key_exists=skip_if_key_exists,
+                uow=work,
             )
             return written, policy, active
 
