@@ -67,6 +67,8 @@ class AgentUsageDaily(Base):
 
     agent_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
+    # Runs spread their writes over 16 rows per agent and day (no hot row); sum them.
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, server_default=text("0"))
     tenant: Mapped[str] = mapped_column(String(100))
     executions: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))

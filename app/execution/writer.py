@@ -172,7 +172,7 @@ def _insert_cte(shape: Shape) -> str:
     tenant = " AND a.tenant = %(p_agent_tenant)s" if shape.tenant_guard else ""
     # An agent whose daily token budget is spent takes no new execution (the service says 429).
     tenant += (
-        " AND (a.daily_token_budget IS NULL OR coalesce((SELECT d.total_tokens FROM agent_usage_daily d"
+        " AND (a.daily_token_budget IS NULL OR coalesce((SELECT sum(d.total_tokens) FROM agent_usage_daily d"
         f" WHERE d.agent_id = a.id AND d.day = {_TODAY}), 0) < a.daily_token_budget)"
     )
     conflict = (
@@ -217,16 +217,16 @@ def _events_cte(shape: Shape) -> str:
 _AGENT = (
     "(SELECT jsonb_build_object('model', a.model, 'system_prompt', a.system_prompt, "
     "'parameters', a.parameters, 'daily_token_budget', a.daily_token_budget, 'tokens_today', "
-    f"(SELECT d.total_tokens FROM agent_usage_daily d WHERE d.agent_id = a.id AND d.day = {_TODAY})) "
+    f"(SELECT sum(d.total_tokens) FROM agent_usage_daily d WHERE d.agent_id = a.id AND d.day = {_TODAY})) "
     "FROM agents a WHERE a.id = u.agent_id) AS agent"
 )
 # Usage recorded by a write (a step's checkpoint, a run's end) is added to the agent's day.
 _DAILY_USAGE = (
     "d AS (INSERT INTO agent_usage_daily AS g "
-    "(agent_id, day, tenant, executions, prompt_tokens, completion_tokens, total_tokens) "
-    f"SELECT u.agent_id, {_TODAY}, u.tenant, %(usage_ended)s::bigint, %(usage_prompt)s::bigint, "
-    "%(usage_completion)s::bigint, %(usage_total)s::bigint FROM u "
-    "ON CONFLICT (agent_id, day) DO UPDATE SET executions = g.executions + EXCLUDED.executions, "
+    "(agent_id, day, shard, tenant, executions, prompt_tokens, completion_tokens, total_tokens) "
+    f"SELECT u.agent_id, {_TODAY}, hashtext(u.id::text) & 15, u.tenant, %(usage_ended)s::bigint, "
+    "%(usage_prompt)s::bigint, %(usage_completion)s::bigint, %(usage_total)s::bigint FROM u "
+    "ON CONFLICT (agent_id, day, shard) DO UPDATE SET executions = g.executions + EXCLUDED.executions, "
     "prompt_tokens = g.prompt_tokens + EXCLUDED.prompt_tokens, "
     "completion_tokens = g.completion_tokens + EXCLUDED.completion_tokens, "
     "total_tokens = g.total_tokens + EXCLUDED.total_tokens)"

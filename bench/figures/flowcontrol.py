@@ -30,7 +30,7 @@ INSERT INTO agent_usage_daily
 SELECT agent_id, (created_at AT TIME ZONE 'UTC')::date, tenant, count(*), count(*) * 40, count(*) * 60,
        count(*) * 100
 FROM executions GROUP BY 1, 2, 3
-ON CONFLICT (agent_id, day) DO UPDATE SET executions = EXCLUDED.executions,
+ON CONFLICT (agent_id, day, shard) DO UPDATE SET executions = EXCLUDED.executions,
     prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens,
     total_tokens = EXCLUDED.total_tokens
 """

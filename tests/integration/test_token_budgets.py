@@ -72,8 +72,8 @@ def test_the_days_usage_equals_the_sum_of_the_executions_usage(worker_service, s
     with session_factory() as s:
         day = s.execute(
             text(
-                "SELECT executions, prompt_tokens, completion_tokens, total_tokens FROM agent_usage_daily"
-                " WHERE agent_id = :a"
+                "SELECT sum(executions), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens)"
+                " FROM agent_usage_daily WHERE agent_id = :a"
             ),
             {"a": agent.id},
         ).one()

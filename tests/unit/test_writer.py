@@ -81,7 +81,9 @@ def test_a_claim_also_reads_the_agents_model_settings():
 
 def test_a_write_with_usage_adds_it_to_the_execution_and_to_its_agents_day_in_the_same_statement():
     sql = build_sql(_update_shape(usage=True))
-    assert "INSERT INTO agent_usage_daily AS g" in sql and sql.count("ON CONFLICT (agent_id, day)") == 1
+    assert (
+        "INSERT INTO agent_usage_daily AS g" in sql and sql.count("ON CONFLICT (agent_id, day, shard)") == 1
+    )
     assert "FROM u ON CONFLICT" in sql  # only when the guarded UPDATE matched
     assert "usage_total" not in build_sql(_update_shape())
 

@@ -41,7 +41,7 @@ class AgentRows(RepositoryBase):
     def tokens_today(self, agent_id: uuid.UUID) -> int:
         """The tokens the agent's executions used on the current UTC day."""
         sql = (
-            "SELECT total_tokens FROM agent_usage_daily"
+            "SELECT sum(total_tokens) FROM agent_usage_daily"
             " WHERE agent_id = %(a)s AND day = (now() AT TIME ZONE 'UTC')::date"
         )
         with self._work(None, "tokens_today") as work:
