@@ -1,7 +1,7 @@
 """Flat Celery settings, read from the same settings object as everything else."""
 
 from app.config import Settings
-from app.execution.dispatch import REAP, reaper_queue
+from app.execution.dispatch import PURGE, REAP, reaper_queue
 
 _s = Settings()
 
@@ -45,3 +45,9 @@ beat_schedule = {
         "options": {"expires": max(3 * _s.reaper_interval, 5.0), "queue": reaper_queue(_s.default_queue)},
     },
 }
+if _s.retention_days > 0:  # finished executions older than RETENTION_DAYS go, in batches
+    beat_schedule["purge-finished-executions"] = {
+        "task": PURGE,
+        "schedule": _s.retention_interval,
+        "options": {"expires": _s.retention_interval, "queue": reaper_queue(_s.default_queue)},
+    }

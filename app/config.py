@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     # Flow control: at most this many executions of one tenant RUNNING or PAUSING at once
     # (0: no limit); `agentexec tenants set-limit TENANT N` overrides it per tenant.
     tenant_max_concurrency: int = Field(0, ge=0)
+    # Retention: finished executions older than this many days are deleted with their history
+    # and events by a beat job every RETENTION_INTERVAL seconds (0 keeps everything).
+    retention_days: int = Field(30, ge=0)
+    retention_interval: float = Field(3600.0, gt=0)
 
     # Model service.
     model_provider: str = "simulated"
@@ -60,6 +64,9 @@ class Settings(BaseSettings):
     # When set, /metrics needs `Authorization: Bearer <METRICS_TOKEN>` (from anywhere); when
     # empty, it is open to loopback clients only and needs an API key from anywhere else.
     metrics_token: str = ""
+    # Signs the /console session cookie. Empty: one random secret per deployment, made on first
+    # use and kept in Redis (every web process shares it; sessions survive restarts).
+    console_secret_key: str = ""
 
     # Logs.
     log_format: str = "console"

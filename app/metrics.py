@@ -208,6 +208,23 @@ def _reaper_families(rows: Sequence[Any]) -> list[Metric]:
     return [age, passes, recovered]
 
 
+def _retention_families(rows: Sequence[Any]) -> list[Metric]:
+    age = GaugeMetricFamily(
+        "agentexec_retention_last_run_age_seconds",
+        "Seconds since the retention job last ran (absent until it first runs).",
+    )
+    deleted = CounterMetricFamily(
+        "agentexec_retention_deleted", "Finished executions deleted by retention (RETENTION_DAYS)."
+    )
+    if rows:
+        seconds, total = rows[0]
+        age.add_metric([], float(seconds))
+        deleted.add_metric([], float(total))
+    else:
+        deleted.add_metric([], 0.0)
+    return [age, deleted]
+
+
 class ExecutionStatsCollector:
     """Execution figures computed from PostgreSQL at scrape time (see the module docstring)."""
 
@@ -263,6 +280,7 @@ class ExecutionStatsCollector:
         reaper = _reaper_families(rows["reaper"])
         return [
             *reaper,
+            *_retention_families(rows["retention"]),
             up,
             by_state,
             transitions,

@@ -239,3 +239,16 @@ class ReaperStatus(Base):
     last_counts: Mapped[dict[str, Any]] = mapped_column(JSONB)
     recovered: Mapped[dict[str, Any]] = mapped_column(JSONB)
     passes: Mapped[int] = mapped_column(BigInteger)
+
+
+class RetentionStatus(Base):
+    """The retention job's record (one row): its last run and the executions it deleted in all."""
+
+    __tablename__ = "retention_status"
+    __table_args__ = (CheckConstraint("id = 1", name="ck_retention_status_one_row"),)
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    last_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_deleted: Mapped[int] = mapped_column(BigInteger)
+    deleted: Mapped[int] = mapped_column(BigInteger)
+    runs: Mapped[int] = mapped_column(BigInteger)

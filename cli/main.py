@@ -81,12 +81,13 @@ def main(
 
 
 def _register() -> None:
-    from cli import agents, executions, keys, status, tenants, usage
+    from cli import agents, executions, keys, purge, status, tenants, usage
 
     app.add_typer(agents.app, name="agents")
     app.add_typer(keys.app, name="keys")
     app.add_typer(tenants.app, name="tenants")
     app.command("status")(status.status)
+    app.command("purge")(purge.purge)
     app.command("usage")(usage.usage)
     executions.register(app)
 

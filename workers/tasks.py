@@ -22,7 +22,7 @@ from celery.exceptions import Ignore, Reject
 from app.bootstrap import build_service
 from app.errors import DatabaseError
 from app.execution.control import ControlHub
-from app.execution.dispatch import REAP, RUN_EXECUTION, reaper_queue
+from app.execution.dispatch import PURGE, REAP, RUN_EXECUTION, reaper_queue
 from app.execution.policy import Outcome
 from app.execution.service import ExecutionService
 from workers.background import BackgroundTaskManager
@@ -212,3 +212,10 @@ def reap() -> dict[str, int]:
     Sends no task events: a pass every few seconds would bury the executions in Flower.
     Its liveness is the reaper_status row (`agentexec status`, /readyz, /metrics)."""
     return get_service().reap()
+
+
+@celery_app.task(name=PURGE, ignore_result=True, send_events=False)
+def purge() -> int:
+    """Retention: delete finished executions older than RETENTION_DAYS (no task events, like the
+    reaper; its record is the retention_status row: /metrics)."""
+    return get_service().purge()

@@ -8,6 +8,8 @@ import uuid
 from datetime import UTC, date, datetime
 from typing import Any
 
+import structlog
+
 from app.auth import ApiKeyStore
 from app.config import Settings
 from app.errors import (
@@ -55,6 +57,9 @@ def _utc_day(moment: datetime | None) -> date | None:
     if moment is None:
         return None
     return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)).date()
+
+
+log = structlog.get_logger(__name__)
 
 
 class ExecutionService:
@@ -311,6 +316,24 @@ class ExecutionService:
             except InvalidExecutionStateError:
                 continue  # the state moved under us; decide again from the new one
         raise InvalidExecutionStateError(execution_id, current, "?", "the execution is changing; try again")
+
+    # ------------------------------------------------------------------ retention
+
+    def purge(self, older_than_seconds: float | None = None, *, dry_run: bool = False) -> int:
+        """Delete finished executions older than `older_than_seconds` (default RETENTION_DAYS)
+        with their history and events, in batches of 1,000; how many (would) go. 0 days: none."""
+        if older_than_seconds is None:
+            if self.settings.retention_days <= 0:
+                return 0
+            older_than_seconds = self.settings.retention_days * 86400.0
+        if older_than_seconds < 0:
+            raise ValueError("older_than_seconds must not be negative")
+        deleted = self.repository.purge_finished(older_than_seconds, dry_run=dry_run)
+        if not dry_run:
+            self.repository.record_retention_run(deleted)
+            if deleted:
+                log.info("retention deleted finished executions", deleted=deleted)
+        return deleted
 
     # ------------------------------------------------------------------ limits and usage
 

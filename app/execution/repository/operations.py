@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text, update
 from app.execution.repository.base import RepositoryBase
 from app.execution.repository.stats import STATS_QUERIES
 from app.models import Execution
-from app.schemas import HELD_BY_WORKER, ExecutionState
+from app.schemas import FINISHED_STATES, HELD_BY_WORKER, ExecutionState
 
 REAPER_LOCK_KEY = 0x61676578  # "agex"
 
@@ -80,6 +80,47 @@ class OperationRows(RepositoryBase):
         )
         with self._work(None, "requeue_unclaimed") as work:
             return work.session.execute(stmt).all()
+
+    def purge_finished(self, older_than_seconds: float, batch: int = 1000, *, dry_run: bool = False) -> int:
+        """Delete executions that finished more than `older_than_seconds` ago, with their history
+        and events (ON DELETE CASCADE), `batch` executions per transaction; how many went.
+
+        Active executions are never touched (only COMPLETED, FAILED, TIMED_OUT, CANCELLED with
+        a completed_at). Rows another transaction holds are skipped, left for the next run.
+        `dry_run` counts what would go and deletes nothing.
+        """
+        finished = [s.value for s in FINISHED_STATES]
+        where = (
+            "state = ANY(%(f)s::text[]) AND completed_at IS NOT NULL"
+            " AND completed_at < now() - make_interval(secs => %(age)s::float8)"
+        )
+        params = {"f": finished, "age": float(older_than_seconds), "n": int(batch)}
+        if dry_run:
+            with self._work(None, "purge_count") as work:
+                sql = f"SELECT count(*) FROM executions WHERE {where}"
+                return int(work.connection.exec_driver_sql(sql, params).scalar() or 0)
+        delete = (
+            f"DELETE FROM executions WHERE id IN (SELECT id FROM executions WHERE {where}"
+            " LIMIT %(n)s FOR UPDATE SKIP LOCKED)"
+        )
+        total = 0
+        while True:
+            with self._work(None, "purge_finished", autocommit=False) as work:
+                deleted = work.connection.exec_driver_sql(delete, params).rowcount
+            total += deleted
+            if deleted < batch:
+                return total
+
+    def record_retention_run(self, deleted: int) -> None:
+        """Note a finished retention run and add what it deleted to the total."""
+        sql = (
+            "INSERT INTO retention_status (id, last_run_at, last_deleted, deleted, runs) "
+            "VALUES (1, now(), %(n)s, %(n)s, 1) ON CONFLICT (id) DO UPDATE SET last_run_at = now(), "
+            "last_deleted = EXCLUDED.last_deleted, deleted = retention_status.deleted + EXCLUDED.deleted, "
+            "runs = retention_status.runs + 1"
+        )
+        with self._work(None, "record_retention_run") as work:
+            work.connection.exec_driver_sql(sql, {"n": int(deleted)})
 
     def record_reaper_pass(self, counts: dict[str, int]) -> None:
         """Note a finished reaper pass: its time and counts, added to the totals by kind."""
