@@ -1,0 +1,104 @@
+"""What the console says about an execution in plain words: ages, the time spent in each state,
+and why it is not moving. Pure functions of rows and a clock, so they are tested without a server."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from app.schemas import FINISHED_STATES, ExecutionState
+
+S = ExecutionState
+ALLOWED_ACTIONS: dict[str, frozenset[str]] = {
+    "cancel": frozenset({"PENDING", "QUEUED", "RUNNING", "PAUSING", "PAUSED"}),
+    "pause": frozenset({"RUNNING"}),
+    "resume": frozenset({"PAUSED"}),
+    "retry": frozenset({"FAILED", "TIMED_OUT"}),
+}
+
+
+def seconds(delta_seconds: float) -> str:
+    """A duration for people: 42 s, 3 min 5 s, 2 h 4 min, 3 d 1 h."""
+    total = max(int(delta_seconds), 0)
+    if total < 60:
+        return f"{total} s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def age(moment: datetime | None, now: datetime) -> str:
+    """How long ago, or an em dash when unknown."""
+    return "—" if moment is None else seconds((now - moment).total_seconds())
+
+
+@dataclass(frozen=True)
+class Stay:
+    """One entry of the timeline: a state, when it was entered, how long it lasted (or lasts)."""
+
+    state: str
+    entered_at: datetime
+    duration: str
+    reason: str | None
+    current: bool
+
+
+def timeline(history: Sequence[Any], now: datetime) -> list[Stay]:
+    """The state history (oldest first) as stays; the last one lasts until now unless final."""
+    stays: list[Stay] = []
+    for i, row in enumerate(history):
+        last = i == len(history) - 1
+        final = row.to_state in {s.value for s in FINISHED_STATES}
+        end = now if last else history[i + 1].created_at
+        duration = "final" if last and final else seconds((end - row.created_at).total_seconds())
+        stays.append(Stay(row.to_state, row.created_at, duration, row.reason, last and not final))
+    return stays
+
+
+def why_not_moving(execution: Any, now: datetime, *, lease_timeout: float, last_reason: str | None) -> str:
+    """One sentence on what the execution waits for, in the words an operator would use."""
+    state = ExecutionState(execution.state)
+    since = execution.updated_at
+    if state is S.PENDING:
+        return f"Created {age(execution.created_at, now)} ago and not started: start it to queue it."
+    if state is S.QUEUED:
+        queued_at = execution.queued_at or since
+        if queued_at is not None and queued_at > now:
+            return f"Waiting to be retried: it goes back on the queue in {age(now, queued_at)}."
+        waited = age(queued_at, now)
+        if execution.waiting_reason == "concurrency_limit":
+            return f"Waiting {waited} for a concurrency slot: its agent's or tenant's limit is reached."
+        if execution.waiting_reason == "task_busy":
+            return f"Waiting {waited} for an earlier execution of task {execution.task_id} to end."
+        return f"Waiting {waited} in queue {execution.queue!r} for a worker (priority {execution.priority})."
+    if state is S.RUNNING:
+        if execution.heartbeat_at is None:
+            return f"Claimed by {execution.worker or 'a worker'}; no heartbeat yet."
+        silent = (now - execution.heartbeat_at).total_seconds()
+        if silent > lease_timeout:
+            return (
+                f"No heartbeat for {seconds(silent)} from {execution.worker}: the worker looks gone; "
+                f"the reaper recovers executions silent for over {seconds(lease_timeout)}."
+            )
+        return f"Running on {execution.worker}; last heartbeat {seconds(silent)} ago."
+    if state is S.PAUSING:
+        return f"Pausing for {age(since, now)}: the worker stops at the next step boundary."
+    if state is S.PAUSED:
+        because = f" ({last_reason})" if last_reason else ""
+        return f"Paused{because} for {age(since, now)}: resume it to continue after its last step."
+    if state is S.CANCELLING:
+        return f"Cancelling for {age(since, now)}: waiting for {execution.worker or 'the worker'} to stop."
+    ended = execution.completed_at or since
+    return f"Finished: {state.value} {age(ended, now)} ago."
+
+
+def actions_for(state: str) -> list[str]:
+    """The control actions that apply in `state`."""
+    return [name for name, states in ALLOWED_ACTIONS.items() if state in states]

@@ -1,0 +1,109 @@
+// agentexec console: live counts on the list, live state/progress/events on an execution page,
+// and control buttons that confirm and post without a reload. No inline code (strict CSP).
+"use strict";
+
+const FINISHED = new Set(["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]);
+
+function setState(page, state) {
+  const badge = document.getElementById("state");
+  badge.textContent = state;
+  badge.className = "state state-" + state;
+  page.dataset.state = state;
+  document.querySelectorAll("form.action").forEach((form) => {
+    form.hidden = !form.dataset.states.split(" ").includes(state);
+  });
+  if (FINISHED.has(state)) {
+    document.getElementById("why").textContent = "Finished: " + state + ". Reload for the full result.";
+  }
+}
+
+function setProgress(percentage, message) {
+  const pct = Math.round(Number(percentage) || 0);
+  document.getElementById("progress").value = pct;
+  document.getElementById("progress").textContent = pct + "%";
+  document.getElementById("progress-pct").textContent = pct + "%";
+  if (message) document.getElementById("progress-message").textContent = message;
+}
+
+function addEvent(message) {
+  const list = document.getElementById("events");
+  const item = document.createElement("li");
+  const p = message.payload || {};
+  const detail = [p.new_state || p.state || "", p.percentage != null ? Math.round(p.percentage) + "%" : "", p.message || ""];
+  item.textContent = "#" + message.id + " " + message.type.split(".").pop() + " " + detail.join(" ").trim();
+  list.appendChild(item);
+}
+
+function follow(page) {
+  let stream = null;
+  const open = () => {
+    if (stream) stream.close();
+    const url = page.dataset.eventsUrl + "?after=" + encodeURIComponent(page.dataset.lastEventId || "0");
+    stream = new EventSource(url);
+    const live = document.getElementById("live");
+    stream.onopen = () => { live.textContent = "live"; };
+    stream.onerror = () => { live.textContent = FINISHED.has(page.dataset.state) ? "" : "reconnecting…"; };
+    const handle = (kind) => (ev) => {
+      const message = JSON.parse(ev.data);
+      page.dataset.lastEventId = String(message.id);
+      addEvent(message);
+      const p = message.payload || {};
+      if (kind === "state" && p.new_state) setState(page, p.new_state);
+      if (kind === "progress") setProgress(p.percentage, p.message);
+      if (kind === "completed") {
+        if (p.state) setState(page, p.state);
+        if (p.state === "COMPLETED") setProgress(100, null);
+        stream.close();
+        live.textContent = "";
+      }
+    };
+    stream.addEventListener("agent.execution.state_changed", handle("state"));
+    stream.addEventListener("agent.execution.progress", handle("progress"));
+    stream.addEventListener("agent.execution.completed", handle("completed"));
+    stream.addEventListener("reconnect", () => { stream.close(); setTimeout(open, 1000); });
+  };
+  if (!FINISHED.has(page.dataset.state)) open();
+  return open;
+}
+
+function wireActions(page, reopen) {
+  document.querySelectorAll("form.action").forEach((form) => {
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const name = form.dataset.action;
+      if (!window.confirm(name.charAt(0).toUpperCase() + name.slice(1) + " this execution?")) return;
+      const live = document.getElementById("live");
+      const resp = await fetch(form.action, {
+        method: "POST",
+        body: new URLSearchParams(new FormData(form)),
+        headers: { Accept: "application/json" },
+        credentials: "same-origin",
+      });
+      const body = await resp.json().catch(() => ({}));
+      if (!resp.ok) { live.textContent = body.error || "refused (" + resp.status + ")"; return; }
+      const wasFinished = FINISHED.has(page.dataset.state);
+      setState(page, body.state);
+      if (body.attempt != null) document.getElementById("attempt").textContent = body.attempt;
+      if (wasFinished && !FINISHED.has(body.state)) reopen();
+    });
+  });
+}
+
+function refreshCounts(list) {
+  fetch(list.dataset.url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+    .then((r) => (r.ok ? r.json() : null))
+    .then((counts) => {
+      if (!counts) return;
+      list.querySelectorAll(".count").forEach((el) => {
+        if (el.dataset.state in counts) el.textContent = counts[el.dataset.state];
+      });
+    })
+    .catch(() => {});
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const page = document.getElementById("execution");
+  if (page) wireActions(page, follow(page));
+  const counts = document.getElementById("counts");
+  if (counts) setInterval(() => refreshCounts(counts), 5000);
+});
