@@ -11,6 +11,8 @@ from flask_openapi3.types import ResponseDict
 from api.deps import answer, service, settings, tenant
 from api.guards import strict_body
 from api.models import (
+    BulkActionBody,
+    BulkResult,
     ControlBody,
     ExecutionCreateBody,
     ExecutionListQuery,
@@ -107,6 +109,32 @@ def list_executions(query: ExecutionListQuery) -> Response:
             page_size=query.page_size,
         )
     )
+
+
+def _bulk(action: str, body: BulkActionBody) -> Response:
+    return answer(BulkResult(**service().bulk(action, body, tenant=tenant())))
+
+
+@bp.post(
+    "/bulk/cancel", operation_id="bulkCancelExecutions", responses={200: BulkResult, **problems(*BODY_ERRORS)}
+)
+def bulk_cancel(body: BulkActionBody) -> Response:
+    """Cancel many executions: `ids` (at most 10,000), or the newest `limit` a `filter` matches
+    (state, agent_id, task_id, created_after, created_before, error_code, metadata pairs).
+
+    Each goes through the same guarded transition as POST .../cancel, one at a time, so no
+    long lock is held and a race with a worker stays safe. The answer says how many matched,
+    how many changed, and each one skipped with its state and why. `dry_run` changes nothing.
+    """
+    return _bulk("cancel", body)
+
+
+@bp.post(
+    "/bulk/retry", operation_id="bulkRetryExecutions", responses={200: BulkResult, **problems(*BODY_ERRORS)}
+)
+def bulk_retry(body: BulkActionBody) -> Response:
+    """Retry many FAILED or TIMED_OUT executions (new attempts), chosen like bulk cancel."""
+    return _bulk("retry", body)
 
 
 @bp.get("/<execution_id>", operation_id="getExecution", responses={200: ExecutionOut, **problems(404)})

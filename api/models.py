@@ -20,6 +20,7 @@ from app.schemas import (
     MAX_PAGE_SIZE,
     AgentCreate,
     AgentUpdate,
+    BulkAction,
     ErrorCode,
     ExecutionCreate,
     ExecutionState,
@@ -158,6 +159,10 @@ class AgentCreateBody(AgentCreate):
 
 class AgentUpdateBody(AgentUpdate):
     """The body of PATCH /v1/agents/{agent_id}: any subset of the fields."""
+
+
+class BulkActionBody(BulkAction):
+    """The body of POST /v1/executions/bulk/cancel and /bulk/retry."""
 
 
 class ExecutionCreateBody(ExecutionCreate):
@@ -427,3 +432,19 @@ class UsageOut(BaseModel):
     """GET /v1/usage."""
 
     items: list[UsageItem]
+
+
+class BulkSkip(BaseModel):
+    """An execution a bulk action left alone, and why."""
+
+    id: uuid.UUID
+    state: ExecutionState | None = Field(description="null when no such execution (for this tenant)")
+    reason: str
+
+
+class BulkResult(BaseModel):
+    """What a bulk action matched, changed (or, with dry_run, would change) and left alone."""
+
+    matched: int
+    changed: int
+    skipped: list[BulkSkip]

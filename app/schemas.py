@@ -206,6 +206,40 @@ class ExecutionFilters(BaseModel):
     created_after: datetime | None = None
     created_before: datetime | None = None
     error_code: list[ErrorCode] | None = None
+    metadata: dict[str, str | int | float | bool] | None = None  # every pair must be in metadata
+
+
+MAX_BULK = 10_000
+
+
+class BulkFilter(_Strict):
+    """Which executions a bulk action takes: every given condition holds (newest first)."""
+
+    state: list[ExecutionState] | None = None
+    agent_id: uuid.UUID | None = None
+    task_id: uuid.UUID | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    error_code: list[ErrorCode] | None = None
+    metadata: dict[str, str | int | float | bool] | None = Field(
+        None, description="key -> value pairs the execution's metadata must contain"
+    )
+
+
+class BulkAction(_Strict):
+    """The body of POST /v1/executions/bulk/cancel and /bulk/retry: `ids` or `filter`."""
+
+    ids: list[uuid.UUID] | None = Field(None, min_length=1, max_length=MAX_BULK)
+    filter: BulkFilter | None = None
+    dry_run: bool = Field(False, description="say what would change; change nothing")
+    limit: int = Field(1000, ge=1, le=MAX_BULK, description="at most this many executions of the filter")
+    reason: str | None = Field(None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> BulkAction:
+        if (self.ids is None) == (self.filter is None):
+            raise ValueError("give exactly one of `ids` and `filter`")
+        return self
 
 
 MAX_PAGE = 1_000_000

@@ -37,6 +37,7 @@ from app.schemas import (
     FINISHED_STATES,
     AgentCreate,
     AgentUpdate,
+    BulkAction,
     ExecutionCreate,
     ExecutionFilters,
     ExecutionState,
@@ -60,6 +61,17 @@ def _utc_day(moment: datetime | None) -> date | None:
 
 
 log = structlog.get_logger(__name__)
+
+
+# What a cancel or a retry does from each state (any other state refuses it).
+CANCEL_TARGETS: dict[ExecutionState, ExecutionState] = {
+    S.PENDING: S.CANCELLED,
+    S.QUEUED: S.CANCELLED,
+    S.PAUSED: S.CANCELLED,
+    S.RUNNING: S.CANCELLING,
+    S.PAUSING: S.CANCELLING,
+}
+RETRY_TARGETS: dict[ExecutionState, ExecutionState] = {S.FAILED: S.QUEUED, S.TIMED_OUT: S.QUEUED}
 
 
 class ExecutionService:
@@ -258,18 +270,7 @@ class ExecutionService:
         self, execution_id: uuid.UUID, *, tenant: str | None = None, reason: str | None = None
     ) -> Execution:
         """PENDING/QUEUED/PAUSED -> CANCELLED; RUNNING/PAUSING -> CANCELLING (the worker stops)."""
-        return self._control(
-            execution_id,
-            tenant,
-            reason or "cancelled by request",
-            {
-                S.PENDING: S.CANCELLED,
-                S.QUEUED: S.CANCELLED,
-                S.PAUSED: S.CANCELLED,
-                S.RUNNING: S.CANCELLING,
-                S.PAUSING: S.CANCELLING,
-            },
-        )
+        return self._control(execution_id, tenant, reason or "cancelled by request", CANCEL_TARGETS)
 
     def pause_execution(
         self, execution_id: uuid.UUID, *, tenant: str | None = None, reason: str | None = None
@@ -287,9 +288,45 @@ class ExecutionService:
         self, execution_id: uuid.UUID, *, tenant: str | None = None, reason: str | None = None
     ) -> Execution:
         """FAILED/TIMED_OUT -> QUEUED with a new attempt."""
-        return self._control(
-            execution_id, tenant, reason or "retried by request", {S.FAILED: S.QUEUED, S.TIMED_OUT: S.QUEUED}
-        )
+        return self._control(execution_id, tenant, reason or "retried by request", RETRY_TARGETS)
+
+    def bulk(self, action: str, request: BulkAction, *, tenant: str | None = None) -> dict[str, Any]:
+        """Cancel or retry many executions (`ids`, or the newest `limit` a filter matches), each
+        through the same guarded transition as a single call, one short statement at a time.
+
+        Returns {matched, changed, skipped: [{id, state, reason}]}; `dry_run` changes nothing
+        and says what would.
+        """
+        targets, verb, default_reason = {
+            "cancel": (CANCEL_TARGETS, "cancelled", "cancelled in bulk"),
+            "retry": (RETRY_TARGETS, "retried", "retried in bulk"),
+        }[action]
+        skipped: list[dict[str, Any]] = []
+        if request.ids is not None:
+            wanted = list(dict.fromkeys(request.ids))
+            states = self.repository.states_of(wanted, tenant=tenant)
+            skipped += [{"id": i, "state": None, "reason": "not found"} for i in wanted if i not in states]
+            rows = [(i, states[i]) for i in wanted if i in states]
+        else:
+            assert request.filter is not None
+            f = ExecutionFilters(**request.filter.model_dump())
+            rows = self.repository.matching(f, request.limit, tenant=tenant)
+        changed = 0
+        for execution_id, state in rows:
+            if S(state) not in targets:
+                skipped.append(
+                    {"id": execution_id, "state": state, "reason": f"a {state} execution cannot be {verb}"}
+                )
+                continue
+            if request.dry_run:
+                changed += 1
+                continue
+            try:
+                self._control(execution_id, tenant, request.reason or default_reason, targets)
+                changed += 1
+            except (InvalidExecutionStateError, ExecutionNotFoundError) as exc:  # it moved meanwhile
+                skipped.append({"id": execution_id, "state": state, "reason": str(exc)})
+        return {"matched": len(rows), "changed": changed, "skipped": skipped}
 
     def _control(
         self,

@@ -21,6 +21,7 @@ from agentexec_client.models import (
     AgentCreate,
     AgentPage,
     AgentUpdate,
+    BulkResult,
     ErrorCode,
     Execution,
     ExecutionCreate,
@@ -150,6 +151,41 @@ def control(action: str, execution_id: Any, reason: str | None) -> Call[Executio
     """POST /v1/executions/{id}/{action}, with the reason kept in the history."""
     path = f"{EXECUTIONS}/{path_id(execution_id)}/{action}"
     return Call("POST", path, _execution, json={"reason": reason} if reason is not None else None)
+
+
+def bulk(action: str, body: dict[str, Any]) -> Call[BulkResult]:
+    """POST /v1/executions/bulk/{cancel|retry}: `ids` or `filter`, `dry_run`, `limit`, `reason`."""
+    return Call(
+        "POST", f"{EXECUTIONS}/bulk/{action}", lambda r: BulkResult.model_validate(r.json()), json=body
+    )
+
+
+def bulk_body(
+    ids: Iterable[Any] | None,
+    filters: Mapping[str, Any] | None,
+    dry_run: bool,
+    limit: int,
+    reason: str | None,
+) -> dict[str, Any]:
+    """The body of a bulk action (exactly one of `ids` and `filters`: the server says 422 otherwise)."""
+    body: dict[str, Any] = {"dry_run": dry_run, "limit": limit}
+    if ids is not None:
+        body["ids"] = [path_id(i) for i in ids]
+    if filters is not None:
+        body["filter"] = {k: _jsonable(v) for k, v in filters.items() if v is not None}
+    if reason is not None:
+        body["reason"] = reason
+    return body
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return getattr(value, "value", value)
 
 
 def history(execution_id: Any, limit: int) -> Call[list[HistoryItem]]:

@@ -16,6 +16,7 @@ from agentexec_client.events import AnyEvent, EventType
 from agentexec_client.models import (
     Agent,
     AgentPage,
+    BulkResult,
     Execution,
     ExecutionPage,
     ExecutionParameters,
@@ -217,6 +218,31 @@ class AsyncExecutions:
         """Queue a FAILED or TIMED_OUT execution again, with a new attempt."""
         return await self._c.send(calls.control("retry", execution, reason))
 
+    async def bulk_cancel(
+        self,
+        *,
+        ids: Iterable[ExecutionRef] | None = None,
+        filters: Mapping[str, Any] | None = None,
+        dry_run: bool = False,
+        limit: int = 1000,
+        reason: str | None = None,
+    ) -> BulkResult:
+        """Cancel many executions: `ids`, or the newest `limit` matching `filters` (state,
+        agent_id, task_id, created_after, created_before, error_code, metadata)."""
+        return await self._c.send(calls.bulk("cancel", calls.bulk_body(ids, filters, dry_run, limit, reason)))
+
+    async def bulk_retry(
+        self,
+        *,
+        ids: Iterable[ExecutionRef] | None = None,
+        filters: Mapping[str, Any] | None = None,
+        dry_run: bool = False,
+        limit: int = 1000,
+        reason: str | None = None,
+    ) -> BulkResult:
+        """Retry many FAILED or TIMED_OUT executions, chosen like `bulk_cancel`."""
+        return await self._c.send(calls.bulk("retry", calls.bulk_body(ids, filters, dry_run, limit, reason)))
+
     async def history(self, execution: ExecutionRef, *, limit: int = 100) -> builtins.list[HistoryItem]:
         """The last `limit` state transitions, oldest first."""
         return await self._c.send(calls.history(execution, limit))
@@ -246,7 +272,10 @@ class AsyncExecutions:
         """The execution once it has ended; WaitTimeout after `timeout` seconds (None: no limit)."""
         follow = self._follow(execution, None, [EventType.COMPLETED], timeout)
         current = await self.get(execution)
-        if not current.is_final:
+        # A completed event replayed from an earlier attempt (before a retry or a resume) ends
+        # a follow while the current attempt still runs: follow on from it, same deadline.
+        while not current.is_final:
+            follow.done = False
             async for _ in self._c.follow(follow):
                 pass
             current = await self.get(execution)

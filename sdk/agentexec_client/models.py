@@ -353,6 +353,25 @@ class UsageReport(Model):
     items: list[UsageItem]
 
 
+class BulkSkip(Model):
+    """An execution a bulk action left alone, and why."""
+
+    SCHEMA = "BulkSkip"
+    id: uuid.UUID
+    state: ExecutionState | str | None
+    """None when there is no such execution (for this tenant)."""
+    reason: str
+
+
+class BulkResult(Model):
+    """What a bulk cancel or retry matched, changed (with dry_run: would change) and skipped."""
+
+    SCHEMA = "BulkResult"
+    matched: int
+    changed: int
+    skipped: list[BulkSkip]
+
+
 # ------------------------------------------------------------------ errors
 
 

@@ -20,6 +20,7 @@ from agentexec_client.events import AnyEvent, EventType
 from agentexec_client.models import (
     Agent,
     AgentPage,
+    BulkResult,
     Execution,
     ExecutionPage,
     ExecutionParameters,
@@ -226,6 +227,31 @@ class Executions:
         """Queue a FAILED or TIMED_OUT execution again, with a new attempt."""
         return self._c.send(calls.control("retry", execution, reason))
 
+    def bulk_cancel(
+        self,
+        *,
+        ids: Iterable[ExecutionRef] | None = None,
+        filters: Mapping[str, Any] | None = None,
+        dry_run: bool = False,
+        limit: int = 1000,
+        reason: str | None = None,
+    ) -> BulkResult:
+        """Cancel many executions: `ids`, or the newest `limit` matching `filters` (state,
+        agent_id, task_id, created_after, created_before, error_code, metadata)."""
+        return self._c.send(calls.bulk("cancel", calls.bulk_body(ids, filters, dry_run, limit, reason)))
+
+    def bulk_retry(
+        self,
+        *,
+        ids: Iterable[ExecutionRef] | None = None,
+        filters: Mapping[str, Any] | None = None,
+        dry_run: bool = False,
+        limit: int = 1000,
+        reason: str | None = None,
+    ) -> BulkResult:
+        """Retry many FAILED or TIMED_OUT executions, chosen like `bulk_cancel`."""
+        return self._c.send(calls.bulk("retry", calls.bulk_body(ids, filters, dry_run, limit, reason)))
+
     def history(self, execution: ExecutionRef, *, limit: int = 100) -> builtins.list[HistoryItem]:
         """The last `limit` state transitions, oldest first."""
         return self._c.send(calls.history(execution, limit))
@@ -256,7 +282,10 @@ class Executions:
         """The execution once it has ended; WaitTimeout after `timeout` seconds (None: no limit)."""
         follow = self._follow(execution, None, [EventType.COMPLETED], timeout)
         current = self.get(execution)
-        if not current.is_final:
+        # A completed event replayed from an earlier attempt (before a retry or a resume) ends
+        # a follow while the current attempt still runs: follow on from it, same deadline.
+        while not current.is_final:
+            follow.done = False
             for _ in self._c.follow(follow):
                 pass
             current = self.get(execution)

@@ -170,6 +170,8 @@ OPERATION_IDS = {
     ("/readyz", "get"): "getReadiness",
     ("/metrics", "get"): "getMetrics",
     ("/v1/usage", "get"): "getUsage",
+    ("/v1/executions/bulk/cancel", "post"): "bulkCancelExecutions",
+    ("/v1/executions/bulk/retry", "post"): "bulkRetryExecutions",
 }
 
 

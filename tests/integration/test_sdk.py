@@ -423,3 +423,32 @@ def test_the_async_client_mirrors_every_public_method_and_argument_of_the_sync_o
     finally:
         sync.close()
         asyncio.run(asyn.aclose())
+
+
+def test_bulk_cancel_and_retry_through_the_client(url: str) -> None:
+    with Client(url) as client:
+        agent = client.agents.create(f"bulk-sdk-{uuid.uuid4().hex[:8]}")
+        held = [
+            client.executions.create(agent, input="x", start=False, metadata={"run": "sdk"}) for _ in range(3)
+        ]
+        dry = client.executions.bulk_cancel(
+            filters={"agent_id": agent.id, "metadata": {"run": "sdk"}}, dry_run=True
+        )
+        assert (dry.matched, dry.changed, dry.skipped) == (3, 3, [])
+        done = client.executions.bulk_cancel(ids=[*held, uuid.uuid4()], reason="sdk bulk")
+        assert (done.matched, done.changed) == (3, 3) and [s.reason for s in done.skipped] == ["not found"]
+        assert {client.executions.get(e).state for e in held} == {"CANCELLED"}
+        again = client.executions.bulk_retry(ids=held)
+        assert again.changed == 0 and {s.state for s in again.skipped} == {"CANCELLED"}
+
+
+def test_wait_after_a_retry_waits_for_the_new_attempt_not_the_replayed_end_of_the_old(url: str) -> None:
+    with Client(url) as client:
+        agent = client.agents.create(f"retried-{uuid.uuid4().hex[:8]}")
+        # Attempt 1 fails at once; attempt 2 (the manual retry) runs 1.5 s, then completes.
+        params = {"input": "x", "simulate": {"fail_times": 1, "latency_ms": 1500, "chunks": 15}}
+        ex = client.executions.create(agent, params, max_retries=0)
+        assert client.executions.wait(ex.id, timeout=20).state == "FAILED"
+        assert client.executions.retry(ex.id).attempt == 2
+        done = client.executions.wait(ex.id, timeout=20)  # the stream replays attempt 1's end first
+        assert (done.state, done.attempt) == ("COMPLETED", 2)

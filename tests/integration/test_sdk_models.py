@@ -22,6 +22,8 @@ from agentexec_client import (
     AgentCreate,
     AgentPage,
     AgentUpdate,
+    BulkResult,
+    BulkSkip,
     CompletedEvent,
     CompletedPayload,
     ErrorCode,
@@ -67,6 +69,8 @@ ANSWERS: list[type[BaseModel]] = [
     History,
     UsageItem,
     UsageReport,
+    BulkResult,
+    BulkSkip,
     Event,
     StateChangedEvent,
     ProgressEvent,
@@ -96,6 +100,8 @@ ROUTES: dict[tuple[str, str], tuple[str | None, str | None]] = {
     ("get", "/v1/executions/{execution_id}/history"): ("HistoryOut", None),
     ("get", "/v1/executions/{execution_id}/events"): ("EventsOut", None),
     ("get", "/v1/usage"): ("UsageOut", None),
+    ("post", "/v1/executions/bulk/cancel"): ("BulkResult", "BulkActionBody"),
+    ("post", "/v1/executions/bulk/retry"): ("BulkResult", "BulkActionBody"),
 } | {
     ("post", f"/v1/executions/{{execution_id}}/{a}"): ("ExecutionOut", "control")
     for a in (

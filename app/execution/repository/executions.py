@@ -483,6 +483,27 @@ class ExecutionRows(RepositoryBase):
         with self._work(None, "heartbeat") as work:
             return {row[0]: row[1] for row in work.connection.exec_driver_sql(sql, params)}
 
+    def states_of(self, ids: list[uuid.UUID], *, tenant: str | None = None) -> dict[uuid.UUID, str]:
+        """The state of each of these executions that exists (in `tenant`)."""
+        stmt = select(Execution.id, Execution.state).where(Execution.id.in_(ids))
+        if tenant is not None:
+            stmt = stmt.where(Execution.tenant == tenant)
+        with self._work(None, "states_of") as work:
+            return {row.id: row.state for row in work.session.execute(stmt)}
+
+    def matching(
+        self, f: ExecutionFilters, limit: int, *, tenant: str | None = None
+    ) -> list[tuple[uuid.UUID, str]]:
+        """(id, state) of the newest `limit` executions the filters match."""
+        stmt = (
+            select(Execution.id, Execution.state)
+            .where(*_filter_clauses(f, tenant))
+            .order_by(Execution.created_at.desc(), Execution.id.desc())
+            .limit(limit)
+        )
+        with self._work(None, "matching") as work:
+            return [(row.id, row.state) for row in work.session.execute(stmt)]
+
     def delete_execution(
         self,
         execution_id: uuid.UUID,
@@ -527,6 +548,8 @@ def _filter_clauses(f: ExecutionFilters, tenant: str | None) -> list[Any]:
         where.append(Execution.task_id == f.task_id)
     if f.error_code:
         where.append(Execution.error_code.in_([c.value for c in f.error_code]))
+    if f.metadata:
+        where.append(Execution.metadata_.contains(f.metadata))
     if f.created_after is not None:
         where.append(Execution.created_at > f.created_after)
     if f.created_before is not None:
