@@ -210,9 +210,11 @@ def counts() -> Response:
 @bp.get("/executions/<uuid:execution_id>")
 def execution(execution_id: uuid.UUID) -> Page:
     svc, now = service(), datetime.now(UTC)
+    # The events first, then the row: the page's stream resumes after the last event read, so a
+    # change made between the two reads is replayed instead of lost.
+    events = svc.get_events(execution_id, after=0, limit=1000, tenant=tenant())
     row = svc.get_execution(execution_id, tenant=tenant())
     history = svc.get_state_history(execution_id, 100, tenant=tenant())
-    events = svc.get_events(execution_id, after=0, limit=200, tenant=tenant())
     try:
         agent_name = svc.get_agent(row.agent_id, tenant=tenant()).name
     except AgentNotFoundError:

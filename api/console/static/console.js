@@ -13,7 +13,7 @@ function setState(page, state) {
     form.hidden = !form.dataset.states.split(" ").includes(state);
   });
   if (FINISHED.has(state)) {
-    document.getElementById("why").textContent = "Finished: " + state + ". Reload for the full result.";
+    document.getElementById("why").textContent = "Finished: " + state + ".";
   }
 }
 
@@ -32,6 +32,23 @@ function addEvent(message) {
   const detail = [p.new_state || p.state || "", p.percentage != null ? Math.round(p.percentage) + "%" : "", p.message || ""];
   item.textContent = "#" + message.id + " " + message.type.split(".").pop() + " " + detail.join(" ").trim();
   list.appendChild(item);
+}
+
+function showOutcome(p) {
+  const box = document.getElementById("outcome");
+  box.replaceChildren();
+  if (p.error_code || p.error_message) {
+    const err = document.createElement("p");
+    err.className = "error";
+    err.textContent = [p.error_code, p.error_message].filter(Boolean).join(" ");
+    box.appendChild(err);
+  }
+  if (p.result != null) {
+    const pre = document.createElement("pre");
+    pre.className = "result";
+    pre.textContent = JSON.stringify(p.result, null, 2);
+    box.appendChild(pre);
+  }
 }
 
 function follow(page) {
@@ -53,6 +70,7 @@ function follow(page) {
       if (kind === "completed") {
         if (p.state) setState(page, p.state);
         if (p.state === "COMPLETED") setProgress(100, null);
+        showOutcome(p);
         stream.close();
         live.textContent = "";
       }
