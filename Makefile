@@ -46,6 +46,7 @@ db: install services
 # The Procfile's processes under scripts/run.py, in the foreground; its runtime files go to var/.
 run: db
 	@echo "API      http://127.0.0.1:$(PORT)  (docs: /docs)"
+	@echo "Console  http://127.0.0.1:$(PORT)/console  (sign in with the API key below)"
 	@echo "Flower   http://127.0.0.1:$(FLOWER_PORT)  (basic auth $(FLOWER_BASIC_AUTH); set FLOWER_BASIC_AUTH=user:pass to change)"
 	@echo "CLI      $(VENV)/bin/agentexec --help  (run in this checkout, it talks to http://127.0.0.1:$(PORT): var/api-url; see docs/operate.md)"
 	@$(WITH_SERVICES) key=$$($(PY) scripts/devkey.py) && echo "API key  $$key  (export AGENTEXEC_API_KEY=$$key; curl -H 'Authorization: Bearer $$key')"

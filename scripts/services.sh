@@ -161,3 +161,15 @@ if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
     echo "warning: pgbouncer is not installed; tests/e2e/test_pgbouncer.py needs it (apt-get install pgbouncer)" >&2
   fi
 fi
+
+# The console's browser test (tests/e2e/test_console_browser.py) drives Debian's chromium through
+# the system chromedriver; nothing downloads a browser build.
+if ! command -v chromium >/dev/null || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing chromium and chromium-driver (for the console's browser test)..." >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium chromium-driver >/dev/null
+  else
+    echo "warning: chromium is not installed; tests/e2e/test_console_browser.py skips (apt-get install chromium chromium-driver)" >&2
+  fi
+fi
