@@ -62,8 +62,11 @@ def timeline(history: Sequence[Any], now: datetime) -> list[Stay]:
     return stays
 
 
-def why_not_moving(execution: Any, now: datetime, *, lease_timeout: float, last_reason: str | None) -> str:
-    """One sentence on what the execution waits for, in the words an operator would use."""
+def why_not_moving(
+    execution: Any, now: datetime, *, lease_timeout: float, last_reason: str | None, ahead: int | None = None
+) -> str:
+    """One sentence on what the execution waits for, in the words an operator would use;
+    `ahead` is how many of the tenant's executions were queued before it."""
     state = ExecutionState(execution.state)
     since = execution.updated_at
     if state is S.PENDING:
@@ -77,7 +80,9 @@ def why_not_moving(execution: Any, now: datetime, *, lease_timeout: float, last_
             return f"Waiting {waited} for a concurrency slot: its agent's or tenant's limit is reached."
         if execution.waiting_reason == "task_busy":
             return f"Waiting {waited} for an earlier execution of task {execution.task_id} to end."
-        return f"Waiting {waited} in queue {execution.queue!r} for a worker (priority {execution.priority})."
+        before = "" if ahead is None else f"; {ahead} of this tenant's executions were queued before it"
+        where = f"queue {execution.queue!r} (priority {execution.priority})"
+        return f"Waiting {waited} in {where} for a worker{before}."
     if state is S.RUNNING:
         if execution.heartbeat_at is None:
             return f"Claimed by {execution.worker or 'a worker'}; no heartbeat yet."

@@ -220,6 +220,10 @@ def execution(execution_id: uuid.UUID) -> Page:
     except AgentNotFoundError:
         agent_name = str(row.agent_id)
     last_reason = history[-1].reason if history else None
+    ahead = None
+    if row.state == ExecutionState.QUEUED.value and not row.waiting_reason:
+        earlier = ExecutionFilters(state=[ExecutionState.QUEUED], created_before=row.created_at)
+        _, ahead, _ = svc.list_executions_page(earlier, Pagination(page=1, page_size=1), tenant=tenant())
     flower = os.environ.get("FLOWER_URL", "").rstrip("/")
     return render_template(
         "execution.html",
@@ -228,7 +232,9 @@ def execution(execution_id: uuid.UUID) -> Page:
         stays=present.timeline(history, now),
         events=events,
         last_event_id=events[-1].id if events else 0,
-        why=present.why_not_moving(row, now, lease_timeout=settings().lease_timeout, last_reason=last_reason),
+        why=present.why_not_moving(
+            row, now, lease_timeout=settings().lease_timeout, last_reason=last_reason, ahead=ahead
+        ),
         actions=present.ALLOWED_ACTIONS,
         flower_task_url=f"{flower}/task/{row.celery_task_id}" if flower and row.celery_task_id else None,
         heartbeat_age=present.age(row.heartbeat_at, now),
