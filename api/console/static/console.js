@@ -51,6 +51,11 @@ function showOutcome(p) {
   }
 }
 
+function streamState(page, state) {
+  page.dataset.stateEvents = String(Number(page.dataset.stateEvents || 0) + 1);
+  setState(page, state);
+}
+
 function follow(page) {
   let stream = null;
   const open = () => {
@@ -65,10 +70,10 @@ function follow(page) {
       page.dataset.lastEventId = String(message.id);
       addEvent(message);
       const p = message.payload || {};
-      if (kind === "state" && p.new_state) setState(page, p.new_state);
+      if (kind === "state" && p.new_state) streamState(page, p.new_state);
       if (kind === "progress") setProgress(p.percentage, p.message);
       if (kind === "completed") {
-        if (p.state) setState(page, p.state);
+        if (p.state) streamState(page, p.state);
         if (p.state === "COMPLETED") setProgress(100, null);
         showOutcome(p);
         stream.close();
@@ -91,6 +96,7 @@ function wireActions(page, reopen) {
       const name = form.dataset.action;
       if (!window.confirm(name.charAt(0).toUpperCase() + name.slice(1) + " this execution?")) return;
       const live = document.getElementById("live");
+      const seen = page.dataset.stateEvents || "0";
       const resp = await fetch(form.action, {
         method: "POST",
         body: new URLSearchParams(new FormData(form)),
@@ -100,7 +106,8 @@ function wireActions(page, reopen) {
       const body = await resp.json().catch(() => ({}));
       if (!resp.ok) { live.textContent = body.error || "refused (" + resp.status + ")"; return; }
       const wasFinished = FINISHED.has(page.dataset.state);
-      setState(page, body.state);
+      // The stream may have shown a newer state while the answer travelled: keep the newer one.
+      if ((page.dataset.stateEvents || "0") === seen) setState(page, body.state);
       if (body.attempt != null) document.getElementById("attempt").textContent = body.attempt;
       if (wasFinished && !FINISHED.has(body.state)) reopen();
     });
