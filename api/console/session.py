@@ -13,7 +13,9 @@ from __future__ import annotations
 import hmac
 import secrets
 import threading
+import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -29,6 +31,7 @@ from app.models import DEFAULT_TENANT
 log = structlog.get_logger(__name__)
 PREFIX = "/console"
 SECRET_REDIS_KEY = "agentexec:console:secret"
+KEY_CHECK_SECONDS = 5.0  # how often an open event stream checks that its key is not revoked
 COOKIE = {
     "SESSION_COOKIE_NAME": "agentexec_console",
     "SESSION_COOKIE_PATH": PREFIX,
@@ -129,11 +132,35 @@ def signed_in_key() -> uuid.UUID | None:
     except ValueError:
         session.clear()
         return None
-    live = any(k.id == key_id and k.revoked_at is None for k in _store().list(str(tenant)))
-    if not live:
+    if not _key_is_live(_store(), key_id, str(tenant)):
         session.clear()
         return None
     return key_id
+
+
+def _key_is_live(store: ApiKeyStore, key_id: uuid.UUID, tenant: str) -> bool:
+    return any(k.id == key_id and k.revoked_at is None for k in store.list(tenant))
+
+
+def while_key_lives(frames: Iterator[str], key_id: uuid.UUID, tenant: str) -> Iterator[str]:
+    """Relay an event stream until its key is revoked (checked every KEY_CHECK_SECONDS, between
+    frames: the stream writes at least a heartbeat every SSE_HEARTBEAT_SECONDS)."""
+    return _relay(frames, _store(), key_id, tenant)  # the store is looked up now, in the request
+
+
+def _relay(frames: Iterator[str], store: ApiKeyStore, key_id: uuid.UUID, tenant: str) -> Iterator[str]:
+    checked = time.monotonic()
+    try:
+        for frame in frames:
+            yield frame
+            if time.monotonic() - checked >= KEY_CHECK_SECONDS:
+                checked = time.monotonic()
+                if not _key_is_live(store, key_id, tenant):
+                    return
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()  # releases the stream's Redis subscription now
 
 
 def authenticate(auth_enabled: bool) -> bool:

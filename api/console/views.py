@@ -24,6 +24,7 @@ from api.console.session import (
     csrf_token,
     sign_in,
     sign_out,
+    while_key_lives,
 )
 from api.deps import service, settings, tenant
 from api.guards import check_json_body
@@ -254,8 +255,11 @@ def execution_events(execution_id: uuid.UUID) -> Response:
     except ValueError:
         start = 0
     stream = EventStream(svc, execution_id, start, heartbeat_seconds=settings().sse_heartbeat_seconds)
+    frames = iter(stream)
+    if "key_id" in g:
+        frames = while_key_lives(frames, g.key_id, str(g.tenant))
     return Response(
-        iter(stream),
+        frames,
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

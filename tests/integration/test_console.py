@@ -195,3 +195,18 @@ def test_the_console_has_its_own_csp_and_the_api_keeps_its_own_and_sets_no_cooki
     api = console_app.test_client().get("/v1/executions", headers={"Authorization": f"Bearer {acme.key}"})
     assert api.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
     assert "Set-Cookie" not in api.headers
+
+
+def test_an_open_event_stream_ends_when_its_key_is_revoked(console_app, acme, monkeypatch):  # type: ignore[no-untyped-def]
+    from api.console import session
+
+    monkeypatch.setattr(session, "KEY_CHECK_SECONDS", 0.0)
+    console_app.extensions["agentexec.settings"].sse_heartbeat_seconds = 0.1
+    client = signed_in(console_app, acme.key)
+    resp = client.get(f"/console/executions/{acme.pending}/events", buffered=False)
+    frames = resp.iter_encoded()
+    assert next(frames)  # the replay or the first heartbeat: the stream is open on a PENDING execution
+    console_app.extensions["agentexec.keys"].revoke(acme.row.id)
+    rest = list(frames)  # ends (instead of following a PENDING execution forever)
+    assert len(rest) < 100
+    resp.close()
