@@ -43,12 +43,17 @@ class Tenant:
             json={"agent_id": self.agent["id"], "parameters": {"input": "later"}, "start": False},
         )
         self.pending = pending.get_json()["id"]
+        wait_finished(_Bearer(app, self.key), self.done)
 
-        class Authed:
-            def get(self, path: str) -> Any:
-                return api.get(path, headers=h)
 
-        wait_finished(Authed(), self.done)
+class _Bearer:
+    """A /v1 client with a key, for wait_finished."""
+
+    def __init__(self, app: Any, key: str):
+        self.client, self.headers = app.test_client(), {"Authorization": f"Bearer {key}"}
+
+    def get(self, path: str) -> Any:
+        return self.client.get(path, headers=self.headers)
 
 
 def signed_in(app: Any, key: str) -> Any:
@@ -115,6 +120,21 @@ def test_the_pages_show_executions_their_story_and_agents(console_app, acme):  #
     ):
         assert text in page, text
     assert 'id="action-retry"' in page and "agent.execution.completed"[-9:] in page
+    pipeline = console_app.test_client().post(
+        "/v1/executions",
+        headers={"Authorization": f"Bearer {acme.key}"},
+        json={
+            "agent_id": acme.agent["id"],
+            "parameters": {
+                "type": "pipeline",
+                "input": "x",
+                "steps": [{"name": "draft", "prompt": "{input}"}],
+            },
+        },
+    )
+    wait_finished(_Bearer(console_app, acme.key), pipeline.get_json()["id"])
+    steps = client.get(f"/console/executions/{pipeline.get_json()['id']}").get_data(as_text=True)
+    assert "Step outputs" in steps and "<dt>draft</dt>" in steps
     waiting = client.get(f"/console/executions/{acme.pending}").get_data(as_text=True)
     assert "not started" in waiting
 
