@@ -72,8 +72,10 @@ def storable_problems(document: Any) -> list[dict[str, Any]]:
 
 
 def check_json_body() -> Response | None:
-    """before_request: refuse a body that is not a storable JSON object; None lets the view run."""
-    if request.method not in _BODY_METHODS or request.endpoint is None:
+    """before_request: refuse a body that is not a storable JSON object; None lets the view run.
+
+    The JSON API's guard: routes outside /v1 (the console's urlencoded forms) are not its."""
+    if request.method not in _BODY_METHODS or request.endpoint is None or not request.path.startswith("/v1/"):
         return None
     data = request.get_data(cache=True)  # raises 413 when Content-Length is beyond MAX_CONTENT_LENGTH
     limit = request.max_content_length

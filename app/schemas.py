@@ -206,24 +206,18 @@ class ExecutionFilters(BaseModel):
     created_after: datetime | None = None
     created_before: datetime | None = None
     error_code: list[ErrorCode] | None = None
-    metadata: dict[str, str | int | float | bool] | None = None  # every pair must be in metadata
+    metadata: dict[str, str | int | float | bool] | None = Field(
+        None, description="key -> value pairs the execution's metadata must contain"
+    )
 
 
 MAX_BULK = 10_000
 
 
-class BulkFilter(_Strict):
-    """Which executions a bulk action takes: every given condition holds (newest first)."""
+class BulkFilter(ExecutionFilters):
+    """Which executions a bulk action takes: the list's filters (unknown names refused)."""
 
-    state: list[ExecutionState] | None = None
-    agent_id: uuid.UUID | None = None
-    task_id: uuid.UUID | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    error_code: list[ErrorCode] | None = None
-    metadata: dict[str, str | int | float | bool] | None = Field(
-        None, description="key -> value pairs the execution's metadata must contain"
-    )
+    model_config = ConfigDict(extra="forbid")
 
 
 class BulkAction(_Strict):

@@ -27,7 +27,6 @@ from api.console.session import (
     while_key_lives,
 )
 from api.deps import service, settings, tenant
-from api.guards import check_json_body
 from api.sse import EventStream
 from app.config import Settings
 from app.errors import AgentNotFoundError, ExecutionNotFoundError, InvalidExecutionStateError
@@ -50,15 +49,8 @@ PAGE_SIZE = 25
 Page = str | Response | WerkzeugResponse | tuple[str, int]
 
 
-def _json_guard_outside_console() -> Response | None:
-    """The API's JSON body guard for every route but the console's (its forms are urlencoded)."""
-    return None if request.blueprint == bp.name else check_json_body()
-
-
 def init_console(app: Flask, conf: Settings) -> None:
     """Mount the console: its cookie settings, its session interface and the blueprint."""
-    hooks = app.before_request_funcs.setdefault(None, [])
-    hooks[:] = [_json_guard_outside_console if f is check_json_body else f for f in hooks]
     app.config.update(COOKIE)
     app.session_interface = ConsoleSessionInterface(conf)
     app.register_blueprint(bp)

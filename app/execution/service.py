@@ -309,8 +309,7 @@ class ExecutionService:
             rows = [(i, states[i]) for i in wanted if i in states]
         else:
             assert request.filter is not None
-            f = ExecutionFilters(**request.filter.model_dump())
-            rows = self.repository.matching(f, request.limit, tenant=tenant)
+            rows = self.repository.matching(request.filter, request.limit, tenant=tenant)
         changed = 0
         for execution_id, state in rows:
             if S(state) not in targets:

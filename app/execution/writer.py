@@ -143,7 +143,9 @@ _TODAY = "(now() AT TIME ZONE 'UTC')::date"  # usage and budgets count UTC days
 # The slot functions of migration 0005: they lock and count only when a limit applies.
 _TAKE_SLOT = "agentexec_take_slot(x.tenant, x.agent_id, %(p_tenant_limit)s::int)"
 _RELEASE_SLOT = "agentexec_release_slot(u.tenant, u.agent_id, %(p_tenant_limit)s::int) AS waiters"
-_RELEASE_TASK = "agentexec_task_released(u.tenant, u.task_id) AS task_waiters"
+# Most executions have no task_id: no function call (and no lock) for them.
+_TASK_RELEASED = "agentexec_task_released(u.tenant, u.task_id)"
+_RELEASE_TASK = f"CASE WHEN u.task_id IS NULL THEN false ELSE {_TASK_RELEASED} END AS task_waiters"
 
 
 def _update_cte(shape: Shape) -> str:
@@ -172,8 +174,9 @@ def _insert_cte(shape: Shape) -> str:
     tenant = " AND a.tenant = %(p_agent_tenant)s" if shape.tenant_guard else ""
     # An agent whose daily token budget is spent takes no new execution (the service says 429).
     tenant += (
-        " AND (a.daily_token_budget IS NULL OR coalesce((SELECT sum(d.total_tokens) FROM agent_usage_daily d"
-        f" WHERE d.agent_id = a.id AND d.day = {_TODAY}), 0) < a.daily_token_budget)"
+        " AND CASE WHEN a.daily_token_budget IS NULL THEN true ELSE coalesce((SELECT sum(d.total_tokens)"
+        f" FROM agent_usage_daily d WHERE d.agent_id = a.id AND d.day = {_TODAY}), 0)"
+        " < a.daily_token_budget END"
     )
     conflict = (
         " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
@@ -217,7 +220,8 @@ def _events_cte(shape: Shape) -> str:
 _AGENT = (
     "(SELECT jsonb_build_object('model', a.model, 'system_prompt', a.system_prompt, "
     "'parameters', a.parameters, 'daily_token_budget', a.daily_token_budget, 'tokens_today', "
-    f"(SELECT sum(d.total_tokens) FROM agent_usage_daily d WHERE d.agent_id = a.id AND d.day = {_TODAY})) "
+    "CASE WHEN a.daily_token_budget IS NOT NULL THEN (SELECT sum(d.total_tokens) FROM agent_usage_daily d"
+    f" WHERE d.agent_id = a.id AND d.day = {_TODAY}) END) "
     "FROM agents a WHERE a.id = u.agent_id) AS agent"
 )
 # Usage recorded by a write (a step's checkpoint, a run's end) is added to the agent's day.
@@ -300,6 +304,24 @@ def _log_params(events: list[EventSpec], history: list[History]) -> dict[str, An
     return params
 
 
+# A write with usage adds it to the execution's counters: these columns, these parameters.
+USAGE_VALUES: dict[str, Expr] = {
+    "prompt_tokens": Expr.ADD_PROMPT_TOKENS,
+    "completion_tokens": Expr.ADD_COMPLETION_TOKENS,
+    "total_tokens": Expr.ADD_TOTAL_TOKENS,
+}
+
+
+def usage_params(usage: Mapping[str, int]) -> dict[str, int]:
+    """The named parameters of a write's usage (`USAGE_VALUES` and the day's rollup)."""
+    return {
+        "usage_prompt": int(usage.get("prompt_tokens", 0)),
+        "usage_completion": int(usage.get("completion_tokens", 0)),
+        "usage_total": int(usage.get("total_tokens", 0)),
+        "usage_ended": int(usage.get("ended", 0)),
+    }
+
+
 def update(
     connection: Connection,
     execution_id: uuid.UUID,
@@ -331,11 +353,7 @@ def update(
     execution's token counters and to its agent's usage of the day by the same statement.
     """
     if usage is not None:
-        values = dict(values) | {
-            "prompt_tokens": Expr.ADD_PROMPT_TOKENS,
-            "completion_tokens": Expr.ADD_COMPLETION_TOKENS,
-            "total_tokens": Expr.ADD_TOTAL_TOKENS,
-        }
+        values = dict(values) | USAGE_VALUES
     pairs, bound = _split(values)
     shape = Shape(
         kind="update",
@@ -351,12 +369,7 @@ def update(
         usage=usage is not None,
     )
     if usage is not None:
-        bound |= {
-            "usage_prompt": int(usage.get("prompt_tokens", 0)),
-            "usage_completion": int(usage.get("completion_tokens", 0)),
-            "usage_total": int(usage.get("total_tokens", 0)),
-            "usage_ended": int(usage.get("ended", 0)),
-        }
+        bound |= usage_params(usage)
     if slot is not None:
         bound["p_tenant_limit"] = tenant_limit
     bound |= {"p_id": execution_id} | {f"g_{k}": v for k, v in guards.items()}

@@ -23,7 +23,16 @@ from typing import Any
 from app.errors import DatabaseError
 from app.execution.dispatch import celery_task_id
 from app.execution.event_emitter import EventSpec, render_payload
-from app.execution.writer import ATTRIBUTE_OF, COLUMN_OF, Expr, History, Written, execution_from_row
+from app.execution.writer import (
+    ATTRIBUTE_OF,
+    COLUMN_OF,
+    USAGE_VALUES,
+    Expr,
+    History,
+    Written,
+    execution_from_row,
+    usage_params,
+)
 from app.models import DEFAULT_TENANT, Agent, Execution, ExecutionEvent, ExecutionStateHistory
 from app.schemas import FINISHED_STATES, HELD_BY_WORKER, SLOT_STATES, ExecutionState
 from tests.conftest import RecordingDispatcher
@@ -459,16 +468,8 @@ class FakeRepository:
         usage: Mapping[str, int] | None = None,
     ) -> Written:
         if usage is not None:
-            values = dict(values) | {
-                "prompt_tokens": Expr.ADD_PROMPT_TOKENS,
-                "completion_tokens": Expr.ADD_COMPLETION_TOKENS,
-                "total_tokens": Expr.ADD_TOTAL_TOKENS,
-            }
-            params = dict(params or {}) | {
-                "usage_prompt": usage.get("prompt_tokens", 0),
-                "usage_completion": usage.get("completion_tokens", 0),
-                "usage_total": usage.get("total_tokens", 0),
-            }
+            values = dict(values) | USAGE_VALUES
+            params = dict(params or {}) | usage_params(usage)
         changes = _columns(values)
         self._refuse_previous_from_row(events, sources)
         old = self.rows.get(execution_id)
