@@ -164,12 +164,13 @@ fi
 
 # The console's browser test (tests/e2e/test_console_browser.py) drives Debian's chromium through
 # the system chromedriver; nothing downloads a browser build.
-if ! command -v chromium >/dev/null || [ ! -x /usr/bin/chromedriver ]; then
+# Its accessibility check takes axe-core from the npm registry (`npm pack`).
+if ! command -v chromium >/dev/null || [ ! -x /usr/bin/chromedriver ] || ! command -v npm >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing chromium and chromium-driver (for the console's browser test)..." >&2
+    echo "installing chromium, chromium-driver and npm (for the console's browser test)..." >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      chromium chromium-driver >/dev/null
+      chromium chromium-driver npm >/dev/null
   else
-    echo "warning: chromium is not installed; tests/e2e/test_console_browser.py skips (apt-get install chromium chromium-driver)" >&2
+    echo "warning: tests/e2e/test_console_browser.py needs: apt-get install chromium chromium-driver npm" >&2
   fi
 fi

@@ -17,6 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.e2e.harness import pipeline
 from tests.integration.conftest import ROOT, Server, start_gunicorn
@@ -27,18 +33,6 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 SHOTS = ROOT / "var" / "screenshots"
 AXE = ROOT / "var" / "cache" / "axe-core" / "axe.min.js"
 WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
-
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extras")
-if not (shutil.which(CHROMIUM) and Path(CHROMEDRIVER).exists()):
-    pytest.skip(
-        "chromium and chromium-driver are missing: run scripts/services.sh as root", allow_module_level=True
-    )
-
-from selenium.common.exceptions import TimeoutException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +54,8 @@ def key(service) -> str:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
+    if not (shutil.which(CHROMIUM) and Path(CHROMEDRIVER).exists()):
+        pytest.fail("chromium and chromium-driver are missing: run scripts/services.sh as root")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
@@ -154,7 +150,9 @@ def _axe_source() -> str:
     """axe-core's axe.min.js from the npm registry (`npm pack`), cached under var/cache/."""
     if not AXE.exists():
         if not shutil.which("npm"):
-            pytest.skip("npm is missing: the accessibility check needs axe-core from the npm registry")
+            pytest.fail(
+                "npm is missing: the accessibility check needs axe-core (scripts/services.sh installs npm)"
+            )
         AXE.parent.mkdir(parents=True, exist_ok=True)
         packed = subprocess.run(
             ["npm", "pack", "axe-core@4", "--silent", "--pack-destination", str(AXE.parent)],
@@ -163,7 +161,7 @@ def _axe_source() -> str:
             timeout=120,
         )
         if packed.returncode != 0:
-            pytest.skip(f"npm pack axe-core failed: {packed.stderr[-300:]}")
+            pytest.fail(f"npm pack axe-core failed: {packed.stderr[-300:]}")
         with tarfile.open(AXE.parent / packed.stdout.strip().splitlines()[-1]) as archive:
             member = archive.extractfile("package/axe.min.js")
             assert member is not None
