@@ -165,7 +165,10 @@ def test_a_stream_cut_at_random_points_reconnects_and_yields_the_exact_sequence(
         assert [(e.id, e.type) for e in events] == [(e.id, e.type) for e in logged], f"seed {seed}"
         assert events == logged and events[-1].type == "agent.execution.completed"
         streams = [r for r in proxy.requests if b"text/event-stream" in r]
-        assert len(streams) > 12 and any(b"last-event-id:" in r.lower() for r in streams), f"seed {seed}"
+        # Each stream request until the 12th is cut at a random byte; once the run has ended a
+        # reconnect's answer (the few events left) may be shorter than its cut and complete, so
+        # the count of connections varies: at least one cut, and reconnects from Last-Event-ID.
+        assert len(streams) >= 2 and any(b"last-event-id:" in r.lower() for r in streams), f"seed {seed}"
         sequences.append(len(events))
     assert min(sequences) >= 10
 
