@@ -192,6 +192,11 @@ def run_execution(self, execution_id: str, attempt: int) -> str:  # type: ignore
     """
     with structlog.contextvars.bound_contextvars(execution_id=execution_id, attempt=attempt):
         service = get_service()
+        if service.control_hub is not None and service.control_hub.draining():
+            # A message that reaches a worker already shutting down (often the hand-back of one
+            # of its own runs) is given back unclaimed: claiming it would only hand it back
+            # again and spend an attempt for nothing.
+            raise Reject("this worker is shutting down; the message goes back to the queue", requeue=True)
         outcome = service.run_attempt(
             uuid.UUID(execution_id), int(attempt), worker=self.request.hostname or "worker"
         )

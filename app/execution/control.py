@@ -104,6 +104,10 @@ class ControlHub:
         if self._draining.is_set():  # claimed while the worker shuts down: give it back at once
             run.request(HANDBACK)
 
+    def draining(self) -> bool:
+        """True once the worker shuts down: it must claim nothing new."""
+        return self._draining.is_set()
+
     def unregister(self, run: RunControl) -> None:
         """Forget the run (only if it is still the registered one)."""
         with self._lock:

@@ -192,3 +192,31 @@ def test_a_cancel_still_wins_over_a_hand_back():
     with pytest.raises(ExecutionInterrupted) as info:
         run.check_urgent()
     assert info.value.kind == CANCEL
+
+
+def test_a_worker_that_is_shutting_down_gives_a_new_delivery_back_unclaimed(monkeypatch):
+    """Found by CI: during a warm shutdown the worker received the hand-back message of one of its
+    own runs, claimed it and handed it back again (attempt 3 instead of 2)."""
+    import threading
+    import uuid
+
+    from celery.exceptions import Reject
+
+    from app.execution.control import ControlHub
+    from workers import tasks
+
+    hub = ControlHub.__new__(ControlHub)
+    hub._runs, hub._lock, hub._draining = {}, threading.Lock(), threading.Event()
+
+    class Service:
+        control_hub = hub
+
+        def run_attempt(self, *args, **kwargs):
+            return tasks.Outcome.SKIPPED
+
+    monkeypatch.setattr(tasks, "get_service", Service)
+    assert tasks.run_execution.run(str(uuid.uuid4()), 2) == tasks.Outcome.SKIPPED.value  # not draining: runs
+    hub.drain(grace=60)
+    with pytest.raises(Reject) as info:
+        tasks.run_execution.run(str(uuid.uuid4()), 2)
+    assert info.value.requeue
