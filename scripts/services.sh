@@ -165,12 +165,19 @@ fi
 # The console's browser test (tests/e2e/test_console_browser.py) drives Debian's chromium through
 # the system chromedriver; nothing downloads a browser build.
 # Its accessibility check takes axe-core from the npm registry (`npm pack`).
-if ! command -v chromium >/dev/null || [ ! -x /usr/bin/chromedriver ] || ! command -v npm >/dev/null; then
+# Only what is missing is installed: a machine whose node comes from elsewhere (NodeSource)
+# already has npm, and Debian's npm package conflicts with that nodejs.
+browser_packages=""
+command -v chromium >/dev/null || browser_packages="chromium"
+[ -x /usr/bin/chromedriver ] || browser_packages="$browser_packages chromium-driver"
+command -v npm >/dev/null || browser_packages="$browser_packages npm"
+if [ -n "$browser_packages" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing chromium, chromium-driver and npm (for the console's browser test)..." >&2
+    echo "installing$(printf ' %s' $browser_packages) (for the console's browser test)..." >&2
+    # shellcheck disable=SC2086  # one word per package
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      chromium chromium-driver npm >/dev/null
+      $browser_packages >/dev/null
   else
-    echo "warning: tests/e2e/test_console_browser.py needs: apt-get install chromium chromium-driver npm" >&2
+    echo "warning: tests/e2e/test_console_browser.py needs: apt-get install$(printf ' %s' $browser_packages)" >&2
   fi
 fi
