@@ -92,7 +92,7 @@ def clean_db(session_factory):  # type: ignore[no-untyped-def]
     truncate = text(
         "TRUNCATE executions, execution_state_history, execution_events, agent_usage_daily, agents, "
         "api_keys, reaper_status, retention_status, tenant_limits, webhook_deliveries, webhooks, "
-        "webhook_cursor CASCADE"
+        "webhook_cursor, schedules CASCADE"
     )
     for attempt in range(5):
         try:
