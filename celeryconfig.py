@@ -2,6 +2,7 @@
 
 from app.config import Settings
 from app.execution.dispatch import PURGE, REAP, reaper_queue
+from app.webhooks import WEBHOOK_DISPATCH, webhook_queue
 
 _s = Settings()
 
@@ -44,6 +45,12 @@ beat_schedule = {
         "schedule": _s.reaper_interval,
         "options": {"expires": max(3 * _s.reaper_interval, 5.0), "queue": reaper_queue(_s.default_queue)},
     },
+}
+# Webhooks: the dispatcher's pass (fan-out from the event log, then claims of due deliveries).
+beat_schedule["dispatch-webhooks"] = {
+    "task": WEBHOOK_DISPATCH,
+    "schedule": _s.webhook_poll_interval,
+    "options": {"expires": max(3 * _s.webhook_poll_interval, 5.0), "queue": webhook_queue(_s.default_queue)},
 }
 if _s.retention_days > 0:  # finished executions older than RETENTION_DAYS go, in batches
     beat_schedule["purge-finished-executions"] = {

@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
 from api import agents, events, executions, operations, usage
+from api import webhooks as webhook_routes
 from api.console import init_console
 from api.deps import SERVICE_KEY, SETTINGS_KEY
 from api.errors import register_error_handlers
@@ -92,6 +93,7 @@ def create_app(**overrides: Any) -> OpenAPI:
     register_components(app)
     for blueprint in (operations.bp, agents.bp, executions.bp, events.bp, usage.bp):
         app.register_api(blueprint)
+    app.register_api(webhook_routes.bp)  # /v1/webhooks (#16)
     document_security(app, settings.auth_enabled)
     init_console(app, settings)  # /console: the operator's pages (its own session, CSRF and CSP)
 

@@ -29,6 +29,8 @@ from app.errors import (
     InvalidExecutionStateError,
     InvalidProgressError,
     TaskBusyError,
+    WebhookNotFoundError,
+    WebhookUrlRefusedError,
 )
 
 log = structlog.get_logger(__name__)
@@ -40,6 +42,8 @@ ERROR_STATUS: dict[type[Exception], int] = {
     InvalidExecutionStateError: 409,
     InvalidProgressError: 409,
     ConflictError: 409,
+    WebhookNotFoundError: 404,
+    WebhookUrlRefusedError: 422,
     BudgetExceededError: 429,
     DatabaseUnavailableError: 503,
     OperationalError: 503,  # a connection lost outside the repository's wrapper

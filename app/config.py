@@ -68,6 +68,20 @@ class Settings(BaseSettings):
     # use and kept in Redis (every web process shares it; sessions survive restarts).
     console_secret_key: str = ""
 
+    # Webhooks (docs/webhooks.md): beat runs the dispatcher every WEBHOOK_POLL_INTERVAL seconds;
+    # a failed attempt is retried after WEBHOOK_RETRY_BASE seconds, doubling, until
+    # WEBHOOK_RETRY_WINDOW seconds after the first attempt; an endpoint whose last
+    # WEBHOOK_DISABLE_AFTER deliveries all failed is disabled. Non-public addresses are refused
+    # unless listed in WEBHOOK_ALLOWED_HOSTS (comma-separated host names, `*.suffix`, IPs, CIDRs).
+    webhook_poll_interval: float = Field(1.0, gt=0)
+    webhook_retry_base: float = Field(5.0, gt=0)
+    webhook_retry_window: float = Field(86400.0, gt=0)
+    webhook_disable_after: int = Field(50, ge=1)
+    webhook_allowed_hosts: str = ""
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_max_response_bytes: int = Field(64 * 1024, ge=0)
+    webhook_max_per_tenant: int = Field(20, ge=1)
+
     # Logs.
     log_format: str = "console"
     log_level: str = "INFO"

@@ -65,6 +65,18 @@ class TaskBusyError(ConflictError):
         self.active_execution_id = active_id
 
 
+class WebhookNotFoundError(AgentExecError):
+    """No webhook (or no delivery of it) with that id (for this tenant)."""
+
+    def __init__(self, kind: str, object_id: Any):
+        super().__init__(f"{kind} {object_id} not found")
+        self.object_id = object_id
+
+
+class WebhookUrlRefusedError(AgentExecError):
+    """A webhook URL the outbound guard refuses (scheme, or a non-public address not allow-listed)."""
+
+
 class BudgetExceededError(AgentExecError):
     """A token budget is spent: the execution's max_tokens, or its agent's daily budget.
 

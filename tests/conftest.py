@@ -37,6 +37,10 @@ os.environ.setdefault("RETRY_BACKOFF_BASE", "0.05")
 os.environ.setdefault("RETRY_BACKOFF_CAP", "0.2")
 os.environ.setdefault("AUTH_ENABLED", "false")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
+# Webhook tests call receivers on 127.0.0.1 (refused unless listed) and retry within a second.
+os.environ.setdefault("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
+os.environ.setdefault("WEBHOOK_RETRY_BASE", "0.2")
+os.environ.setdefault("WEBHOOK_TIMEOUT_SECONDS", "2")
 
 import psycopg  # noqa: E402
 
@@ -170,7 +174,7 @@ def celery_worker(celery_app, settings):  # type: ignore[no-untyped-def]
         perform_ping_check=False,
         shutdown_timeout=10,
         loglevel="WARNING",
-        queues=[settings.default_queue],
+        queues=[settings.default_queue, f"{settings.default_queue}.webhooks"],  # as -Q and the webhook queue
     ) as worker:
         yield worker
 

@@ -1,6 +1,7 @@
 """Celery entry point: `celery -A workers worker` finds `workers.celery_app` here."""
 
-from workers import logging_setup, tasks  # noqa: F401  (structured-log signals; registers the tasks)
+# The structured-log signals; the tasks (executions, reaper, retention; webhooks and their queue).
+from workers import logging_setup, tasks, webhooks  # noqa: F401
 from workers.celery_app import celery_app
 
 app = celery_app

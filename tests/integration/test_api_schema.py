@@ -172,6 +172,13 @@ OPERATION_IDS = {
     ("/v1/usage", "get"): "getUsage",
     ("/v1/executions/bulk/cancel", "post"): "bulkCancelExecutions",
     ("/v1/executions/bulk/retry", "post"): "bulkRetryExecutions",
+    ("/v1/webhooks", "post"): "createWebhook",
+    ("/v1/webhooks", "get"): "listWebhooks",
+    ("/v1/webhooks/{webhook_id}", "get"): "getWebhook",
+    ("/v1/webhooks/{webhook_id}", "patch"): "updateWebhook",
+    ("/v1/webhooks/{webhook_id}", "delete"): "deleteWebhook",
+    ("/v1/webhooks/{webhook_id}/deliveries", "get"): "listWebhookDeliveries",
+    ("/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", "post"): "redeliverWebhookDelivery",
 }
 
 
