@@ -9,9 +9,12 @@ WEBHOOK_POLL_INTERVAL; the worker runs it and the send tasks on the webhooks que
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +25,8 @@ from werkzeug import Request, Response
 
 from app.webhooks import webhook_queue
 from tests.conftest import wait_for
-from tests.integration.conftest import wait_finished
+from tests.integration.conftest import Server, wait_finished
+from tests.integration.test_readme_blocks import SECTION, section, shell_blocks
 
 
 class Receiver:
@@ -215,6 +219,37 @@ def test_an_endpoint_is_disabled_after_consecutive_failed_deliveries_and_enablin
         None,
     )
     assert len(deliveries(api, hook["id"])) == 2
+
+
+# ------------------------------------------------------------ docs/webhooks.md
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("api_server", [{"AUTH_ENABLED": "true"}], indirect=True)
+def test_the_webhooks_doc_registers_an_endpoint_that_gets_a_signed_event(
+    api_server: Server, service, clean_db, receiver, beat
+) -> None:  # type: ignore[no-untyped-def]
+    key, _ = service.keys.create("webhooks-doc", "docs/webhooks.md")
+    (walkthrough,) = shell_blocks(section((ROOT_DIR / "README.md").read_text(), SECTION))
+    (webhooks,) = shell_blocks((ROOT_DIR / "docs" / "webhooks.md").read_text())
+    script = "\n".join([walkthrough, webhooks, 'echo "SECRET=$SECRET"'])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTEXEC_")}
+    env |= {"AGENTEXEC_API_URL": api_server.url, "AGENTEXEC_API_KEY": key, "HOOK_URL": receiver.url}
+    run = subprocess.run(
+        ["bash", "-e", "-c", script], cwd=ROOT_DIR, env=env, capture_output=True, text=True, timeout=120
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-4000:]
+    secret = next(line.split("=", 1)[1] for line in run.stdout.splitlines() if line.startswith("SECRET="))
+    assert secret.startswith("whsec_")
+    calls = wait_for(
+        lambda: [c for c in receiver.calls if b"agent.execution.completed" in c[1]],
+        timeout=30,
+        what="the doc's run to be delivered",
+    )
+    event = Webhook(secret).verify(calls[0][1], calls[0][0])
+    assert event["type"] == "agent.execution.completed" and event["payload"]["state"] == "COMPLETED"
 
 
 # ------------------------------------------------------------ the fan-out itself
