@@ -24,5 +24,5 @@ RUN pip install --no-deps ./sdk . \
 USER agentexec
 
 EXPOSE 8000 5555
-CMD ["gunicorn", "--worker-class", "api.server.ThreadWorker", "--workers", "2", "--threads", "32", \
-     "--bind", "0.0.0.0:8000", "--timeout", "60", "--graceful-timeout", "10", "api:create_app()"]
+CMD ["gunicorn", "--worker-class", "api.server.GeventWorker", "--workers", "2", "--worker-connections", "10000", \
+     "--keep-alive", "5", "--bind", "0.0.0.0:8000", "--timeout", "60", "--graceful-timeout", "10", "api:create_app()"]

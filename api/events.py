@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Response, request
 from flask_openapi3 import APIBlueprint, Tag
 
+from api import streams
 from api.deps import answer, service, settings, tenant
 from api.models import EventOut, EventsOut, EventsQuery, ExecutionPath, LastEventIdHeader
 from api.openapi import problems
@@ -46,5 +47,7 @@ def get_events(path: ExecutionPath, query: EventsQuery, header: LastEventIdHeade
         return answer(EventsOut(items=[EventOut.of(r) for r in rows]))
     stream = EventStream(svc, path.execution_id, after, heartbeat_seconds=settings().sse_heartbeat_seconds)
     return Response(
-        iter(stream), mimetype=SSE, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        streams.relay(iter(stream)),
+        mimetype=SSE,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -34,6 +34,7 @@ from typing import Any
 import redis
 import structlog
 
+from api import fanout, streams
 from app.errors import AgentExecError, ExecutionNotFoundError
 from app.events import COMPLETED, execution_channel
 from app.execution.event_emitter import event_message
@@ -56,6 +57,7 @@ _streams_changed = threading.Condition()
 def begin_shutdown() -> None:
     """The server is going away: every open stream of this process sends `reconnect` and ends."""
     _shutdown.set()
+    fanout.wake_all()
 
 
 def shutting_down() -> bool:
@@ -186,38 +188,31 @@ class EventStream:
     # ---------------------------------------------------------------- Redis
 
     def _subscribe(self) -> None:
-        bus = self.service.event_bus
-        if bus is None:
-            return
-        try:
-            pubsub = bus.pubsub()
-            pubsub.subscribe(execution_channel(self.execution_id))
-            self._pubsub = pubsub
-        except (redis.RedisError, OSError) as exc:
-            log.warning("event stream polls the log: Redis unavailable", error=str(exc))
-            self._pubsub = None
+        """Register with this process's fan-out hub (one Redis subscription per process)."""
+        client = getattr(self.service.event_bus, "client", None)
+        if not isinstance(client, redis.Redis):
+            return  # no Redis (a test's fake bus): poll the log
+        self._pubsub = fanout.hub_for(client).register(execution_channel(self.execution_id))
+        lease = streams.current_lease()
+        if lease is not None:
+            lease.waiter = self._pubsub
+            if lease.ended is not None:
+                self._pubsub.end(lease.ended)
 
     def _unsubscribe(self) -> None:
-        if self._pubsub is not None:
-            try:
-                self._pubsub.close()
-            except (redis.RedisError, OSError):
-                log.debug("closing an event subscription failed")
-            self._pubsub = None
+        waiter, self._pubsub = self._pubsub, None
+        if waiter is not None:
+            waiter.hub.unregister(waiter)
 
     def _wait_for_message(self, timeout: float) -> bool:
-        """Block up to `timeout` for a live message (True) or poll interval while Redis is down."""
-        if self._pubsub is None:
+        """Block up to `timeout` for a wake-up from the hub (True); while the hub has no live
+        subscription (Redis down), wait at most `poll_seconds` and read the log anyway."""
+        waiter: fanout.Waiter | None = self._pubsub
+        if waiter is None:
             _shutdown.wait(min(timeout, self.poll_seconds))
             return True
-        try:
-            message = self._pubsub.get_message(timeout=timeout)
-            if message is None:
-                return False
-            while self._pubsub.get_message(timeout=0) is not None:
-                pass  # drain: one read of the log covers them all
-            return True
-        except (redis.RedisError, OSError) as exc:
-            log.warning("event stream lost Redis; polling the log", error=str(exc))
-            self._unsubscribe()
-            return True
+        live = waiter.hub.live(waiter)
+        woke = waiter.wait(timeout if live else min(timeout, self.poll_seconds))
+        if waiter.ended is not None:
+            raise streams.StreamEnded(waiter.ended)
+        return woke or not live

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # HTTP API.
     max_request_bytes: int = Field(1024 * 1024, gt=0)
     sse_heartbeat_seconds: float = Field(15.0, gt=0)
+    # Open SSE streams per API key, across web processes (api/streams.py); over it: 429.
+    max_streams_per_key: int = Field(100, ge=0)
+    # A stream whose client reads nothing for this long (its socket buffers full) is dropped.
+    sse_send_timeout_seconds: float = Field(30.0, gt=0)
     auth_enabled: bool = True
     rate_limit: int = Field(600, ge=0)
     rate_limit_window: int = Field(60, ge=1)

@@ -441,18 +441,16 @@ class Stack:
         return proc
 
     def start_api(self) -> tuple[Proc, str]:
-        """gunicorn `api:create_app()` (api.server.ThreadWorker, as the Procfile); the process and its URL."""
+        """gunicorn `api:create_app()` (api.server.GeventWorker, as the Procfile); the process and its URL."""
         port = free_port()
         proc = Proc(
             "web",
             [
                 str(BIN / "gunicorn"),
                 "--worker-class",
-                "api.server.ThreadWorker",
+                "api.server.GeventWorker",
                 "--workers",
                 "1",
-                "--threads",
-                "8",
                 "--bind",
                 f"127.0.0.1:{port}",
                 "--timeout",

@@ -227,8 +227,8 @@ def test_the_stack_runs_an_execution_to_completed_on_the_embedded_servers(fresh:
     )
     web = fresh.start(
         "web",
-        [str(BIN / "gunicorn"), "--worker-class", "api.server.ThreadWorker"]
-        + ["--workers", "1", "--threads", "4"]
+        [str(BIN / "gunicorn"), "--worker-class", "api.server.GeventWorker"]
+        + ["--workers", "1"]
         + ["--bind", "127.0.0.1:8000", "api:create_app()"],
         urls,
     )

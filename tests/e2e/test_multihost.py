@@ -139,11 +139,9 @@ def stack(
         [
             str(BIN / "gunicorn"),
             "--worker-class",
-            "api.server.ThreadWorker",
+            "api.server.GeventWorker",
             "--workers",
             "1",
-            "--threads",
-            "8",
             "--bind",
             f"{API_IP}:{API_PORT}",
             "--timeout",

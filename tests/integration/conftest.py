@@ -76,7 +76,7 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 10.0), **kwargs)
 
 
-WORKER_CLASS = "api.server.ThreadWorker"  # the Procfile's web line
+WORKER_CLASS = "api.server.GeventWorker"  # the Procfile's web line
 
 
 def start_gunicorn(

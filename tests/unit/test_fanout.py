@@ -1,0 +1,135 @@
+"""The fan-out hub's bookkeeping against an in-memory pub/sub: one connection, waiters woken
+per channel, confirmation before a stream replays, reconnects, idle channels swept."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from api import fanout
+from api.server import peer_hung_up
+from tests.conftest import wait_for
+
+
+class FakePubSub:
+    """Answers subscribes like Redis (a `subscribe` message per channel) and relays publishes."""
+
+    def __init__(self, broker: FakeBroker):
+        self.broker = broker
+        self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.channels: set[str] = set()
+        self.closed = False
+
+    def subscribe(self, *channels: str) -> None:
+        self.broker.check()
+        for channel in channels:
+            self.channels.add(channel)
+            self.inbox.put({"type": "subscribe", "channel": channel.encode(), "data": 1})
+
+    def unsubscribe(self, *channels: str) -> None:
+        self.broker.check()
+        for channel in channels:
+            self.channels.discard(channel)
+            self.inbox.put({"type": "unsubscribe", "channel": channel.encode(), "data": 0})
+
+    def get_message(self, timeout: float = 0.0) -> dict[str, Any] | None:
+        self.broker.check()
+        try:
+            return self.inbox.get(timeout=timeout) if timeout else self.inbox.get_nowait()
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeBroker:
+    def __init__(self) -> None:
+        self.connections: list[FakePubSub] = []
+        self.down = False
+
+    def check(self) -> None:
+        if self.down:
+            raise redis.ConnectionError("Redis is down")
+
+    def connect(self) -> FakePubSub:
+        self.check()
+        pubsub = FakePubSub(self)
+        self.connections.append(pubsub)
+        return pubsub
+
+    def publish(self, channel: str) -> None:
+        for pubsub in self.connections:
+            if not pubsub.closed and channel in pubsub.channels:
+                pubsub.inbox.put({"type": "message", "channel": channel.encode(), "data": b"{}"})
+
+
+@pytest.fixture
+def broker() -> FakeBroker:
+    return FakeBroker()
+
+
+@pytest.fixture
+def hub(broker: FakeBroker) -> Iterator[fanout.Hub]:
+    hub = fanout.Hub(broker.connect)
+    yield hub
+    hub.stop()
+
+
+def test_many_waiters_share_one_connection_and_only_their_channel_wakes_them(
+    hub: fanout.Hub, broker: FakeBroker
+) -> None:
+    a = [hub.register("ch.a") for _ in range(50)]
+    b = hub.register("ch.b")
+    assert len(broker.connections) == 1
+    assert all(hub.live(w) for w in [*a, b])  # confirmed by the time register returned
+    broker.publish("ch.a")
+    assert all(w.wait(5) for w in a)
+    assert not b.wait(0.05)
+
+
+def test_a_lost_connection_wakes_every_waiter_and_the_hub_resubscribes_after_it(
+    hub: fanout.Hub, broker: FakeBroker
+) -> None:
+    waiter = hub.register("ch.a")
+    broker.down = True
+    assert waiter.wait(5)  # woken at once: the stream switches to polling the log
+    wait_for(lambda: not hub.live(waiter), timeout=5, what="the hub to notice")
+    broker.down = False
+    wait_for(lambda: hub.live(waiter), timeout=10, what="the hub to reconnect")
+    assert waiter.wait(5)  # woken again after the reconnect, to read what it missed
+    broker.publish("ch.a")
+    assert waiter.wait(5)
+    assert len([c for c in broker.connections if not c.closed]) == 1
+
+
+def test_a_channel_nobody_watches_is_unsubscribed_by_the_sweep(hub: fanout.Hub, broker: FakeBroker) -> None:
+    waiter = hub.register("ch.a")
+    hub.unregister(waiter)
+    hub._sweep()
+    wait_for(lambda: "ch.a" not in broker.connections[0].channels, timeout=5, what="the unsubscribe")
+    again = hub.register("ch.a")
+    assert hub.live(again) and "ch.a" in broker.connections[0].channels
+
+
+def test_a_waiter_asked_to_end_wakes_with_the_reason(hub: fanout.Hub) -> None:
+    waiter = hub.register("ch.a")
+    threading.Timer(0.05, waiter.end, args=("key revoked",)).start()
+    assert waiter.wait(5) and waiter.ended == "key revoked"
+
+
+def test_a_peer_that_closed_its_side_is_seen_as_gone_and_one_that_sent_more_is_not() -> None:
+    server, client = socket.socketpair()
+    with server, client:
+        assert not peer_hung_up(server)
+        client.sendall(b"GET / HTTP/1.1\r\n")
+        assert not peer_hung_up(server)
+        server.recv(100)
+        client.shutdown(socket.SHUT_WR)
+        assert peer_hung_up(server)
