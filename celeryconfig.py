@@ -1,7 +1,7 @@
 """Flat Celery settings, read from the same settings object as everything else."""
 
 from app.config import Settings
-from app.execution.dispatch import PURGE, REAP, reaper_queue
+from app.execution.dispatch import PURGE, REAP, SCHEDULE_TICK, reaper_queue
 from app.webhooks import WEBHOOK_DISPATCH, webhook_queue
 
 _s = Settings()
@@ -44,6 +44,17 @@ beat_schedule = {
         "task": REAP,
         "schedule": _s.reaper_interval,
         "options": {"expires": max(3 * _s.reaper_interval, 5.0), "queue": reaper_queue(_s.default_queue)},
+    },
+    # Delayed starts and cron schedules: due ones are found in PostgreSQL every second (never a
+    # Celery ETA, which Redis redelivers after its visibility timeout). A tick that waited past
+    # a few intervals is dropped: the next one does the same work.
+    "tick-schedules": {
+        "task": SCHEDULE_TICK,
+        "schedule": _s.schedule_tick_interval,
+        "options": {
+            "expires": max(3 * _s.schedule_tick_interval, 3.0),
+            "queue": reaper_queue(_s.default_queue),
+        },
     },
 }
 # Webhooks: the dispatcher's pass (fan-out from the event log, then claims of due deliveries).

@@ -9,7 +9,7 @@ from flask_openapi3 import OpenAPI
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
-from api import agents, events, executions, operations, usage
+from api import agents, events, executions, operations, schedules, usage
 from api import webhooks as webhook_routes
 from api.console import init_console
 from api.deps import SERVICE_KEY, SETTINGS_KEY
@@ -91,7 +91,7 @@ def create_app(**overrides: Any) -> OpenAPI:
     app.before_request(check_json_body)
     register_error_handlers(app)
     register_components(app)
-    for blueprint in (operations.bp, agents.bp, executions.bp, events.bp, usage.bp):
+    for blueprint in (operations.bp, agents.bp, executions.bp, events.bp, usage.bp, schedules.bp):
         app.register_api(blueprint)
     app.register_api(webhook_routes.bp)  # /v1/webhooks (#16)
     document_security(app, settings.auth_enabled)

@@ -28,6 +28,7 @@ from app.errors import (
     ExecutionNotFoundError,
     InvalidExecutionStateError,
     InvalidProgressError,
+    ScheduleNotFoundError,
     TaskBusyError,
     WebhookNotFoundError,
     WebhookUrlRefusedError,
@@ -39,6 +40,7 @@ RETRY_AFTER_SECONDS = 2
 ERROR_STATUS: dict[type[Exception], int] = {
     ExecutionNotFoundError: 404,
     AgentNotFoundError: 404,
+    ScheduleNotFoundError: 404,
     InvalidExecutionStateError: 409,
     InvalidProgressError: 409,
     ConflictError: 409,
@@ -53,6 +55,8 @@ ERROR_STATUS: dict[type[Exception], int] = {
 }
 ENDPOINT_STATUS: dict[tuple[str, type[Exception]], int] = {
     ("executions.create_execution", AgentNotFoundError): 422,
+    ("schedules.create_schedule", AgentNotFoundError): 422,
+    ("schedules.update_schedule", AgentNotFoundError): 422,
 }
 TITLES = {
     404: "Not Found",

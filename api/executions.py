@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flask import Response
+from flask import Response, request
 from flask_openapi3 import APIBlueprint, Tag
 from flask_openapi3.types import ResponseDict
 
@@ -80,6 +80,15 @@ def _beyond_this_deployment(body: ExecutionCreateBody) -> Response | None:
     return None
 
 
+def _invalid_query(name: str, detail: str) -> Response:
+    return problem(
+        422,
+        "Unprocessable Content",
+        detail,
+        errors=[{"loc": ["query", name], "msg": detail, "type": "value_error"}],
+    )
+
+
 def _invalid(field: str, detail: str, msg: str, kind: str) -> Response:
     return problem(
         422, "Unprocessable Content", detail, errors=[{"loc": ["body", field], "msg": msg, "type": kind}]
@@ -88,7 +97,18 @@ def _invalid(field: str, detail: str, msg: str, kind: str) -> Response:
 
 @bp.get("", operation_id="listExecutions", responses={200: ExecutionPage, **problems()})
 def list_executions(query: ExecutionListQuery) -> Response:
-    """A page of executions, newest first; `state` may repeat; unknown filters are 422."""
+    """A page of executions, newest first; `state` may repeat; unknown filters are 422.
+
+    `metadata.KEY=VALUE` (one parameter per key, all must match) selects executions whose
+    metadata holds KEY with that value: the string, or the number or boolean it spells
+    (`metadata.n=5` matches `{"n": 5}` and `{"n": "5"}`). The same filter as bulk actions.
+    """
+    repeated = sorted(
+        {k for k in request.args if k.startswith("metadata.") and len(request.args.getlist(k)) > 1}
+    )
+    if repeated:
+        detail = f"{repeated[0]} is given more than once; each metadata key takes one value"
+        return _invalid_query(repeated[0], detail)
     filters = ExecutionFilters(
         state=query.state,
         agent_id=query.agent_id,
@@ -96,6 +116,7 @@ def list_executions(query: ExecutionListQuery) -> Response:
         created_after=query.created_after,
         created_before=query.created_before,
         error_code=query.error_code,
+        metadata=query.metadata,
     )
     rows, total, exact = service().list_executions_page(
         filters, Pagination(page=query.page, page_size=query.page_size), tenant=tenant()

@@ -12,9 +12,9 @@ import uuid
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from app.models import Agent, Execution, ExecutionEvent, ExecutionStateHistory
+from app.models import Agent, Execution, ExecutionEvent, ExecutionStateHistory, Schedule
 from app.schemas import (
     MAX_PAGE,
     MAX_PAGE_SIZE,
@@ -25,10 +25,14 @@ from app.schemas import (
     ExecutionCreate,
     ExecutionState,
     OnConflict,
+    ScheduleCreate,
+    ScheduleUpdate,
     WaitingReason,
 )
 
 _NUMBER = re.compile(r"\s*[-+]?[0-9.eE+-]+\s*")
+_METADATA_KEY = re.compile(r"[^\s\x00-\x1f\x7f]{1,100}")
+MAX_METADATA_FILTERS = 20
 TASK_ID = (
     "The caller's own id for the task this execution works on (a UUID it chooses), sent in every "
     "event and a filter of the list. Several executions may share it (retries, follow-ups); "
@@ -110,6 +114,34 @@ class ExecutionListQuery(PageQuery):
     created_after: IsoDateTime | None = None
     created_before: IsoDateTime | None = None
     error_code: list[ErrorCode] | None = Field(None, description="only executions that ended with this code")
+    metadata: dict[str, str] | None = Field(
+        None,
+        description="Sent as `metadata.KEY=VALUE`, one parameter per key (all must match): the "
+        "execution's metadata has KEY with this value (a string, or the number or boolean it spells).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metadata_pairs(cls, data: Any) -> Any:
+        """Gather `metadata.KEY=VALUE` parameters into `metadata`; a bad key is a 422."""
+        if not isinstance(data, dict):
+            return data
+        if "metadata" in data:
+            raise ValueError("filter on metadata with metadata.KEY=VALUE, one parameter per key")
+        pairs = {k[len("metadata.") :]: v for k, v in data.items() if k.startswith("metadata.")}
+        if not pairs:
+            return data
+        rest = {k: v for k, v in data.items() if not k.startswith("metadata.")}
+        if len(pairs) > MAX_METADATA_FILTERS:
+            raise ValueError(f"at most {MAX_METADATA_FILTERS} metadata.KEY filters")
+        for key, value in pairs.items():
+            if not _METADATA_KEY.fullmatch(key):
+                raise ValueError(
+                    f"metadata.{key}: a metadata key is 1 to 100 characters, none of them a space or control"
+                )
+            if not isinstance(value, str) or len(value) > 1000:
+                raise ValueError(f"metadata.{key}: the value is a string of at most 1,000 characters")
+        return rest | {"metadata": pairs}
 
 
 class UsageQuery(_Params):
@@ -275,6 +307,9 @@ class ExecutionOut(BaseModel):
     queued_at: datetime | None
     started_at: datetime | None
     completed_at: datetime | None
+    scheduled_at: datetime | None = Field(
+        None, description="a delayed start (start_at, delay_seconds, a schedule's tick): queued then"
+    )
 
     @classmethod
     def of(cls, row: Execution) -> ExecutionOut:
@@ -309,6 +344,7 @@ class ExecutionOut(BaseModel):
             queued_at=row.queued_at,
             started_at=row.started_at,
             completed_at=row.completed_at,
+            scheduled_at=row.scheduled_at,
         )
 
 
@@ -448,3 +484,91 @@ class BulkResult(BaseModel):
     matched: int
     changed: int
     skipped: list[BulkSkip]
+
+
+# ------------------------------------------------------------------ schedules
+
+
+class SchedulePath(BaseModel):
+    """The schedule named in the path."""
+
+    schedule_id: uuid.UUID
+
+
+class ScheduleCreateBody(ScheduleCreate):
+    """The body of POST /v1/schedules."""
+
+
+class ScheduleUpdateBody(ScheduleUpdate):
+    """The body of PATCH /v1/schedules/{schedule_id}: any subset of the fields."""
+
+
+class ScheduleOut(BaseModel):
+    """A cron schedule: each tick creates one execution of its agent with its parameters."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "3d0c1f5e-8f5a-4a8e-9d0b-1c2d3e4f5a6b",
+                    "agent_id": "6f1c2a52-9a1e-4d55-a7b5-0c8b3b1de4f0",
+                    "cron": "30 7 * * 1-5",
+                    "timezone": "Europe/Berlin",
+                    "parameters": {"type": "standard", "input": "Summarize yesterday's tickets"},
+                    "task_id": None,
+                    "on_conflict": None,
+                    "enabled": True,
+                    "next_run_at": "2026-11-27T06:30:00Z",
+                    "last_run_at": "2026-11-26T06:30:00Z",
+                    "last_execution_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+                    "last_error": None,
+                    "created_at": "2026-11-20T10:00:00Z",
+                    "updated_at": "2026-11-26T06:30:00Z",
+                }
+            ]
+        }
+    )
+
+    id: uuid.UUID
+    agent_id: uuid.UUID
+    cron: str
+    timezone: str
+    parameters: dict[str, Any]
+    task_id: uuid.UUID | None
+    on_conflict: OnConflict | None
+    enabled: bool
+    next_run_at: datetime | None = Field(description="the next tick, UTC (null while disabled)")
+    last_run_at: datetime | None = Field(description="the last tick that ran, UTC")
+    last_execution_id: uuid.UUID | None = Field(description="the execution of the last tick that made one")
+    last_error: str | None = Field(description="why the last tick created no execution (null: it did)")
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Schedule) -> ScheduleOut:
+        """The answer for a schedule row."""
+        return cls(
+            id=row.id,
+            agent_id=row.agent_id,
+            cron=row.cron,
+            timezone=row.timezone,
+            parameters=row.parameters or {},
+            task_id=row.task_id,
+            on_conflict=None if row.on_conflict is None else OnConflict(row.on_conflict),
+            enabled=row.enabled,
+            next_run_at=row.next_run_at,
+            last_run_at=row.last_run_at,
+            last_execution_id=row.last_execution_id,
+            last_error=row.last_error,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+
+class SchedulePage(BaseModel):
+    """A page of schedules, oldest first."""
+
+    items: list[ScheduleOut]
+    total: int
+    page: int
+    page_size: int

@@ -108,6 +108,11 @@ def finish_document(doc: dict[str, Any], *, max_timeout_seconds: int) -> None:
             content = answers.get("422", {}).get("content", {})
             if generated in str(content.get("application/json", "")):
                 del answers["422"]
+    # `metadata.KEY=VALUE` has no fixed parameter name: the list's description says it, and the
+    # model's `metadata` (where the view gathers the pairs) is not a parameter of its own.
+    listing = doc.get("paths", {}).get("/v1/executions", {}).get("get", {})
+    if "parameters" in listing:
+        listing["parameters"] = [p for p in listing["parameters"] if p.get("name") != "metadata"]
     schemas = doc.get("components", {}).get("schemas", {})
     if generated not in str(doc.get("paths")):
         schemas.pop("ValidationErrorModel", None)

@@ -23,6 +23,7 @@ from app.execution.event_emitter import ExecutionEventEmitter
 from app.execution.progress_tracker import ExecutionProgressTracker
 from app.execution.reaper import Reaper
 from app.execution.repository import ExecutionRepository
+from app.execution.scheduler import Scheduler
 from app.execution.service import ExecutionService
 from app.execution.state_manager import ExecutionStateManager
 from app.execution.task_runner import ExecutionTaskRunner
@@ -83,6 +84,7 @@ def build_service(background_tasks: Dispatcher = None, **overrides: Any) -> Exec
         else None
     )
     service.stats = ExecutionStatsCollector(repository.execution_stats)
+    service.scheduler = Scheduler(repository, state_manager, settings, service.create_execution)
     return service
 
 

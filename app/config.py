@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # and events by a beat job every RETENTION_INTERVAL seconds (0 keeps everything).
     retention_days: int = Field(30, ge=0)
     retention_interval: float = Field(3600.0, gt=0)
+    # Schedules: beat runs the schedule tick this often (delayed starts and cron schedules are
+    # due at most this late); a tenant may have at most this many schedules.
+    schedule_tick_interval: float = Field(1.0, gt=0)
+    schedules_max_per_tenant: int = Field(100, ge=0)
 
     # Model service.
     model_provider: str = "simulated"

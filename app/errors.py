@@ -25,6 +25,14 @@ class AgentNotFoundError(AgentExecError):
         self.agent_id = agent_id
 
 
+class ScheduleNotFoundError(AgentExecError):
+    """No schedule with that id (for this tenant)."""
+
+    def __init__(self, schedule_id: Any):
+        super().__init__(f"schedule {schedule_id} not found")
+        self.schedule_id = schedule_id
+
+
 class InvalidExecutionStateError(AgentExecError):
     """The execution is not in a state that allows the requested change."""
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from app.execution import cron
 
 
 class ExecutionState(str, enum.Enum):
@@ -81,6 +83,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+MAX_START_DELAY_SECONDS = 366 * 86400  # start_at / delay_seconds: at most a year (and a day) ahead
+
+
+def _rfc3339(value: Any) -> Any:
+    """A date-time with a time zone (RFC 3339), not a number of seconds or a naive time."""
+    if isinstance(value, int | float) or not isinstance(value, str | datetime):
+        raise ValueError("must be an RFC 3339 date-time with a time zone, such as 2030-01-31T07:00:00Z")
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is None:
+        raise ValueError("must have a time zone (Z or +01:00), such as 2030-01-31T07:00:00Z")
+    return moment
+
+
+RfcDateTime = Annotated[datetime, BeforeValidator(_rfc3339)]
+
+
 class SimulateOptions(_Strict):
     """Knobs read by the simulated model provider."""
 
@@ -146,6 +164,34 @@ class ExecutionCreate(_Strict):
         "the call that would exceed it is not made and the execution fails with budget_exceeded.",
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
+    start_at: RfcDateTime | None = Field(
+        None,
+        description="Start later: it waits PENDING (`scheduled_at`) and is queued at this moment "
+        "(RFC 3339 with a time zone; in the future, at most a year ahead). Not with delay_seconds.",
+    )
+    delay_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_START_DELAY_SECONDS,
+        description="Start this many seconds after creation (waits PENDING until then). Not with start_at.",
+    )
+
+    @model_validator(mode="after")
+    def _one_start_time(self) -> ExecutionCreate:
+        if self.start_at is not None and self.delay_seconds is not None:
+            raise ValueError("give at most one of `start_at` and `delay_seconds`")
+        if (self.start_at is not None or self.delay_seconds is not None) and not self.start:
+            raise ValueError(
+                "`start: false` leaves an execution PENDING until POST .../start; "
+                "`start_at` and `delay_seconds` start it by themselves: give one or the other"
+            )
+        if self.start_at is not None:
+            ahead = (self.start_at - datetime.now(UTC)).total_seconds()
+            if ahead <= 0:
+                raise ValueError("`start_at` must be in the future")
+            if ahead > MAX_START_DELAY_SECONDS:
+                raise ValueError("`start_at` must be at most a year ahead")
+        return self
 
 
 class ExecutionProgressUpdate(_Strict):
@@ -234,6 +280,83 @@ class BulkAction(_Strict):
         if (self.ids is None) == (self.filter is None):
             raise ValueError("give exactly one of `ids` and `filter`")
         return self
+
+
+class ScheduleCreate(_Strict):
+    """The body of POST /v1/schedules: what each tick of a cron expression creates."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "agent_id": "6f1c2a52-9a1e-4d55-a7b5-0c8b3b1de4f0",
+                    "cron": "30 7 * * 1-5",
+                    "timezone": "Europe/Berlin",
+                    "parameters": {"type": "standard", "input": "Summarize yesterday's tickets"},
+                    "on_conflict": "reject",
+                    "task_id": "0b7e6f7e-2f0a-4a52-9d7e-52b1b1f5a7a3",
+                }
+            ]
+        },
+    )
+
+    agent_id: uuid.UUID
+    cron: str = Field(
+        min_length=1,
+        max_length=200,
+        description="5 fields: minute hour day-of-month month day-of-week (e.g. `30 7 * * 1-5`)",
+    )
+    timezone: str = Field("UTC", min_length=1, max_length=64, description="IANA name, e.g. Europe/Berlin")
+    parameters: ExecutionParameters
+    task_id: uuid.UUID | None = Field(None, description="each tick's execution gets this task_id")
+    on_conflict: OnConflict | None = Field(
+        None, description="with task_id: what a tick does while the task's previous run is active"
+    )
+    enabled: bool = True
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        cron.zone(v)
+        return v
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, v: str) -> str:
+        cron.validate(v, "UTC")  # whether it is valid and fires does not depend on the zone
+        return v
+
+
+class ScheduleUpdate(_Strict):
+    """The body of PATCH /v1/schedules/{id}: any subset of the fields (task_id and on_conflict
+    may be null)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"enabled": False}, {"cron": "0 6 * * *"}]}
+    )
+
+    agent_id: uuid.UUID | None = None
+    cron: str | None = Field(None, min_length=1, max_length=200)
+    timezone: str | None = Field(None, min_length=1, max_length=64)
+    parameters: ExecutionParameters | None = None
+    task_id: uuid.UUID | None = None
+    on_conflict: OnConflict | None = None
+    enabled: bool | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            cron.zone(v)
+        return v
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, v: str | None) -> str | None:
+        if v is not None:
+            cron.validate(v, "UTC")
+        return v
 
 
 MAX_PAGE = 1_000_000

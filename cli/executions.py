@@ -174,6 +174,12 @@ def list_executions(
         list[ErrorCode] | None,
         typer.Option("--error-code", case_sensitive=False, help="Only those that ended so; repeatable."),
     ] = None,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metadata", "-m", metavar="KEY=VALUE", help="Metadata holds KEY=VALUE; repeatable (all)."
+        ),
+    ] = None,
     page: Annotated[int, typer.Option("--page", min=1)] = 1,
     page_size: Annotated[int, typer.Option("--page-size", min=1, max=200)] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print the page as JSON.")] = False,
@@ -181,7 +187,17 @@ def list_executions(
     """List executions, newest first."""
     client = client_of(ctx)
     agent_id = resolve_agent(client, agent).id if agent else None
-    found = client.executions.list_page(page, page_size, state=state, agent=agent_id, error_code=error_code)
+    pairs = [m.partition("=") for m in metadata or []]
+    if any(not key or not sep for key, sep, _ in pairs):
+        raise typer.BadParameter("give KEY=VALUE", param_hint="--metadata")
+    found = client.executions.list_page(
+        page,
+        page_size,
+        state=state,
+        agent=agent_id,
+        error_code=error_code,
+        metadata={key: value for key, _, value in pairs} or None,
+    )
     body = found.model_dump(mode="json")
     if as_json:
         print_json(body)

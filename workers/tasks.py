@@ -22,7 +22,7 @@ from celery.exceptions import Ignore, Reject
 from app.bootstrap import build_service
 from app.errors import DatabaseError
 from app.execution.control import ControlHub
-from app.execution.dispatch import PURGE, REAP, RUN_EXECUTION, reaper_queue
+from app.execution.dispatch import PURGE, REAP, RUN_EXECUTION, SCHEDULE_TICK, reaper_queue
 from app.execution.policy import Outcome
 from app.execution.service import ExecutionService
 from workers.background import BackgroundTaskManager
@@ -224,3 +224,11 @@ def purge() -> int:
     """Retention: delete finished executions older than RETENTION_DAYS (no task events, like the
     reaper; its record is the retention_status row: /metrics)."""
     return get_service().purge()
+
+
+@celery_app.task(name=SCHEDULE_TICK, ignore_result=True, send_events=False)
+def tick_schedules() -> dict[str, int]:
+    """Queue the delayed starts that are due and create the runs of due cron schedules (beat
+    sends it every SCHEDULE_TICK_INTERVAL; no task events, like the reaper). Two at once
+    share the work: rows are claimed with SKIP LOCKED and a tick's run has a unique key."""
+    return get_service().tick_schedules()

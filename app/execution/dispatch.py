@@ -12,6 +12,7 @@ from typing import Any, Protocol
 RUN_EXECUTION = "agentexec.run_execution"
 REAP = "agentexec.reap"
 PURGE = "agentexec.purge"  # the retention job (RETENTION_DAYS), on the reaper's queue
+SCHEDULE_TICK = "agentexec.schedules.tick"  # delayed starts and cron schedules, on the reaper's queue
 
 
 def reaper_queue(default_queue: str) -> str:

@@ -27,11 +27,12 @@ from app.execution.policy import Outcome, seconds_to_utc_midnight
 from app.execution.progress_tracker import ExecutionProgressTracker
 from app.execution.reaper import Reaper
 from app.execution.repository import ExecutionRepository
+from app.execution.scheduler import Scheduler
 from app.execution.state_manager import ExecutionStateManager
 from app.execution.task_runner import ExecutionTaskRunner
 from app.execution.writer import Expr
 from app.metrics import ExecutionStatsCollector
-from app.models import DEFAULT_TENANT, Agent, Execution, ExecutionEvent, ExecutionStateHistory
+from app.models import DEFAULT_TENANT, Agent, Execution, ExecutionEvent, ExecutionStateHistory, Schedule
 from app.ratelimit import RateLimiter
 from app.schemas import (
     FINISHED_STATES,
@@ -42,14 +43,19 @@ from app.schemas import (
     ExecutionFilters,
     ExecutionState,
     Pagination,
+    ScheduleCreate,
+    ScheduleUpdate,
 )
 
 S = ExecutionState
 
 
 def request_fingerprint(body: ExecutionCreate) -> str:
-    """SHA-256 of the canonical JSON of a create request (idempotency comparison)."""
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """SHA-256 of the canonical JSON of a create request (idempotency comparison).
+
+    Fields added later count only when given, so a key used before they existed still matches."""
+    later = {name for name in ("start_at", "delay_seconds") if getattr(body, name) is None}
+    canonical = json.dumps(body.model_dump(mode="json", exclude=later), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -104,6 +110,7 @@ class ExecutionService:
         self.keys: ApiKeyStore | None = None
         self.rate_limiter: RateLimiter | None = None
         self.stats: ExecutionStatsCollector | None = None
+        self.scheduler: Scheduler | None = None
 
     # ------------------------------------------------------------- executions
 
@@ -115,6 +122,9 @@ class ExecutionService:
         tenant: str = DEFAULT_TENANT,
     ) -> tuple[Execution, bool]:
         """Create an execution (PENDING, then QUEUED unless `start` is false) in one transaction.
+
+        With `start_at` or `delay_seconds` it stays PENDING with `scheduled_at` (the database's
+        clock plus the delay) and the schedule tick queues it when due.
 
         Args:
             data: the validated request.
@@ -152,13 +162,20 @@ class ExecutionService:
             "created_at": Expr.NOW,
             "updated_at": Expr.NOW,
         }
+        params: dict[str, Any] | None = None
+        if data.start_at is not None:
+            values["scheduled_at"] = data.start_at
+        elif data.delay_seconds is not None:
+            values["scheduled_at"] = Expr.NOW_PLUS_DELAY
+            params = {"delay_seconds": float(data.delay_seconds)}
         # ONE statement: agent check, row, history and events (nothing when the key was used).
         created = self.state_manager.create(
             values,
-            start=data.start,
+            start=data.start and "scheduled_at" not in values,
             tenant=tenant,
             keyed=idempotency_key is not None,
             on_conflict=None if data.on_conflict is None else data.on_conflict.value,
+            params=params,
         )
         if created is not None:
             return created, True
@@ -370,6 +387,42 @@ class ExecutionService:
             if deleted:
                 log.info("retention deleted finished executions", deleted=deleted)
         return deleted
+
+    # ------------------------------------------------------------------ schedules
+
+    def _scheduler(self) -> Scheduler:
+        if self.scheduler is None:
+            raise RuntimeError("this service was built without a scheduler")
+        return self.scheduler
+
+    def tick_schedules(self, now: datetime | None = None) -> dict[str, int]:
+        """One schedule tick: queue due delayed starts, create the runs of due cron schedules
+        (`now` replaces the clock, for tests); what it did."""
+        return self._scheduler().tick(now)
+
+    def create_schedule(self, data: ScheduleCreate, *, tenant: str = DEFAULT_TENANT) -> Schedule:
+        """A new cron schedule; AgentNotFoundError, ConflictError past SCHEDULES_MAX_PER_TENANT."""
+        return self._scheduler().create(data, tenant=tenant)
+
+    def list_schedules(
+        self, pagination: Pagination, *, tenant: str = DEFAULT_TENANT
+    ) -> tuple[list[Schedule], int]:
+        """A page of the tenant's schedules and their total."""
+        return self._scheduler().list(pagination, tenant=tenant)
+
+    def get_schedule(self, schedule_id: uuid.UUID, *, tenant: str = DEFAULT_TENANT) -> Schedule:
+        """The schedule; ScheduleNotFoundError."""
+        return self._scheduler().get(schedule_id, tenant=tenant)
+
+    def update_schedule(
+        self, schedule_id: uuid.UUID, data: ScheduleUpdate, *, tenant: str = DEFAULT_TENANT
+    ) -> Schedule:
+        """Change the given fields of a schedule (its next tick follows)."""
+        return self._scheduler().update(schedule_id, data, tenant=tenant)
+
+    def delete_schedule(self, schedule_id: uuid.UUID, *, tenant: str = DEFAULT_TENANT) -> None:
+        """Delete a schedule; the executions it created stay."""
+        self._scheduler().delete(schedule_id, tenant=tenant)
 
     # ------------------------------------------------------------------ limits and usage
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -297,6 +298,7 @@ class ExecutionStateManager:
         tenant: str | None = None,
         keyed: bool = False,
         on_conflict: str | None = None,
+        params: dict[str, Any] | None = None,
     ) -> Execution | None:
         """Insert a new execution PENDING and, when `start`, QUEUED (attempt 1): ONE statement
         writes the row, both history rows and both state_changed events; then publish and send
@@ -318,7 +320,12 @@ class ExecutionStateManager:
         policy, active = OnConflict.ALLOW.value, list[uuid.UUID]()
         if values.get("task_id") is None:
             written = self.repository.create_execution(
-                row_values, history=history, events=specs, agent_tenant=tenant, skip_if_key_exists=keyed
+                row_values,
+                history=history,
+                events=specs,
+                agent_tenant=tenant,
+                skip_if_key_exists=keyed,
+                params=params,
             )
         else:
             written, policy, active = self.repository.create_execution_for_task(
@@ -328,6 +335,7 @@ class ExecutionStateManager:
                 agent_tenant=tenant,
                 skip_if_key_exists=keyed,
                 on_conflict=on_conflict,
+                params=params,
             )
             if written.execution is None and policy == OnConflict.REJECT.value and active:
                 raise TaskBusyError(values["task_id"], active[0])
@@ -342,6 +350,36 @@ class ExecutionStateManager:
             for earlier in reversed(active):  # newest first: no hand-over to one about to go
                 self.interrupt(earlier, by=row.id)
         return row
+
+    def start_scheduled(self, *, now: datetime | None = None, limit: int = 500) -> list[Execution]:
+        """Queue delayed executions whose `scheduled_at` has come (PENDING -> QUEUED, reason
+        "scheduled start"), at most `limit`: the schedule tick's first half.
+
+        The due rows are locked with SKIP LOCKED and moved by the same guarded write as POST
+        .../start, in one transaction, so two tick passes never queue one twice and a cancel
+        racing with the tick either wins or finds it QUEUED. `now` replaces the database's
+        clock (tests). Then, as for every transition, publish and send the tasks.
+        """
+        reason = "scheduled start"
+        emitter = self.event_emitter
+        transitions: list[Transition] = []
+        with self.repository.unit_of_work(operation="start_scheduled") as work:
+            for execution_id in self.repository.due_scheduled(now, limit, uow=work):
+                written = self.repository.transition(
+                    execution_id,
+                    S.QUEUED,
+                    expected_state=S.PENDING,
+                    values=entry_values(S.QUEUED),
+                    reason=reason,
+                    events=[emitter.state_changed(S.PENDING, reason)],
+                    uow=work,
+                )
+                if written.execution is not None:
+                    transitions.append(
+                        Transition(written.execution, S.PENDING, S.QUEUED, reason, events=written.events)
+                    )
+        self.after_commit(transitions)
+        return [t.execution for t in transitions]
 
     def interrupt(self, execution_id: uuid.UUID, *, by: uuid.UUID) -> Execution | None:
         """Cancel an execution for a newer one of its task (error_code interrupted): CANCELLING

@@ -389,11 +389,13 @@ def insert(
     events: list[EventSpec],
     history: list[History],
     skip_if_key_exists: bool = False,
+    params: Mapping[str, Any] | None = None,
 ) -> Written:
     """INSERT the execution if its agent exists (in `agent_tenant`); log history and events.
 
     Nothing is written (and `execution` is None) when the agent does not exist, or with
     `skip_if_key_exists` when the tenant already has an execution with this idempotency key.
+    `params` are the named parameters of `Expr` values (a delayed start's `delay_seconds`).
     """
     pairs, bound = _split(values)
     shape = Shape(
@@ -406,6 +408,7 @@ def insert(
         on_conflict_key=skip_if_key_exists,
     )
     bound |= {"p_agent_id": agent_id, "p_agent_tenant": agent_tenant} | _log_params(events, history)
+    bound |= dict(params or {})
     return _run(connection, _statement(shape), bound)
 
 

@@ -57,6 +57,10 @@ from agentexec_client.models import (
     PipelineStep,
     Problem,
     Progress,
+    Schedule,
+    ScheduleCreate,
+    SchedulePage,
+    ScheduleUpdate,
     SimulateOptions,
     Usage,
     UsageGroup,
@@ -65,6 +69,15 @@ from agentexec_client.models import (
     WaitingReason,
 )
 from agentexec_client.version import __version__
+from agentexec_client.webhooks import (
+    DeliveryPage,
+    Webhook,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookDelivery,
+    WebhookPage,
+    WebhookUpdate,
+)
 
 __all__ = [
     "FINAL_STATES",
@@ -105,6 +118,10 @@ __all__ = [
     "ProgressEvent",
     "ProgressPayload",
     "RateLimited",
+    "Schedule",
+    "ScheduleCreate",
+    "SchedulePage",
+    "ScheduleUpdate",
     "SimulateOptions",
     "StateChangedEvent",
     "StateChangedPayload",
@@ -117,6 +134,13 @@ __all__ = [
     "ValidationFailed",
     "WaitTimeout",
     "WaitingReason",
+    "DeliveryPage",
+    "Webhook",
+    "WebhookCreate",
+    "WebhookCreated",
+    "WebhookDelivery",
+    "WebhookPage",
+    "WebhookUpdate",
     "__version__",
     "parse_event",
 ]

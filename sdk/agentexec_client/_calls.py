@@ -30,6 +30,10 @@ from agentexec_client.models import (
     ExecutionState,
     History,
     HistoryItem,
+    Schedule,
+    ScheduleCreate,
+    SchedulePage,
+    ScheduleUpdate,
     UsageGroup,
     UsageItem,
     UsageReport,
@@ -38,6 +42,7 @@ from agentexec_client.models import (
 AGENTS = "/v1/agents"
 EXECUTIONS = "/v1/executions"
 USAGE = "/v1/usage"
+SCHEDULES = "/v1/schedules"
 CONTROL_ACTIONS = ("start", "cancel", "pause", "resume", "retry")
 
 
@@ -236,8 +241,9 @@ def filters_of(
     created_after: datetime | None,
     created_before: datetime | None,
     error_code: ErrorCodeFilter = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The query filters of a listing."""
+    """The query filters of a listing (`metadata` pairs as `metadata.KEY=VALUE`, all must match)."""
     return {
         "state": states_of(state),
         "agent_id": None if agent_id is None else str(agent_id),
@@ -245,7 +251,12 @@ def filters_of(
         "created_after": created_after,
         "created_before": created_before,
         "error_code": error_codes_of(error_code),
-    }
+    } | {f"metadata.{k}": _metadata_value(v) for k, v in (metadata or {}).items()}
+
+
+def _metadata_value(value: Any) -> str:
+    """A metadata filter's value as the query sends it (a boolean as JSON spells it)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def execution_page(page: int, page_size: int, filters: Mapping[str, Any]) -> Call[ExecutionPage]:
@@ -335,3 +346,42 @@ class AgentPager:
         fresh = [a for a in answer.items if a.id not in self.seen]
         self.seen.update(a.id for a in fresh)
         return fresh
+
+
+# --------------------------------------------------------------- schedules
+
+
+def _schedule(response: httpx.Response) -> Schedule:
+    return Schedule.model_validate(response.json())
+
+
+def schedule_create(
+    agent_id: uuid.UUID, cron: str, parameters: dict[str, Any], **fields: Any
+) -> Call[Schedule]:
+    """POST /v1/schedules (not retried: a lost answer may hide a created schedule)."""
+    body = ScheduleCreate(agent_id=agent_id, cron=cron, parameters=parameters, **_given(**fields)).body()
+    return Call("POST", SCHEDULES, _schedule, json=body)
+
+
+def schedule_get(schedule_id: Any) -> Call[Schedule]:
+    """GET /v1/schedules/{id}."""
+    return Call("GET", f"{SCHEDULES}/{path_id(schedule_id)}", _schedule, reconnectable=True)
+
+
+def schedule_page(page: int, page_size: int) -> Call[SchedulePage]:
+    """GET /v1/schedules: one page, oldest first."""
+    params = {"page": page, "page_size": page_size}
+    return Call("GET", SCHEDULES, lambda r: SchedulePage.model_validate(r.json()), params, reconnectable=True)
+
+
+def schedule_update(
+    schedule_id: Any, fields: Mapping[str, Any], clearable: Mapping[str, Any]
+) -> Call[Schedule]:
+    """PATCH /v1/schedules/{id}: the `fields` not None, and the `clearable` given (None clears)."""
+    body = ScheduleUpdate(**_given(**fields), **_set(**clearable)).body()
+    return Call("PATCH", f"{SCHEDULES}/{path_id(schedule_id)}", _schedule, json=body)
+
+
+def schedule_delete(schedule_id: Any) -> Call[None]:
+    """DELETE /v1/schedules/{id}."""
+    return Call("DELETE", f"{SCHEDULES}/{path_id(schedule_id)}", _nothing)

@@ -28,7 +28,9 @@ from agentexec_client._core import (
 from agentexec_client.async_resources import AgentRef, AsyncAgents, AsyncExecutions
 from agentexec_client.events import AnyEvent
 from agentexec_client.models import UsageGroup, UsageItem
+from agentexec_client.schedules import AsyncSchedules
 from agentexec_client.version import USER_AGENT
+from agentexec_client.webhooks import AsyncWebhooks
 
 T = TypeVar("T")
 
@@ -60,6 +62,8 @@ class AsyncClient:
         )
         self.agents = AsyncAgents(self)
         self.executions = AsyncExecutions(self)
+        self.schedules = AsyncSchedules(self)
+        self.webhooks = AsyncWebhooks(self)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

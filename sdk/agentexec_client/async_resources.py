@@ -135,6 +135,8 @@ class AsyncExecutions:
         max_retries: int | None = None,
         max_tokens: int | None = None,
         metadata: Mapping[str, Any] | None = None,
+        start_at: datetime | None = None,
+        delay_seconds: float | None = None,
     ) -> Execution:
         """Submit an execution to an agent (id or name); see `Client.executions.create`."""
         call = calls.execution_create(
@@ -150,6 +152,8 @@ class AsyncExecutions:
             max_retries=max_retries,
             max_tokens=max_tokens,
             metadata=metadata,
+            start_at=start_at,
+            delay_seconds=delay_seconds,
         )
         return await self._c.send(call)
 
@@ -166,13 +170,16 @@ class AsyncExecutions:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         error_code: ErrorCodeFilter = None,
+        metadata: Mapping[str, Any] | None = None,
         page_size: int = 100,
     ) -> AsyncIterator[Execution]:
         """Every matching execution, newest first (a page at a time; each one once).
 
         `state` and `error_code` take one value or several (any of them matches).
         """
-        filters = await self._filters(state, agent, task_id, created_after, created_before, error_code)
+        filters = await self._filters(
+            state, agent, task_id, created_after, created_before, error_code, metadata
+        )
         pager = calls.ExecutionPager(filters, page_size)
         while not pager.done:
             for execution in pager.take(await self._c.send(pager.call())):
@@ -189,9 +196,12 @@ class AsyncExecutions:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         error_code: ErrorCodeFilter = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> ExecutionPage:
         """One page of executions, newest first, with the total."""
-        filters = await self._filters(state, agent, task_id, created_after, created_before, error_code)
+        filters = await self._filters(
+            state, agent, task_id, created_after, created_before, error_code, metadata
+        )
         return await self._c.send(calls.execution_page(page, page_size, filters))
 
     async def delete(self, execution: ExecutionRef) -> None:
@@ -299,6 +309,7 @@ class AsyncExecutions:
         created_after: datetime | None,
         created_before: datetime | None,
         error_code: ErrorCodeFilter,
+        metadata: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         agent_id = None if agent is None else await self._c.agents.id_of(agent)
-        return calls.filters_of(state, agent_id, task_id, created_after, created_before, error_code)
+        return calls.filters_of(state, agent_id, task_id, created_after, created_before, error_code, metadata)

@@ -27,7 +27,9 @@ from agentexec_client._core import (
 from agentexec_client.events import AnyEvent
 from agentexec_client.models import UsageGroup, UsageItem
 from agentexec_client.resources import AgentRef, Agents, Executions
+from agentexec_client.schedules import Schedules
 from agentexec_client.version import USER_AGENT
+from agentexec_client.webhooks import Webhooks
 
 T = TypeVar("T")
 
@@ -63,6 +65,8 @@ class Client:
         )
         self.agents = Agents(self)
         self.executions = Executions(self)
+        self.schedules = Schedules(self)
+        self.webhooks = Webhooks(self)
 
     def close(self) -> None:
         """Close the connection pool."""

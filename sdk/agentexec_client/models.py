@@ -232,6 +232,8 @@ class Execution(Model):
     queued_at: datetime | None
     started_at: datetime | None
     completed_at: datetime | None
+    scheduled_at: datetime | None = None
+    """When a delayed start (`start_at`, `delay_seconds`, a schedule's tick) is due; None otherwise."""
     _created: bool | None = PrivateAttr(default=None)
 
     @property
@@ -309,6 +311,10 @@ class ExecutionCreate(RequestModel):
     max_retries: int | None = None
     max_tokens: int | None = None
     metadata: dict[str, Any] | None = None
+    start_at: datetime | None = None
+    """Start at this moment (with a time zone) instead of now: it waits PENDING until then."""
+    delay_seconds: float | None = None
+    """Start this many seconds after creation instead of now."""
 
 
 class HistoryItem(Model):
@@ -393,3 +399,65 @@ class Problem(Model):
     status: int
     detail: str
     errors: list[FieldError] | None = None
+
+
+# ---------------------------------------------------------------- schedules
+
+
+class Schedule(Model):
+    """A cron schedule: each tick creates one execution of its agent."""
+
+    SCHEMA = "ScheduleOut"
+    id: uuid.UUID
+    agent_id: uuid.UUID
+    cron: str
+    timezone: str
+    parameters: dict[str, Any]
+    task_id: uuid.UUID | None
+    on_conflict: OnConflictValue | None
+    enabled: bool
+    next_run_at: datetime | None
+    """The next tick (UTC); None while disabled."""
+    last_run_at: datetime | None
+    last_execution_id: uuid.UUID | None
+    last_error: str | None
+    """Why the last tick created no execution; None when it did."""
+    created_at: datetime
+    updated_at: datetime
+
+
+class SchedulePage(Model):
+    """A page of schedules, oldest first."""
+
+    SCHEMA = "SchedulePage"
+    items: list[Schedule]
+    total: int
+    page: int
+    page_size: int
+
+
+class ScheduleCreate(RequestModel):
+    """The body of POST /v1/schedules."""
+
+    SCHEMA = "ScheduleCreateBody"
+    agent_id: uuid.UUID
+    cron: str
+    """5 fields: minute hour day-of-month month day-of-week."""
+    timezone: str | None = None
+    parameters: dict[str, Any]
+    task_id: uuid.UUID | None = None
+    on_conflict: OnConflict | None = None
+    enabled: bool | None = None
+
+
+class ScheduleUpdate(RequestModel):
+    """The body of PATCH /v1/schedules/{id}: the fields given (task_id, on_conflict: None clears)."""
+
+    SCHEMA = "ScheduleUpdateBody"
+    agent_id: uuid.UUID | None = None
+    cron: str | None = None
+    timezone: str | None = None
+    parameters: dict[str, Any] | None = None
+    task_id: uuid.UUID | None = None
+    on_conflict: OnConflict | None = None
+    enabled: bool | None = None

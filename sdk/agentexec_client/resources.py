@@ -138,6 +138,8 @@ class Executions:
         max_retries: int | None = None,
         max_tokens: int | None = None,
         metadata: Mapping[str, Any] | None = None,
+        start_at: datetime | None = None,
+        delay_seconds: float | None = None,
     ) -> Execution:
         """Submit an execution to an agent (id or name); queued unless `start=False`.
 
@@ -160,6 +162,8 @@ class Executions:
             max_retries=max_retries,
             max_tokens=max_tokens,
             metadata=metadata,
+            start_at=start_at,
+            delay_seconds=delay_seconds,
         )
         return self._c.send(call)
 
@@ -176,13 +180,14 @@ class Executions:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         error_code: ErrorCodeFilter = None,
+        metadata: Mapping[str, Any] | None = None,
         page_size: int = 100,
     ) -> Iterator[Execution]:
         """Every matching execution, newest first (a page at a time; each one once).
 
         `state` and `error_code` take one value or several (any of them matches).
         """
-        filters = self._filters(state, agent, task_id, created_after, created_before, error_code)
+        filters = self._filters(state, agent, task_id, created_after, created_before, error_code, metadata)
         pager = calls.ExecutionPager(filters, page_size)
         while not pager.done:
             yield from pager.take(self._c.send(pager.call()))
@@ -198,9 +203,10 @@ class Executions:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         error_code: ErrorCodeFilter = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> ExecutionPage:
         """One page of executions, newest first, with the total."""
-        filters = self._filters(state, agent, task_id, created_after, created_before, error_code)
+        filters = self._filters(state, agent, task_id, created_after, created_before, error_code, metadata)
         return self._c.send(calls.execution_page(page, page_size, filters))
 
     def delete(self, execution: ExecutionRef) -> None:
@@ -309,6 +315,7 @@ class Executions:
         created_after: datetime | None,
         created_before: datetime | None,
         error_code: ErrorCodeFilter,
+        metadata: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         agent_id = None if agent is None else self._c.agents.id_of(agent)
-        return calls.filters_of(state, agent_id, task_id, created_after, created_before, error_code)
+        return calls.filters_of(state, agent_id, task_id, created_after, created_before, error_code, metadata)

@@ -12,6 +12,7 @@ from tests.integration.conftest import wait_finished
 PROBLEM = "application/problem+json"
 EXECUTION_FIELDS = {
     "id",
+    "scheduled_at",
     "agent_id",
     "task_id",
     "parameters",

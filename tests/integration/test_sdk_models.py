@@ -26,6 +26,7 @@ from agentexec_client import (
     BulkSkip,
     CompletedEvent,
     CompletedPayload,
+    DeliveryPage,
     ErrorCode,
     Event,
     Execution,
@@ -42,6 +43,10 @@ from agentexec_client import (
     Progress,
     ProgressEvent,
     ProgressPayload,
+    Schedule,
+    ScheduleCreate,
+    SchedulePage,
+    ScheduleUpdate,
     SimulateOptions,
     StateChangedEvent,
     StateChangedPayload,
@@ -50,9 +55,16 @@ from agentexec_client import (
     UsageItem,
     UsageReport,
     WaitingReason,
+    Webhook,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookDelivery,
+    WebhookPage,
+    WebhookUpdate,
     __version__,
 )
 from agentexec_client import _calls as calls
+from agentexec_client import webhooks as webhook_calls
 from pydantic import BaseModel
 
 from app.events import COMPLETED, PROGRESS, STATE_CHANGED
@@ -77,6 +89,13 @@ ANSWERS: list[type[BaseModel]] = [
     CompletedEvent,
     FieldError,
     Problem,
+    Schedule,
+    SchedulePage,
+    Webhook,
+    WebhookCreated,
+    WebhookPage,
+    WebhookDelivery,
+    DeliveryPage,
 ]
 REQUESTS: list[type[BaseModel]] = [
     AgentCreate,
@@ -85,6 +104,10 @@ REQUESTS: list[type[BaseModel]] = [
     ExecutionParameters,
     PipelineStep,
     SimulateOptions,
+    ScheduleCreate,
+    ScheduleUpdate,
+    WebhookCreate,
+    WebhookUpdate,
 ]
 # Every /v1 route, with the schema of its success answer and of its body, as the client reads and sends them.
 ROUTES: dict[tuple[str, str], tuple[str | None, str | None]] = {
@@ -102,6 +125,18 @@ ROUTES: dict[tuple[str, str], tuple[str | None, str | None]] = {
     ("get", "/v1/usage"): ("UsageOut", None),
     ("post", "/v1/executions/bulk/cancel"): ("BulkResult", "BulkActionBody"),
     ("post", "/v1/executions/bulk/retry"): ("BulkResult", "BulkActionBody"),
+    ("get", "/v1/schedules"): ("SchedulePage", None),
+    ("post", "/v1/schedules"): ("ScheduleOut", "ScheduleCreateBody"),
+    ("get", "/v1/schedules/{schedule_id}"): ("ScheduleOut", None),
+    ("patch", "/v1/schedules/{schedule_id}"): ("ScheduleOut", "ScheduleUpdateBody"),
+    ("delete", "/v1/schedules/{schedule_id}"): (None, None),
+    ("get", "/v1/webhooks"): ("WebhookPage", None),
+    ("post", "/v1/webhooks"): ("WebhookCreated", "WebhookCreateBody"),
+    ("get", "/v1/webhooks/{webhook_id}"): ("WebhookOut", None),
+    ("patch", "/v1/webhooks/{webhook_id}"): ("WebhookOut", "WebhookUpdateBody"),
+    ("delete", "/v1/webhooks/{webhook_id}"): (None, None),
+    ("get", "/v1/webhooks/{webhook_id}/deliveries"): ("DeliveryPage", None),
+    ("post", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): ("DeliveryOut", None),
 } | {
     ("post", f"/v1/executions/{{execution_id}}/{a}"): ("ExecutionOut", "control")
     for a in (
@@ -123,6 +158,9 @@ ENUMS: dict[str, list[str]] = {
 QUERIES: dict[str, set[str]] = {
     "/v1/executions": {"page", "page_size", *calls.filters_of(None, None, None, None, None)},
     "/v1/agents": {"page", "page_size"},
+    "/v1/schedules": set(calls.schedule_page(1, 1).params or {}),
+    "/v1/webhooks": set(webhook_calls.page_call(1, 1).params or {}),
+    "/v1/webhooks/{webhook_id}/deliveries": set(webhook_calls.deliveries_call("x", 1, 1).params or {}),
     "/v1/usage": set(calls.usage("agent", None, None, None).params or {}),
     "/v1/executions/{execution_id}/history": set(calls.history("x", 1).params or {}),
     "/v1/executions/{execution_id}/events": set(calls.events_page("x", 0, 1).params or {}),

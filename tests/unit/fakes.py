@@ -186,6 +186,7 @@ class FakeRepository:
         events: list[EventSpec],
         agent_tenant: str | None,
         skip_if_key_exists: bool = False,
+        params: dict[str, Any] | None = None,
     ) -> Written:
         """INSERT ... SELECT FROM agents [ON CONFLICT (tenant, idempotency_key) DO NOTHING]."""
         now = datetime.now(UTC)
@@ -194,7 +195,7 @@ class FakeRepository:
             | copy.deepcopy(SERVER_DEFAULTS)
             | {"created_at": now, "updated_at": now}
         )
-        row |= {col: _evaluate(col, v, None, now, {}) for col, v in _columns(values).items()}
+        row |= {col: _evaluate(col, v, None, now, params or {}) for col, v in _columns(values).items()}
         self._refuse_previous_from_row(events, sources=None)
         agent = self.get_agent(values["agent_id"], tenant=agent_tenant)
         if agent is None:
@@ -231,6 +232,7 @@ class FakeRepository:
         agent_tenant: str | None,
         skip_if_key_exists: bool = False,
         on_conflict: str | None = None,
+        params: dict[str, Any] | None = None,
     ) -> tuple[Written, str, list[uuid.UUID]]:
         """The policy (request, agent, allow), the task's active executions, then the insert."""
         agent = self.agents.get(values["agent_id"])
@@ -257,6 +259,7 @@ class FakeRepository:
             events=events,
             agent_tenant=agent_tenant,
             skip_if_key_exists=skip_if_key_exists,
+            params=params,
         )
         return written, policy, active
 

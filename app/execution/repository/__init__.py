@@ -13,10 +13,12 @@ from app.execution.repository.agents import AgentRows
 from app.execution.repository.executions import EXACT_COUNT_UP_TO, ExecutionRows
 from app.execution.repository.limits import LimitRows
 from app.execution.repository.operations import REAPER_LOCK_KEY, OperationRows
+from app.execution.repository.schedules import ScheduleRows
 
 
-class ExecutionRepository(ExecutionRows, AgentRows, OperationRows, LimitRows):
-    """Handles all database operations for executions, agents, API keys, operations and limits."""
+class ExecutionRepository(ExecutionRows, AgentRows, OperationRows, LimitRows, ScheduleRows):
+    """Handles all database operations for executions, agents, API keys, operations, limits
+    and schedules."""
 
 
 __all__ = ["EXACT_COUNT_UP_TO", "REAPER_LOCK_KEY", "ExecutionRepository"]

@@ -7,12 +7,13 @@ its event rows); the seed's update_* methods are thin uses of it that log nothin
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from psycopg.rows import namedtuple_row
-from sqlalchemy import Select, func, literal_column, select, text
+from sqlalchemy import Select, func, literal_column, or_, select, text
 from sqlalchemy.exc import OperationalError
 
 from app.execution import writer
@@ -46,6 +47,7 @@ class ExecutionRows(RepositoryBase):
         agent_tenant: str | None,
         skip_if_key_exists: bool = False,
         uow: UnitOfWork | None = None,
+        params: dict[str, Any] | None = None,
     ) -> Written:
         """ONE statement: the execution (if its agent exists in `agent_tenant`), its history and events.
 
@@ -61,6 +63,7 @@ class ExecutionRows(RepositoryBase):
                 events=events,
                 history=history,
                 skip_if_key_exists=skip_if_key_exists,
+                params=params,
             )
 
     def create_execution_for_task(
@@ -72,6 +75,7 @@ class ExecutionRows(RepositoryBase):
         agent_tenant: str | None,
         skip_if_key_exists: bool = False,
         on_conflict: str | None = None,
+        params: dict[str, Any] | None = None,
     ) -> tuple[Written, str, list[uuid.UUID]]:
         """`create_execution` for a task_id, with its collision policy, in ONE transaction.
 
@@ -101,6 +105,7 @@ class ExecutionRows(RepositoryBase):
                 agent_tenant=agent_tenant,
                 skip_if_key_exists=skip_if_key_exists,
                 uow=work,
+                params=params,
             )
             return written, policy, active
 
@@ -549,12 +554,27 @@ def _filter_clauses(f: ExecutionFilters, tenant: str | None) -> list[Any]:
     if f.error_code:
         where.append(Execution.error_code.in_([c.value for c in f.error_code]))
     if f.metadata:
-        where.append(Execution.metadata_.contains(f.metadata))
+        where.extend(_metadata_clause(key, value) for key, value in f.metadata.items())
     if f.created_after is not None:
         where.append(Execution.created_at > f.created_after)
     if f.created_before is not None:
         where.append(Execution.created_at < f.created_before)
     return where
+
+
+def _metadata_clause(key: str, value: Any) -> Any:
+    """metadata @> {key: value}; a string that spells a JSON number or boolean (a query
+    parameter's `5`, `true`) also matches that number or boolean. Served by the GIN index."""
+    alternatives = [value]
+    if isinstance(value, str) and value == value.strip():
+        try:
+            spelled = json.loads(value)
+        except ValueError:
+            spelled = None
+        if isinstance(spelled, bool | int) or (isinstance(spelled, float) and math.isfinite(spelled)):
+            alternatives.append(spelled)
+    clauses = [Execution.metadata_.contains({key: v}) for v in alternatives]
+    return clauses[0] if len(clauses) == 1 else or_(*clauses)
 
 
 def _page(work: UnitOfWork, where: list[Any], p: Pagination) -> list[Execution]:
