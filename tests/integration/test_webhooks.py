@@ -252,6 +252,101 @@ def test_the_webhooks_doc_registers_an_endpoint_that_gets_a_signed_event(
     assert event["type"] == "agent.execution.completed" and event["payload"]["state"] == "COMPLETED"
 
 
+# ------------------------------------------------------------ the Python client
+
+
+def test_the_python_client_manages_endpoints_and_reads_their_deliveries(api_app, receiver, beat):  # type: ignore[no-untyped-def]
+    import httpx
+    from agentexec_client import Client, NotFound, ValidationFailed, WebhookCreated
+
+    with Client("http://api.test", transport=httpx.WSGITransport(app=api_app)) as client:
+        hook = client.webhooks.create(receiver.url, description="from the client")
+        assert isinstance(hook, WebhookCreated) and hook.secret.startswith("whsec_")
+        assert [h.id for h in client.webhooks.list()] == [hook.id]
+        agent = client.agents.create("hooked")
+        execution = client.executions.create(agent, input="hi")
+        wait_for(lambda: client.executions.get(execution.id).state.value == "COMPLETED", timeout=20)
+        (done,) = wait_for(
+            lambda: [d for d in client.webhooks.deliveries(hook) if d.status == "succeeded"], timeout=20
+        )
+        assert client.webhooks.redeliver(hook, done).status == "pending"
+        wait_for(lambda: client.webhooks.deliveries_page(hook).items[0].attempts == 2, timeout=20)
+        changed = client.webhooks.update(hook, events=["agent.execution.progress"], enabled=False)
+        assert changed.events == ["agent.execution.progress"] and not changed.enabled
+        assert client.webhooks.get(hook.id).disabled_reason == "disabled by the API"
+        with pytest.raises(ValidationFailed):
+            client.webhooks.create("http://10.0.0.1/")
+        client.webhooks.delete(hook)
+        with pytest.raises(NotFound):
+            client.webhooks.get(hook)
+
+
+@pytest.mark.parametrize("api_server", [{"AUTH_ENABLED": "true"}], indirect=True)
+def test_the_async_client_has_the_same_webhook_methods(api_server: Server, service, clean_db) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import inspect
+
+    from agentexec_client import AsyncClient
+    from agentexec_client.webhooks import AsyncWebhooks, Webhooks
+
+    def surface(cls: type) -> set[str]:
+        return {n for n, _ in inspect.getmembers(cls, inspect.isfunction) if not n.startswith("_")}
+
+    assert surface(AsyncWebhooks) == surface(Webhooks)
+    key, _ = service.keys.create("async-hooks", "test")
+
+    async def scenario() -> None:
+        async with AsyncClient(api_server.url, api_key=key) as client:
+            hook = await client.webhooks.create(
+                "https://93.184.216.34/in", events=["agent.execution.completed"]
+            )
+            assert [h.id async for h in client.webhooks.list()] == [hook.id]
+            assert (await client.webhooks.update(hook, description="x")).description == "x"
+            assert (await client.webhooks.deliveries_page(hook)).total == 0
+            assert [d async for d in client.webhooks.deliveries(hook)] == []
+            await client.webhooks.delete(hook)
+            assert (await client.webhooks.list_page()).total == 0
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("api_server", [{"AUTH_ENABLED": "true"}], indirect=True)
+def test_the_cli_creates_lists_and_redelivers(api_server: Server, service, clean_db, receiver, beat) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from cli.main import app as cli_app
+
+    key, _ = service.keys.create("default", "cli")
+    runner = CliRunner()
+
+    def cli(*args: str) -> str:
+        done = runner.invoke(
+            cli_app, ["--api-url", api_server.url, "--api-key", key, *args], env={"COLUMNS": "200"}
+        )
+        assert done.exit_code == 0, done.output
+        return done.stdout
+
+    hook_id, secret = cli("webhooks", "create", receiver.url, "-d", "cli").split()
+    assert secret.startswith("whsec_")
+    assert hook_id in cli("webhooks", "list") and "completed" in cli("webhooks", "show", hook_id)
+    agent = cli("agents", "create", "cli-hooked").strip()
+    cli("submit", agent, "--input", "hi")
+    wait_for(lambda: "succeeded" in cli("webhooks", "deliveries", hook_id), timeout=30, what="the delivery")
+    (delivery,) = [line.split()[0] for line in cli("webhooks", "deliveries", hook_id).splitlines()[1:]]
+    assert (
+        Webhook(secret).verify(receiver.calls[0][1], receiver.calls[0][0])["type"]
+        == "agent.execution.completed"
+    )
+    cli("webhooks", "redeliver", hook_id, delivery)
+    wait_for(lambda: len(receiver.calls) == 2, timeout=20, what="the redelivery")
+    assert "no: disabled by the API" in cli("webhooks", "update", hook_id, "--disable")
+    cli("webhooks", "delete", hook_id)
+    assert (
+        "no webhooks"
+        in runner.invoke(cli_app, ["--api-url", api_server.url, "--api-key", key, "webhooks", "list"]).output
+    )
+
+
 # ------------------------------------------------------------ the fan-out itself
 
 PROGRESS = "agent.execution.progress"
