@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
 
 from app.config import Settings
 from app.errors import AgentNotFoundError, BudgetExceededError, ConflictError, ScheduleNotFoundError
@@ -91,15 +92,15 @@ class Scheduler:
         latest = cron.latest_at_or_before(row.cron, row.timezone, moment)
         tick = row.next_run_at if latest is None or latest < row.next_run_at else latest
         key = tick_key(row.id, tick)
-        body = ExecutionCreate(
-            agent_id=row.agent_id,
-            parameters=row.parameters,  # type: ignore[arg-type]  # validated into the model
-            task_id=row.task_id,
-            on_conflict=row.on_conflict,  # type: ignore[arg-type]
-            metadata={"schedule_id": str(row.id), "schedule_tick": tick.astimezone(UTC).isoformat()},
-        )
         error: str | None = None
         try:
+            body = ExecutionCreate(
+                agent_id=row.agent_id,
+                parameters=row.parameters,  # type: ignore[arg-type]  # validated into the model
+                task_id=row.task_id,
+                on_conflict=row.on_conflict,  # type: ignore[arg-type]
+                metadata={"schedule_id": str(row.id), "schedule_tick": tick.astimezone(UTC).isoformat()},
+            )
             execution, _ = self.create_execution(body, idempotency_key=key, tenant=row.tenant)
             row.last_execution_id = execution.id
         except ConflictError as exc:  # a busy task (reject), or the key's run made by a pass before
@@ -110,6 +111,8 @@ class Scheduler:
                 row.last_execution_id = existing.id
         except (BudgetExceededError, AgentNotFoundError) as exc:
             error = str(exc)
+        except ValidationError as exc:  # parameters stored before a stricter release: say so, go on
+            error = f"the schedule's parameters are not valid any more: {exc.errors()[0]['msg']}"
         if error is not None:
             log.info("schedule tick created no execution", schedule_id=str(row.id), reason=error)
         row.last_error = error

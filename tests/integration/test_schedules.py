@@ -366,3 +366,20 @@ def test_the_real_worker_runs_what_a_schedule_tick_created(api_app, api, api_age
     assert wait_finished(api, listed[0]["id"])["state"] == "COMPLETED"
     got = api.get(f"/v1/schedules/{schedule.id}").get_json()
     assert got["last_execution_id"] == listed[0]["id"]
+
+
+def test_a_schedule_whose_parameters_became_invalid_says_so_and_others_still_run(service, agent):  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    t0 = utc(2026, 5, 4, 9, 0, 30)
+    make = ScheduleCreate(agent_id=agent.id, cron="* * * * *", parameters={"input": "x"})
+    broken = service.scheduler.create(make, tenant="default", now=t0)
+    fine = service.scheduler.create(make, tenant="default", now=t0)
+    with service.repository.unit_of_work() as work:  # as if a later release refused what it holds
+        work.session.execute(
+            text('UPDATE schedules SET parameters = \'{"type": "pipeline"}\' WHERE id = :i'), {"i": broken.id}
+        )
+    counts = service.tick_schedules(now=t0 + timedelta(minutes=1))
+    assert (counts["fired"], counts["skipped"]) == (1, 1)
+    assert "not valid any more" in (service.get_schedule(broken.id).last_error or "")
+    assert len(_runs(service, fine.id)) == 1 and _runs(service, broken.id) == []
