@@ -82,12 +82,14 @@ def main(
 
 def _register() -> None:
     from cli import agents, executions, keys, purge, status, tenants, usage
+    from cli import schedules as schedule_commands
     from cli import webhooks as webhook_commands
 
     app.add_typer(agents.app, name="agents")
     app.add_typer(keys.app, name="keys")
     app.add_typer(tenants.app, name="tenants")
     app.add_typer(webhook_commands.app, name="webhooks")
+    app.add_typer(schedule_commands.app, name="schedules")
     app.command("status")(status.status)
     app.command("purge")(purge.purge)
     app.command("usage")(usage.usage)

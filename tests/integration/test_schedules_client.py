@@ -63,3 +63,19 @@ def test_the_cli_lists_executions_by_metadata(cli: Cli) -> None:
     assert [item["id"] for item in listed["items"]] == [str(mine.id)]
     assert cli.json("list", "--metadata", "env=staging")["items"] == []
     assert "KEY=VALUE" in cli("list", "--metadata", "env", code=2).output
+
+
+def test_the_cli_creates_lists_updates_and_deletes_schedules(cli: Cli) -> None:
+    cli.json("agents", "create", "cron-writer")
+    made = cli.json(
+        "schedules", "create", "cron-writer", "30 7 * * 1-5", "-i", "report", "-z", "Europe/Berlin"
+    )
+    assert made["cron"] == "30 7 * * 1-5" and made["timezone"] == "Europe/Berlin" and made["next_run_at"]
+    assert [s["id"] for s in cli.json("schedules", "list")["items"]] == [made["id"]]
+    assert "30 7 * * 1-5" in cli("schedules", "list").stdout
+    off = cli.json("schedules", "update", made["id"], "--disable")
+    assert off["enabled"] is False and off["next_run_at"] is None
+    assert cli.json("schedules", "show", made["id"])["enabled"] is False
+    assert "5 fields" in cli("schedules", "create", "cron-writer", "* * *", code=1).output
+    cli("schedules", "delete", made["id"])
+    assert cli.json("schedules", "list")["items"] == []
