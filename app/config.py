@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(10.0, gt=0)
     webhook_max_response_bytes: int = Field(64 * 1024, ge=0)
     webhook_max_per_tenant: int = Field(20, ge=1)
+    # Attempts in flight at once across the workers, and for one endpoint: a slow or dead
+    # receiver holds at most this many worker threads (keep it under WORKER_CONCURRENCY).
+    webhook_max_in_flight: int = Field(8, ge=1)
+    webhook_max_in_flight_per_endpoint: int = Field(4, ge=1)
 
     # Logs.
     log_format: str = "console"

@@ -152,7 +152,12 @@ class WebhookService:
         """Fan the new events out, then claim what is due: the (delivery id, lease token) pairs
         for which the caller sends one send task each."""
         self.store.fan_out()
-        return self.store.claim_due(CLAIMS_PER_PASS, self.lease_seconds)
+        return self.store.claim_due(
+            CLAIMS_PER_PASS,
+            self.lease_seconds,
+            total=self.settings.webhook_max_in_flight,
+            per_endpoint=self.settings.webhook_max_in_flight_per_endpoint,
+        )
 
     def send(self, delivery_id: uuid.UUID, token: uuid.UUID) -> str:
         """Make one attempt of a claimed delivery and record it; what happened, in a word."""

@@ -48,13 +48,41 @@ SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM made), (SELECT txid F
        (SELECT id FROM last)
 """)
 
+# With no enabled endpoint (as of this statement's snapshot, the same the horizon is taken in):
+# the cursor moves past every event of a transaction older than any still running, unread.
+_SKIP_TO_HORIZON = text("""
+UPDATE webhook_cursor
+SET last_txid = h.xmin - 1, last_event_id = 9223372036854775807, updated_at = now()
+FROM (SELECT (pg_snapshot_xmin(pg_current_snapshot()))::text::bigint AS xmin) h
+WHERE id = 1 AND NOT EXISTS (SELECT 1 FROM webhooks WHERE enabled)
+RETURNING 1
+""")
+
+# Due deliveries of enabled endpoints, oldest due first, at most `per_endpoint` in flight for one
+# endpoint and `total` in all (a lease not yet run out is in flight): a slow or dead receiver
+# holds at most that many of the workers' threads, whatever its backlog.
 _CLAIM = text("""
-WITH due AS (
-    SELECT d.id FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
-    WHERE d.status IN ('pending', 'delivering') AND d.next_attempt_at <= now() AND w.enabled
+WITH busy AS (
+    SELECT webhook_id, count(*) AS n FROM webhook_deliveries
+    WHERE status = 'delivering' AND next_attempt_at > now()
+    GROUP BY webhook_id
+),
+ranked AS (
+    SELECT d.id, d.next_attempt_at,
+           row_number() OVER (PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.id)
+               + coalesce(b.n, 0) AS place
+    FROM webhook_deliveries d
+    JOIN webhooks w ON w.id = d.webhook_id AND w.enabled
+    LEFT JOIN busy b ON b.webhook_id = d.webhook_id
+    WHERE d.status IN ('pending', 'delivering') AND d.next_attempt_at <= now()
+),
+due AS (
+    SELECT d.id FROM webhook_deliveries d
+    WHERE d.id IN (SELECT id FROM ranked WHERE place <= :per_endpoint)
+      AND d.status IN ('pending', 'delivering') AND d.next_attempt_at <= now()
     ORDER BY d.next_attempt_at
-    LIMIT :n
-    FOR UPDATE OF d SKIP LOCKED
+    LIMIT greatest(least(:n, :total - (SELECT coalesce(sum(n), 0) FROM busy)), 0)
+    FOR UPDATE SKIP LOCKED
 )
 UPDATE webhook_deliveries d
 SET status = 'delivering', lease_token = gen_random_uuid(),
@@ -246,6 +274,8 @@ class WebhookStore(RepositoryBase):
                 ).first()
                 if cursor is None:
                     return scanned, made
+                if s.execute(_SKIP_TO_HORIZON).first() is not None:
+                    return scanned, made  # nobody to call: nothing read
                 read, new, txid, event_id = s.execute(
                     _FAN_OUT, {"txid": cursor[0], "event_id": cursor[1], "n": batch}
                 ).one()
@@ -262,10 +292,14 @@ class WebhookStore(RepositoryBase):
                 break
         return scanned, made
 
-    def claim_due(self, limit: int, lease_seconds: float) -> list[tuple[uuid.UUID, uuid.UUID]]:
-        """Claim up to `limit` due deliveries of enabled endpoints: (delivery id, lease token)."""
+    def claim_due(
+        self, limit: int, lease_seconds: float, *, total: int, per_endpoint: int
+    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """Claim up to `limit` due deliveries of enabled endpoints, keeping at most `total` in
+        flight and `per_endpoint` for one endpoint: (delivery id, lease token) of each."""
+        params = {"n": limit, "lease": lease_seconds, "total": total, "per_endpoint": per_endpoint}
         with self._work(None, "claim_webhook_deliveries") as work:
-            rows = work.session.execute(_CLAIM, {"n": limit, "lease": lease_seconds}).all()
+            rows = work.session.execute(_CLAIM, params).all()
             return [(r[0], r[1]) for r in rows]
 
     def start_send(self, delivery_id: uuid.UUID, token: uuid.UUID, lease_seconds: float) -> SendJob | None:

@@ -474,3 +474,52 @@ def test_retention_deletes_old_executions_with_their_deliveries(
         s.commit()
     assert service.purge(30 * 86400) == 1
     assert delivered_events(session_factory, hook) == []
+
+
+def test_with_no_endpoint_the_dispatcher_passes_events_over_without_reading_them(
+    store, session_factory, execution_id
+):  # type: ignore[no-untyped-def]
+    engine = session_factory.kw["bind"]
+    with engine.begin() as conn:
+        before = log_event(conn, execution_id)
+    wait_for(lambda: store.fan_out() == (0, 0) and cursor_past(session_factory, before), timeout=20)
+    hook = make_hook(session_factory)
+    with engine.begin() as conn:
+        after = log_event(conn, execution_id)
+    wait_for(lambda: store.fan_out() and delivered_events(session_factory, hook) == [after], timeout=20)
+
+
+def cursor_past(session_factory: Any, event_id: int) -> bool:
+    with session_factory() as s:
+        row = s.execute(text("SELECT last_txid, last_event_id FROM webhook_cursor")).one()
+        txid = s.execute(
+            text("SELECT txid FROM execution_events WHERE id = :i"), {"i": event_id}
+        ).scalar_one()
+    return bool((row[0], row[1]) >= (txid, event_id))
+
+
+def test_claims_keep_at_most_the_in_flight_caps_per_endpoint_and_in_all(store, session_factory, execution_id):  # type: ignore[no-untyped-def]
+    hooks = [make_hook(session_factory) for _ in range(3)]
+    engine = session_factory.kw["bind"]
+    with engine.begin() as conn:
+        for _ in range(5):
+            log_event(conn, execution_id)
+    wait_for(lambda: store.fan_out() and len(delivered_events(session_factory, hooks[2])) == 5, timeout=20)
+
+    def in_flight() -> dict[uuid.UUID, int]:
+        with session_factory() as s:
+            rows = s.execute(
+                text(
+                    "SELECT webhook_id, count(*) FROM webhook_deliveries"
+                    " WHERE status = 'delivering' GROUP BY webhook_id"
+                )
+            )
+            return {r[0]: int(r[1]) for r in rows}
+
+    assert len(store.claim_due(100, 60, total=7, per_endpoint=2)) == 6  # 2 per endpoint
+    assert sorted(in_flight().values()) == [2, 2, 2]
+    assert len(store.claim_due(100, 60, total=7, per_endpoint=3)) == 1  # the total: 7
+    assert sum(in_flight().values()) == 7
+    assert store.claim_due(100, 60, total=7, per_endpoint=5) == []
+    assert len(store.claim_due(100, 60, total=100, per_endpoint=5)) == 8  # the remaining 15 - 7
+    assert sorted(in_flight().values()) == [5, 5, 5]
