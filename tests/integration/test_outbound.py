@@ -84,3 +84,46 @@ def test_a_closed_port_is_a_connection_error():
     target = check_url(f"http://127.0.0.1:{free_port()}/", AllowList.parse("127.0.0.1"))
     with pytest.raises(httpx.ConnectError):
         post(target, b"{}", {}, timeout=1, max_response_bytes=10)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HTTPServer, str]]:
+    """An HTTPS server whose certificate names receiver.test only (self-signed by openssl)."""
+    import ssl
+    import subprocess
+
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subject = ["-subj", "/CN=receiver.test", "-addext", "subjectAltName=DNS:receiver.test"]
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = HTTPServer(host="127.0.0.1", port=0, ssl_context=context, threaded=True)
+    server.start()
+    server.expect_request("/in", method="POST").respond_with_data("tls ok")
+    yield server, str(cert)
+    server.clear()
+    server.stop()
+
+
+def test_an_https_call_to_the_pinned_address_verifies_the_certificate_of_the_urls_host(tls_server):  # type: ignore[no-untyped-def]
+    """The connection goes to the checked address, and TLS still checks the certificate against
+    the URL's host name (SNI): pinning the address does not turn verification off."""
+    import ssl
+
+    server, ca = tls_server
+    allow = AllowList.parse("127.0.0.1")
+    trusting = httpx.Client(verify=ssl.create_default_context(cafile=ca), follow_redirects=False)
+    good = check_url(f"https://receiver.test:{server.port}/in", allow, lambda h, p: ["127.0.0.1"])
+    answer = post(good, b"{}", {}, timeout=2, max_response_bytes=100, client=trusting)
+    assert (answer.status_code, answer.body) == (200, b"tls ok")
+    other = check_url(f"https://other.test:{server.port}/in", allow, lambda h, p: ["127.0.0.1"])
+    with pytest.raises(httpx.ConnectError, match="(?i)certificate|hostname"):
+        post(other, b"{}", {}, timeout=2, max_response_bytes=100, client=trusting)
+    with pytest.raises(httpx.ConnectError, match="(?i)certificate"):
+        post(good, b"{}", {}, timeout=2, max_response_bytes=100)  # its own client: the system's CAs
