@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from flask import Response, request
 from flask_openapi3 import APIBlueprint, Tag
 
@@ -9,8 +11,11 @@ from api import streams
 from api.deps import answer, service, settings, tenant
 from api.models import EventOut, EventsOut, EventsQuery, ExecutionPath, LastEventIdHeader
 from api.openapi import problems
+from api.replay import Replay
 from api.security import SECURITY
 from api.sse import EventStream
+from app.deltas import Cursor
+from app.events import EVENT_TYPES
 
 bp = APIBlueprint(
     "events",
@@ -35,17 +40,25 @@ def get_events(path: ExecutionPath, query: EventsQuery, header: LastEventIdHeade
 
     With `Accept: text/event-stream`: replays the events after `Last-Event-ID` (or `?after=`),
     then sends new ones as they happen, and closes after the final
-    `agent.execution.completed` event. Each frame has `id:` (the event id), `event:` (its type)
-    and `data:` (the event as JSON); a comment line is sent as a heartbeat.
-    Otherwise: JSON `{items}` with at most `limit` events after `?after=`.
+    `agent.execution.completed` event. Each frame has `id:` (the event id: `E` for a logged
+    event, `E.k` for an output delta), `event:` (its type) and `data:` (the event as JSON);
+    a comment line is sent as a heartbeat. Output deltas (`agent.execution.output.delta`)
+    are sent unless `types` leaves them out.
+    Otherwise: JSON `{items}` with at most `limit` events after `?after=`: the logged events,
+    and the output deltas too when `types` names `agent.execution.output.delta`.
     """
     svc = service()
     svc.get_execution(path.execution_id, tenant=tenant())
-    after = header.last_event_id if header.last_event_id is not None else query.after
+    after = Cursor.parse(header.last_event_id if header.last_event_id is not None else query.after)
+    assert after is not None  # the pattern of both parameters
+    types = None if query.types is None else frozenset(query.types)
     if not wants_stream():
-        rows = svc.get_events(path.execution_id, after=after, limit=query.limit)
-        return answer(EventsOut(items=[EventOut.of(r) for r in rows]))
-    stream = EventStream(svc, path.execution_id, after, heartbeat_seconds=settings().sse_heartbeat_seconds)
+        replay = Replay(svc, path.execution_id, after, types or frozenset(EVENT_TYPES))
+        items = list(itertools.islice(replay.read(), query.limit))
+        return answer(EventsOut(items=[EventOut.model_validate(i.message) for i in items]))
+    stream = EventStream(
+        svc, path.execution_id, after, heartbeat_seconds=settings().sse_heartbeat_seconds, types=types
+    )
     return Response(
         streams.relay(iter(stream)),
         mimetype=SSE,

@@ -12,7 +12,7 @@ import uuid
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from app.models import Agent, Execution, ExecutionEvent, ExecutionStateHistory, Schedule
 from app.schemas import (
@@ -161,11 +161,44 @@ class HistoryQuery(_Params):
     limit: int = Field(100, ge=1, le=1000)
 
 
+EVENT_ID_PATTERN = r"^[0-9]{1,19}(\.[0-9]{1,19})?$"
+EVENT_ID = (
+    "An event id: `E` for a logged event (state change, progress, completion), `E.k` for an "
+    "output delta (the k-th placed after logged event E). Ids of one execution only grow."
+)
+
+
+def _split_types(value: Any) -> Any:
+    """`types` may repeat and each may list several, comma-separated."""
+    if value is None:
+        return None
+    values = value if isinstance(value, list) else [value]
+    return [t.strip() for v in values for t in str(v).split(",") if t.strip()]
+
+
+def _known_types(value: list[str] | None) -> list[str] | None:
+    from api.replay import known_types
+
+    if value is not None:
+        for name in value:
+            if name not in known_types():
+                raise ValueError(f"unknown event type {name!r}; known: {', '.join(known_types())}")
+    return value
+
+
 class EventsQuery(_Params):
     """Events after an event id (exclusive); `limit` applies to the JSON answer."""
 
-    after: int = Field(0, ge=0, le=2**63 - 1)
+    after: str = Field("0", pattern=EVENT_ID_PATTERN, description=EVENT_ID + " For example `42` or `42.3`.")
     limit: int = Field(100, ge=1, le=1000)
+    types: Annotated[list[str] | None, BeforeValidator(_split_types), AfterValidator(_known_types)] = Field(
+        None,
+        max_length=20,
+        description="Only these event types (repeat the parameter or separate with commas). "
+        "Without it the stream sends every type, output deltas included, and the JSON answer "
+        "every logged type: deltas only when `agent.execution.output.delta` is asked for. "
+        "For example `types=agent.execution.state_changed,agent.execution.completed`.",
+    )
 
 
 class IdempotencyHeader(_SchemaOnce):
@@ -179,7 +212,9 @@ class IdempotencyHeader(_SchemaOnce):
 class LastEventIdHeader(_SchemaOnce):
     """The id of the last event an SSE client received (sent again on reconnect)."""
 
-    last_event_id: int | None = Field(None, alias="Last-Event-ID", ge=0, le=2**63 - 1)
+    last_event_id: str | None = Field(
+        None, alias="Last-Event-ID", pattern=EVENT_ID_PATTERN, description=EVENT_ID
+    )
 
 
 # ---------------------------------------------------------------------- bodies
@@ -384,9 +419,10 @@ class HistoryOut(BaseModel):
 
 
 class EventOut(BaseModel):
-    """One logged event, as published on Redis and sent over SSE."""
+    """One event, as published on Redis and sent over SSE: a logged event (an integer id) or
+    an output delta (`E.k`, a string)."""
 
-    id: int
+    id: int | str = Field(description=EVENT_ID)
     type: str
     execution_id: uuid.UUID
     created_at: datetime | None

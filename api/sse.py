@@ -20,6 +20,11 @@ worker in `api/server.py`), every open stream notices within `SHUTDOWN_CHECK_SEC
 sends a final `event: reconnect` block (with the last event id and a retry hint) and
 ends, so its client reconnects with Last-Event-ID to a server that is still up instead
 of being cut at the graceful timeout.
+
+Output deltas ride in the same stream (api/replay.py merges them with the log): a
+delta's id is `E.k`, a logged event's `E`, and `Last-Event-ID` (or `?after=`) takes
+either, so a reconnect resumes between two deltas as exactly as between two events.
+`types` limits the frames sent; the stream still ends at the execution's end.
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ import redis
 import structlog
 
 from api import fanout, streams
+from api.replay import Item, Replay
+from app.deltas import Cursor
 from app.errors import AgentExecError, ExecutionNotFoundError
-from app.events import COMPLETED, execution_channel
+from app.events import execution_channel
 from app.execution.event_emitter import event_message
 from app.execution.service import ExecutionService
 from app.models import ExecutionEvent
@@ -91,7 +98,14 @@ def format_event(event: ExecutionEvent, retry_ms: int | None = None) -> str:
     return f"{retry}id: {event.id}\nevent: {event.type}\ndata: {data}\n\n"
 
 
-def format_reconnect(last_event_id: int, retry_ms: int = RETRY_MS) -> str:
+def format_item(item: Item, retry_ms: int | None = None) -> str:
+    """One SSE frame of a logged event or a delta (`id: E` or `id: E.k`)."""
+    retry = "" if retry_ms is None else f"retry: {retry_ms}\n"
+    data = json.dumps(item.message, default=str)
+    return f"{retry}id: {item.id}\nevent: {item.type}\ndata: {data}\n\n"
+
+
+def format_reconnect(last_event_id: int | str, retry_ms: int = RETRY_MS) -> str:
     """The last frame of a stream cut by a server shutdown: reconnect with Last-Event-ID."""
     data = json.dumps(
         {"reason": "server_shutdown", "last_event_id": last_event_id, "retry_ms": retry_ms},
@@ -101,21 +115,26 @@ def format_reconnect(last_event_id: int, retry_ms: int = RETRY_MS) -> str:
 
 
 class EventStream:
-    """Iterates the SSE frames of one execution, from `after` to its final event."""
+    """Iterates the SSE frames of one execution, from `after` to its final event.
+
+    `after` is a logged event id or a Cursor (from `E.k`); `types` keeps only those types.
+    """
 
     def __init__(
         self,
         service: ExecutionService,
         execution_id: uuid.UUID,
-        after: int,
+        after: int | Cursor,
         *,
         heartbeat_seconds: float,
         resync_seconds: float = 5.0,
         poll_seconds: float = 0.5,
+        types: frozenset[str] | None = None,
     ):
         self.service = service
         self.execution_id = execution_id
-        self.last_id = after
+        cursor = after if isinstance(after, Cursor) else Cursor(after)
+        self.replay = Replay(service, execution_id, cursor, types)
         self.heartbeat_seconds = heartbeat_seconds
         self.resync_seconds = resync_seconds
         self.poll_seconds = poll_seconds
@@ -133,11 +152,17 @@ class EventStream:
             self._unsubscribe()
             _count_stream(-1)
 
-    def _frame(self, event: ExecutionEvent) -> str:
+    @property
+    def last_id(self) -> int | str:
+        """Where the stream is: a logged event id (int) or a delta's `E.k`."""
+        cursor = self.replay.cursor
+        return cursor.event if cursor.seq < 0 else str(cursor)
+
+    def _frame(self, item: Item) -> str:
         """An event frame; the first one of the stream carries `retry:`."""
         retry = None if self._retry_sent else RETRY_MS
         self._retry_sent = True
-        return format_event(event, retry)
+        return format_item(item, retry)
 
     def _run(self) -> Iterator[str]:
         # The state is read before the first log read: if it was final, that read holds every
@@ -145,12 +170,13 @@ class EventStream:
         finished = self._finished()
         first, last_write = True, time.monotonic()
         while True:
-            sent_final = sent_any = False
-            for event in self._read_log():
-                yield self._frame(event)
+            sent_any = False
+            self.replay.ended = False
+            for item in self.replay.read():
+                yield self._frame(item)
                 last_write = time.monotonic()
-                sent_final, sent_any = event.type == COMPLETED, True
-            if sent_final or finished is not False:
+                sent_any = True
+            if self.replay.ended or finished is not False:
                 return
             if first and not sent_any:
                 yield HEARTBEAT  # nothing to replay: the client gets its headers now
@@ -175,15 +201,6 @@ class EventStream:
             return ExecutionState(self.service.get_execution(self.execution_id).state) in FINISHED_STATES
         except ExecutionNotFoundError:
             return None
-
-    def _read_log(self) -> Iterator[ExecutionEvent]:
-        while True:
-            events = self.service.get_events(self.execution_id, after=self.last_id, limit=PAGE)
-            for event in events:
-                self.last_id = event.id
-                yield event
-            if len(events) < PAGE:
-                return
 
     # ---------------------------------------------------------------- Redis
 

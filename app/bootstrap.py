@@ -16,6 +16,7 @@ from app.auth import ApiKeyStore
 from app.commands import CommandBus, build_command_bus
 from app.config import Settings
 from app.db import get_engine, make_session_factory
+from app.deltas import DeltaLog
 from app.events import EventBus
 from app.execution.control import ControlHub
 from app.execution.dispatch import TaskDispatcher
@@ -62,8 +63,17 @@ def build_service(background_tasks: Dispatcher = None, **overrides: Any) -> Exec
         tenant_limit=settings.tenant_max_concurrency,
     )
     progress_tracker = ExecutionProgressTracker(repository, event_emitter)
+    deltas = (  # a test's fake bus has no Redis to keep deltas in
+        DeltaLog(
+            event_bus,
+            retention_seconds=settings.delta_retention_seconds,
+            maxlen=settings.delta_stream_maxlen,
+        )
+        if isinstance(event_bus, EventBus)
+        else None
+    )
     task_runner = ExecutionTaskRunner(
-        repository, state_manager, progress_tracker, command_bus, settings, control_hub
+        repository, state_manager, progress_tracker, command_bus, settings, control_hub, deltas
     )
     service = ExecutionService(
         repository,

@@ -35,6 +35,9 @@ class ModelRequest:
     checkpoint: Callable[[], None] = lambda: None
     # Interruptible sleep for simulated latency.
     sleep: Callable[[float], None] = time.sleep
+    # Called with each piece of text as the model streams it (None: nobody listens). The
+    # pieces, joined, are the returned output.
+    on_delta: Callable[[str], None] | None = None
 
 
 class ModelProvider(Protocol):
@@ -47,10 +50,22 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+def split_text(text: str, pieces: int) -> list[str]:
+    """`text` cut into `pieces` consecutive parts of nearly equal length (some empty when short)."""
+    size, extra = divmod(len(text), pieces)
+    parts, start = [], 0
+    for i in range(pieces):
+        end = start + size + (1 if i < extra else 0)
+        parts.append(text[start:end])
+        start = end
+    return parts
+
+
 class SimulatedProvider:
     """Deterministic output derived from the prompt; latency streamed in chunks; failures on demand.
 
-    `simulate.latency_ms` per model call, split into `simulate.chunks` chunks;
+    `simulate.latency_ms` per model call, split into `simulate.chunks` chunks (default 10),
+    each followed by its piece of the output to `on_delta`;
     `simulate.fail_times` retryable failures (the first N attempts fail);
     `simulate.fail_permanently` a non-retryable failure.
     """
@@ -69,10 +84,13 @@ class SimulatedProvider:
         latency = int(sim.get("latency_ms", 0)) / 1000.0
         chunks = max(1, int(sim.get("chunks", 10)))
         request.checkpoint()
-        if latency > 0:
-            for _ in range(chunks):
+        pieces = split_text(output, chunks) if request.on_delta is not None else None
+        for i in range(chunks if latency > 0 or pieces else 0):
+            if latency > 0:
                 request.sleep(latency / chunks)
                 request.checkpoint()
+            if pieces is not None and request.on_delta is not None:
+                request.on_delta(pieces[i])
         prompt_tokens = _words(request.system_prompt) + _words(request.prompt)
         completion_tokens = _words(output)
         return {
@@ -142,6 +160,8 @@ class OpenAIProvider:
                     for choice in chunk.choices or []:
                         if choice.delta and choice.delta.content:
                             parts.append(choice.delta.content)
+                            if request.on_delta is not None:
+                                request.on_delta(choice.delta.content)
                         if choice.finish_reason:
                             finish_reason = choice.finish_reason
             finally:

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # Signs the /console session cookie. Empty: one random secret per deployment, made on first
     # use and kept in Redis (every web process shares it; sessions survive restarts).
     console_secret_key: str = ""
+    # Output deltas (agent.execution.output.delta) live in one capped Redis stream per execution,
+    # replayable this long after the execution ends (then `result` holds the whole output).
+    delta_retention_seconds: int = Field(3600, gt=0)
+    delta_stream_maxlen: int = Field(10_000, gt=0)
 
     # Webhooks (docs/webhooks.md): beat runs the dispatcher every WEBHOOK_POLL_INTERVAL seconds;
     # a failed attempt is retried after WEBHOOK_RETRY_BASE seconds, doubling, until

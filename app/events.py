@@ -23,6 +23,8 @@ STATE_CHANGED = "agent.execution.state_changed"
 PROGRESS = "agent.execution.progress"
 COMPLETED = "agent.execution.completed"
 EVENT_TYPES = (STATE_CHANGED, PROGRESS, COMPLETED)
+# Not a logged row: kept in a capped Redis stream per execution (app/deltas.py).
+OUTPUT_DELTA = "agent.execution.output.delta"
 EXECUTION_CHANNEL_PREFIX = "agent.execution.events."
 MAX_CONNECTIONS = 10_000
 _PUBLISH_ALL = (  # ARGV: channel, message, channel, message, ...

@@ -38,6 +38,8 @@ PAYLOADS: dict[str, dict[str, str | None]] = {
         "timestamp": None,
     },
 }
+# `agent.execution.output.delta` is not a logged row (app/deltas.py): its payload, once.
+OUTPUT_DELTA_FIELDS = ("execution_id", "agent_id", "task_id", "step", "index", "delta", "reset")
 _UUID_COLUMNS = frozenset({"id", "agent_id", "task_id"})
 PREVIOUS_FROM_ROW = "previous_state"  # the state a locked transition replaced, read by its statement
 
@@ -97,6 +99,25 @@ def event_message(event: ExecutionEvent) -> dict[str, Any]:
         "execution_id": str(event.execution_id),
         "created_at": event.created_at.isoformat() if event.created_at else None,
         "payload": event.payload,
+    }
+
+
+def output_delta_message(execution: Execution, step: str | None, delta: str, reset: bool) -> dict[str, Any]:
+    """The message of one output delta, without the `id` and `index` its store assigns."""
+    payload: dict[str, Any] = {
+        "execution_id": str(execution.id),
+        "agent_id": str(execution.agent_id),
+        "task_id": None if execution.task_id is None else str(execution.task_id),
+        "step": step,
+        "delta": delta,
+    }
+    if reset:
+        payload["reset"] = True
+    return {
+        "type": events.OUTPUT_DELTA,
+        "execution_id": str(execution.id),
+        "created_at": _now(),
+        "payload": payload,
     }
 
 

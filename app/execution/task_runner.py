@@ -24,7 +24,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.commands import MODEL_GENERATE, CommandBus, ModelRequest
 from app.config import Settings
+from app.deltas import DeltaLog
 from app.errors import (
+    AgentExecError,
     AgentNotFoundError,
     BudgetExceededError,
     DatabaseUnavailableError,
@@ -36,6 +38,7 @@ from app.errors import (
     NoSlotError,
 )
 from app.execution.control import ControlHub, RunControl
+from app.execution.output import OutputStream
 from app.execution.policy import (
     Action,
     Outcome,
@@ -93,6 +96,7 @@ class ExecutionTaskRunner:
         command_bus: CommandBus,
         settings: Settings,
         control_hub: ControlHub | None = None,
+        deltas: DeltaLog | None = None,
     ):
         self.repository = repository
         self.state_manager = state_manager
@@ -100,6 +104,7 @@ class ExecutionTaskRunner:
         self.command_bus = command_bus
         self.settings = settings
         self.control_hub = control_hub
+        self.deltas = deltas
 
     # ------------------------------------------------------------------ entry
 
@@ -148,8 +153,9 @@ class ExecutionTaskRunner:
             execution_id=str(execution.id), attempt=execution.attempt, agent_id=str(execution.agent_id)
         )
         structlog.contextvars.bind_contextvars(agent_id=str(execution.agent_id))  # the worker clears it
+        output = OutputStream(self.deltas, execution, functools.partial(self._newest_event, execution.id))
         try:
-            task_input = self.prepare_task_input(execution, agent)
+            task_input = self.prepare_task_input(execution, agent) | {"output": output}
             budget = task_input["budget"]
             if reason := budget.refusal(0):  # spent before this run started
                 raise BudgetExceededError(reason)
@@ -214,6 +220,8 @@ class ExecutionTaskRunner:
                 error=f"internal error: {type(exc).__name__}: {exc}",
                 code=E.INTERNAL_ERROR,
             )
+        finally:
+            output.close()
 
     # ------------------------------------------------------------ the task
 
@@ -278,7 +286,9 @@ class ExecutionTaskRunner:
             control.check()
             self._progress(execution, 100 * (index + 1) / total, f"Step {name}")
             prompt = render_prompt(step["prompt"], task_input["input"], outputs)
-            response = self.call_model_service(execution, task_input | {"prompt": prompt}, control)
+            response = self.call_model_service(
+                execution, task_input | {"prompt": prompt, "step": name}, control
+            )
             done[name] = {
                 "output": response["output"],
                 "usage": response["usage"],
@@ -328,10 +338,34 @@ class ExecutionTaskRunner:
         if control is not None:
             request.checkpoint = control.check_urgent
             request.sleep = control.sleep
-        response: dict[str, Any] = self.command_bus.dispatch(MODEL_GENERATE, request)
+        output: OutputStream | None = task_input.get("output")
+        if output is None:
+            response: dict[str, Any] = self.command_bus.dispatch(MODEL_GENERATE, request)
+        else:
+            deltas = output.call(task_input.get("step"))
+            request.on_delta = deltas.write
+            try:
+                response = self.command_bus.dispatch(MODEL_GENERATE, request)
+                text = response.get("output")
+                if not deltas.received and isinstance(text, str):
+                    deltas.write(text)  # a provider that does not stream: its output as one delta
+            finally:
+                deltas.flush()  # before the output is stored: its deltas come first
         if budget is not None:
             budget.add(int((response.get("usage") or {}).get("total_tokens", 0)))
         return response
+
+    def _newest_event(self, execution_id: uuid.UUID, known: int) -> int:
+        """The id of the newest logged event of the execution (at least `known`): the deltas
+        of the next model call are placed after it. Costs one indexed read per model call."""
+        try:
+            while events := self.repository.get_events(execution_id, known, 1000):
+                known = events[-1].id
+                if len(events) < 1000:
+                    break
+        except (AgentExecError, *_DB_DOWN) as exc:
+            log.info("newest event unknown; deltas placed after the last known", error=str(exc))
+        return known
 
     def process_results(self, result: dict[str, Any]) -> dict[str, Any]:
         """The stored result: output, per-step outputs, summed usage, model, finish_reason."""

@@ -1,0 +1,50 @@
+"""OutputStream: the output deltas of one attempt, from the provider's chunks to the delta log.
+
+The runner opens one per attempt and one `Coalescer` per model call (`call(step)`), hands
+its `write` to the provider as `ModelRequest.on_delta`, and flushes it when the call
+returns or fails, before the step's output is stored. So the deltas of a call, joined,
+are the output the call returned (a provider that does not stream gets its whole output
+sent as one delta). The first delta of an attempt after the first carries `reset`: the
+client drops the partial text of the step that the failed attempt left behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from app.deltas import Coalescer, DeltaLog
+from app.execution.event_emitter import output_delta_message
+from app.models import Execution
+
+
+class OutputStream:
+    """Sends the deltas of one attempt of `execution` to `log` (None: they go nowhere)."""
+
+    def __init__(self, log: DeltaLog | None, execution: Execution, newest_event: Callable[[int], int]):
+        self.log = log
+        self.execution = execution
+        self.newest_event = newest_event  # (a known event id) -> the newest logged event id
+        self.floor = 0
+        self.step: str | None = None
+        self.reset = execution.attempt > 1
+        self.appended = 0
+
+    def call(self, step: str | None) -> Coalescer:
+        """The coalescer of one model call of `step` (None for a standard task)."""
+        self.step = step
+        if self.log is not None:
+            self.floor = self.newest_event(self.floor)
+        return Coalescer(self._emit)
+
+    def _emit(self, text: str) -> None:
+        if self.log is None:
+            return
+        message = output_delta_message(self.execution, self.step, text, self.reset)
+        if self.log.append(self.execution.id, self.execution.attempt, self.floor, message) is not None:
+            self.reset = False  # a dropped first delta: the next one carries `reset`
+            self.appended += 1
+
+    def close(self) -> None:
+        """The attempt ended: the deltas stay replayable for the retention from now."""
+        if self.log is not None and self.appended:
+            self.log.keep(self.execution.id)
