@@ -225,6 +225,25 @@ def _retention_families(rows: Sequence[Any]) -> list[Metric]:
     return [age, deleted]
 
 
+WEBHOOK_STATUSES = ("pending", "delivering", "succeeded", "failed")
+
+
+def _webhook_families(deliveries: Sequence[Any], disabled: Sequence[Any]) -> list[Metric]:
+    by_status = GaugeMetricFamily(
+        "agentexec_webhook_deliveries",
+        "Webhook deliveries by status (failed: retried for WEBHOOK_RETRY_WINDOW in vain).",
+        labels=["status"],
+    )
+    counts = {status: n for status, n in deliveries}
+    for status in WEBHOOK_STATUSES:
+        by_status.add_metric([status], float(counts.get(status, 0)))
+    off = GaugeMetricFamily(
+        "agentexec_webhooks_disabled", "Webhook endpoints disabled (by the API or after failed deliveries)."
+    )
+    off.add_metric([], float(disabled[0][0] if disabled else 0))
+    return [by_status, off]
+
+
 class ExecutionStatsCollector:
     """Execution figures computed from PostgreSQL at scrape time (see the module docstring)."""
 
@@ -281,6 +300,7 @@ class ExecutionStatsCollector:
         return [
             *reaper,
             *_retention_families(rows["retention"]),
+            *_webhook_families(rows["webhook_deliveries"], rows["webhooks_disabled"]),
             up,
             by_state,
             transitions,

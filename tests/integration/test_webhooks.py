@@ -204,6 +204,9 @@ def test_an_endpoint_is_disabled_after_consecutive_failed_deliveries_and_enablin
     items = deliveries(api, hook["id"])
     assert [(d["status"], d["attempts"], d["last_status_code"]) for d in items] == [("failed", 1, 500)] * 2
     assert items[0]["last_error"] == "HTTP 500"
+    metrics = api.get("/metrics").get_data(as_text=True)
+    assert 'agentexec_webhook_deliveries{status="failed"} 2.0' in metrics
+    assert "agentexec_webhooks_disabled 1.0" in metrics
 
     # While disabled no delivery is made for it; an enabled endpoint shows the event was read.
     witness = api.post("/v1/webhooks", json={"url": receiver.url}).get_json()
