@@ -9,7 +9,7 @@ from flask_openapi3 import OpenAPI
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
-from api import agents, events, executions, operations, schedules, usage
+from api import agent_tools, agents, events, executions, operations, schedules, usage
 from api import webhooks as webhook_routes
 from api.console import init_console
 from api.deps import SERVICE_KEY, SETTINGS_KEY
@@ -94,6 +94,7 @@ def create_app(**overrides: Any) -> OpenAPI:
     for blueprint in (operations.bp, agents.bp, executions.bp, events.bp, usage.bp, schedules.bp):
         app.register_api(blueprint)
     app.register_api(webhook_routes.bp)  # /v1/webhooks (#16)
+    app.register_api(agent_tools.bp)  # /v1/executions/{id}/input, /v1/tools/secret (#14)
     document_security(app, settings.auth_enabled)
     init_console(app, settings)  # /console: the operator's pages (its own session, CSRF and CSP)
 

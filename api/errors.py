@@ -30,6 +30,7 @@ from app.errors import (
     InvalidProgressError,
     ScheduleNotFoundError,
     TaskBusyError,
+    UnprocessableError,
     WebhookNotFoundError,
     WebhookUrlRefusedError,
 )
@@ -46,6 +47,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     ConflictError: 409,
     WebhookNotFoundError: 404,
     WebhookUrlRefusedError: 422,
+    UnprocessableError: 422,
     BudgetExceededError: 429,
     DatabaseUnavailableError: 503,
     OperationalError: 503,  # a connection lost outside the repository's wrapper

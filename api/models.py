@@ -19,12 +19,14 @@ from app.schemas import (
     MAX_PAGE,
     MAX_PAGE_SIZE,
     AgentCreate,
+    AgentTool,
     AgentUpdate,
     BulkAction,
     ErrorCode,
     ExecutionCreate,
     ExecutionState,
     OnConflict,
+    RequiredAction,
     ScheduleCreate,
     ScheduleUpdate,
     WaitingReason,
@@ -266,6 +268,7 @@ class AgentOut(BaseModel):
     max_concurrency: int | None = Field(description="at most this many RUNNING or PAUSING (null: no limit)")
     on_conflict: OnConflict | None = Field(description="default collision policy of task_id (null: allow)")
     daily_token_budget: int | None = Field(description="tokens per UTC day for all its executions")
+    tools: list[AgentTool] = Field(default_factory=list, description="tools its `agent` tasks may call")
     created_at: datetime
     updated_at: datetime
 
@@ -281,6 +284,7 @@ class AgentOut(BaseModel):
             max_concurrency=row.max_concurrency,
             on_conflict=None if row.on_conflict is None else OnConflict(row.on_conflict),
             daily_token_budget=row.daily_token_budget,
+            tools=[AgentTool.model_validate(t) for t in row.tools or []],
             created_at=row.created_at,
             updated_at=row.updated_at,
         )
@@ -345,6 +349,9 @@ class ExecutionOut(BaseModel):
     scheduled_at: datetime | None = Field(
         None, description="a delayed start (start_at, delay_seconds, a schedule's tick): queued then"
     )
+    required_action: RequiredAction | None = Field(
+        None, description="REQUIRES_ACTION: the tool calls it waits for (null when nothing waits)"
+    )
 
     @classmethod
     def of(cls, row: Execution) -> ExecutionOut:
@@ -380,6 +387,7 @@ class ExecutionOut(BaseModel):
             started_at=row.started_at,
             completed_at=row.completed_at,
             scheduled_at=row.scheduled_at,
+            required_action=None if row.required_action is None else RequiredAction(**row.required_action),
         )
 
 

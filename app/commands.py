@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from app.agent_turns import simulated_turn
 from app.config import Settings
 from app.errors import ModelOrchestrationError
 
@@ -38,6 +39,10 @@ class ModelRequest:
     # Called with each piece of text as the model streams it (None: nobody listens). The
     # pieces, joined, are the returned output.
     on_delta: Callable[[str], None] | None = None
+    # An `agent` task's turn (app/agent_turns.py): the conversation replaces `prompt`, the
+    # tools are offered, and the answer carries `tool_calls`. None for every other task.
+    messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
 
 
 class ModelProvider(Protocol):
@@ -77,6 +82,15 @@ class SimulatedProvider:
         if request.attempt <= int(sim.get("fail_times", 0)):
             raise ModelOrchestrationError(
                 f"simulated transient model failure (attempt {request.attempt})", retryable=True
+            )
+        if request.messages is not None:
+            return simulated_turn(
+                request.messages,
+                sim,
+                request.model,
+                request.system_prompt,
+                sleep=request.sleep,
+                checkpoint=request.checkpoint,
             )
         digest = hashlib.sha256((request.system_prompt + "\x00" + request.prompt).encode()).hexdigest()
         words = request.prompt.split()

@@ -98,6 +98,17 @@ class Settings(BaseSettings):
     webhook_max_in_flight: int = Field(8, ge=1)
     webhook_max_in_flight_per_endpoint: int = Field(4, ge=1)
 
+    # Agents with tools (docs/agents.md): a wait for tool outputs (REQUIRES_ACTION) expires after
+    # ACTION_TIMEOUT_SECONDS unless the create says otherwise. http tools reach ONLY hosts listed
+    # in TOOL_ALLOWED_HOSTS (empty: no http tool can be created); a call is retried TOOL_RETRIES
+    # times on 5xx, 429 and connection errors, TOOL_RETRY_BASE seconds apart, doubling.
+    action_timeout_seconds: int = Field(86400, gt=0)
+    tool_allowed_hosts: str = ""
+    tool_timeout_seconds: float = Field(10.0, gt=0)
+    tool_max_response_bytes: int = Field(64 * 1024, gt=0)
+    tool_retries: int = Field(3, ge=0, le=10)
+    tool_retry_base: float = Field(0.5, ge=0)
+
     # Logs.
     log_format: str = "console"
     log_level: str = "INFO"

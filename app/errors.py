@@ -85,6 +85,11 @@ class WebhookUrlRefusedError(AgentExecError):
     """A webhook URL the outbound guard refuses (scheme, or a non-public address not allow-listed)."""
 
 
+class UnprocessableError(AgentExecError):
+    """A well-formed request that cannot apply: tool outputs that do not match the pending
+    calls, an http tool whose url the outbound guard refuses (422)."""
+
+
 class BudgetExceededError(AgentExecError):
     """A token budget is spent: the execution's max_tokens, or its agent's daily budget.
 

@@ -22,7 +22,8 @@ log = structlog.get_logger(__name__)
 STATE_CHANGED = "agent.execution.state_changed"
 PROGRESS = "agent.execution.progress"
 COMPLETED = "agent.execution.completed"
-EVENT_TYPES = (STATE_CHANGED, PROGRESS, COMPLETED)
+REQUIRES_ACTION = "agent.execution.requires_action"  # an agent waits for tool outputs
+EVENT_TYPES = (STATE_CHANGED, PROGRESS, COMPLETED, REQUIRES_ACTION)
 # Not a logged row: kept in a capped Redis stream per execution (app/deltas.py).
 OUTPUT_DELTA = "agent.execution.output.delta"
 EXECUTION_CHANNEL_PREFIX = "agent.execution.events."

@@ -57,8 +57,20 @@ class Agent(Base):
     on_conflict: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # Tokens its executions may use per UTC day, all together (None: no budget).
     daily_token_budget: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Tools its `agent` tasks may call: [{name, description, parameters, kind, url}].
+    tools: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ToolSecret(Base):
+    """A tenant's secret that signs its http tool calls (Standard Webhooks headers)."""
+
+    __tablename__ = "tool_secrets"
+
+    tenant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class AgentUsageDaily(Base):
@@ -147,6 +159,12 @@ class Execution(Base):
             "scheduled_at",
             postgresql_where=text("state = 'PENDING' AND scheduled_at IS NOT NULL"),
         ),
+        # Waits for tool outputs the reaper times out (few rows: only those waiting).
+        Index(
+            "ix_executions_action_expires",
+            "action_expires_at",
+            postgresql_where=text("state = 'REQUIRES_ACTION'"),
+        ),
         # The list's and bulk actions' `metadata` filter (jsonb containment, @> only).
         Index(
             "ix_executions_metadata",
@@ -198,6 +216,12 @@ class Execution(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # A delayed start (start_at / delay_seconds, or a schedule's tick): it waits PENDING until then.
     scheduled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # An agent task waiting for tool outputs (REQUIRES_ACTION): {type, tool_calls, expires_at}
+    # and the moment the reaper times the wait out; both NULL when nothing is waiting.
+    required_action: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    action_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # How long a wait for tool outputs may last (None: ACTION_TIMEOUT_SECONDS).
+    action_timeout_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Schedule(Base):

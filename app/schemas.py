@@ -7,13 +7,21 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from app.execution import cron
 
 
 class ExecutionState(str, enum.Enum):
-    """The ten states an execution can be in."""
+    """The eleven states an execution can be in."""
 
     PENDING = "PENDING"
     QUEUED = "QUEUED"
@@ -25,6 +33,9 @@ class ExecutionState(str, enum.Enum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     TIMED_OUT = "TIMED_OUT"
+    # An agent asked for `client` tools: it waits, holding no worker and no slot, for
+    # POST /v1/executions/{id}/input (then QUEUED with a new attempt).
+    REQUIRES_ACTION = "REQUIRES_ACTION"
 
 
 class WaitingReason(str, enum.Enum):
@@ -56,6 +67,8 @@ class ErrorCode(str, enum.Enum):
     INTERRUPTED = "interrupted"  # a newer execution with the same task_id replaced it
     CANCELLED = "cancelled"  # a user cancelled it
     INTERNAL_ERROR = "internal_error"  # an unexpected failure of agentexec itself (see the logs)
+    MAX_TURNS_EXCEEDED = "max_turns_exceeded"  # an agent task asked for more model calls than max_turns
+    ACTION_EXPIRED = "action_expired"  # nobody answered its required_action before expires_at
 
 
 FINISHED_STATES = frozenset(
@@ -106,6 +119,95 @@ class SimulateOptions(_Strict):
     fail_times: int = Field(0, ge=0, le=100)
     fail_permanently: bool = False
     chunks: int = Field(10, ge=1, le=1000)
+    tool_calls: list[list[SimulatedToolCall]] | None = Field(
+        None,
+        max_length=100,
+        description="agent tasks: the tool calls the model asks for, one list per turn; a turn "
+        "with none, or past the list, gives the final answer",
+    )
+
+
+MAX_TURNS_DEFAULT = 8
+MAX_TOOL_OUTPUT = 64 * 1024  # characters of one tool output (a submitted one, an http answer)
+TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+class SimulatedToolCall(_Strict):
+    """A tool call the simulated model asks for."""
+
+    name: str = Field(pattern=TOOL_NAME)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgentTool(_Strict):
+    """A tool an agent's model may call: `client` (the caller answers through POST
+    /v1/executions/{id}/input) or `http` (the worker POSTs the call to `url`)."""
+
+    name: str = Field(pattern=TOOL_NAME)
+    description: str = Field("", max_length=4000)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="JSON Schema of the arguments, an object schema (as in OpenAI function calling)",
+    )
+    kind: Literal["client", "http"] = "client"
+    url: str | None = Field(None, max_length=2000, description="http tools only: where the worker POSTs")
+
+    @model_validator(mode="after")
+    def _shape(self) -> AgentTool:
+        if self.parameters.get("type") != "object":
+            raise ValueError(f"tool {self.name!r}: parameters must be an object schema (type: object)")
+        props = self.parameters.get("properties", {})
+        if not isinstance(props, dict):
+            raise ValueError(f"tool {self.name!r}: parameters.properties must be an object")
+        if (self.kind == "http") != (self.url is not None):
+            raise ValueError(f"tool {self.name!r}: a url is required for http tools and only for them")
+        return self
+
+
+def _unique_tool_names(tools: list[AgentTool] | None) -> list[AgentTool] | None:
+    names = [t.name for t in tools or []]
+    if len(set(names)) != len(names):
+        raise ValueError("tool names must be unique")
+    return tools
+
+
+AgentTools = Annotated[list[AgentTool], AfterValidator(_unique_tool_names)]
+
+
+class ToolCall(BaseModel):
+    """One tool call of a model turn."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class RequiredAction(BaseModel):
+    """What an execution in REQUIRES_ACTION waits for."""
+
+    type: Literal["submit_tool_outputs"] = "submit_tool_outputs"
+    tool_calls: list[ToolCall]
+    expires_at: datetime
+
+
+class ToolOutput(_Strict):
+    """The result of one client tool call."""
+
+    tool_call_id: str = Field(min_length=1, max_length=200)
+    output: str = Field(max_length=MAX_TOOL_OUTPUT, description="at most 64 KB")
+
+
+class ToolOutputsSubmit(_Strict):
+    """The body of POST /v1/executions/{id}/input: one output per pending tool call."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"tool_outputs": [{"tool_call_id": "call_1_0", "output": "42 degrees"}]}]
+        },
+    )
+
+    tool_outputs: list[ToolOutput] = Field(min_length=1, max_length=128)
 
 
 class PipelineStep(_Strict):
@@ -120,9 +222,12 @@ class ExecutionParameters(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: Literal["standard", "pipeline"] = "standard"
+    type: Literal["standard", "pipeline", "agent"] = "standard"
     input: str = Field("", max_length=500_000)
     steps: list[PipelineStep] | None = None
+    max_turns: int | None = Field(
+        None, ge=1, le=100, description=f"agent tasks: model calls at most (default {MAX_TURNS_DEFAULT})"
+    )
     simulate: SimulateOptions | None = None
 
     @model_validator(mode="after")
@@ -135,6 +240,8 @@ class ExecutionParameters(BaseModel):
                 raise ValueError("pipeline step names must be unique")
         elif self.steps:
             raise ValueError("steps are only allowed for type 'pipeline'")
+        if self.max_turns is not None and self.type != "agent":
+            raise ValueError("max_turns is only allowed for type 'agent'")
         return self
 
 
@@ -174,6 +281,13 @@ class ExecutionCreate(_Strict):
         gt=0,
         le=MAX_START_DELAY_SECONDS,
         description="Start this many seconds after creation (waits PENDING until then). Not with start_at.",
+    )
+    action_timeout_seconds: int | None = Field(
+        None,
+        gt=0,
+        le=30 * 86400,
+        description="agent tasks: how long a wait for tool outputs (REQUIRES_ACTION) may last "
+        "before it ends TIMED_OUT with action_expired (default ACTION_TIMEOUT_SECONDS)",
     )
 
     @model_validator(mode="after")
@@ -221,6 +335,11 @@ class AgentCreate(_Strict):
     daily_token_budget: int | None = Field(
         None, ge=1, le=10**15, description="Tokens all its executions may use per UTC day (null: no budget)."
     )
+    tools: AgentTools = Field(
+        default_factory=list,
+        max_length=64,
+        description="Tools its `agent` tasks may call (http tools: only hosts in TOOL_ALLOWED_HOSTS).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -241,6 +360,7 @@ class AgentUpdate(_Strict):
     max_concurrency: int | None = Field(None, ge=1, le=100_000, description="null removes the limit.")
     on_conflict: OnConflict | None = Field(None, description="null: allow.")
     daily_token_budget: int | None = Field(None, ge=1, le=10**15, description="null removes the budget.")
+    tools: AgentTools | None = Field(None, max_length=64, description="replaces the list ([] removes all).")
 
 
 class ExecutionFilters(BaseModel):

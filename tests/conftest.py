@@ -41,6 +41,10 @@ os.environ.setdefault("LOG_LEVEL", "WARNING")
 os.environ.setdefault("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
 os.environ.setdefault("WEBHOOK_RETRY_BASE", "0.2")
 os.environ.setdefault("WEBHOOK_TIMEOUT_SECONDS", "2")
+# http tool tests call local servers (refused unless listed) and retry quickly.
+os.environ.setdefault("TOOL_ALLOWED_HOSTS", "127.0.0.1")
+os.environ.setdefault("TOOL_RETRY_BASE", "0.05")
+os.environ.setdefault("TOOL_TIMEOUT_SECONDS", "2")
 
 import psycopg  # noqa: E402
 
@@ -96,7 +100,7 @@ def clean_db(session_factory):  # type: ignore[no-untyped-def]
     truncate = text(
         "TRUNCATE executions, execution_state_history, execution_events, agent_usage_daily, agents, "
         "api_keys, reaper_status, retention_status, tenant_limits, webhook_deliveries, webhooks, "
-        "webhook_cursor, schedules CASCADE"
+        "webhook_cursor, schedules, tool_secrets CASCADE"
     )
     for attempt in range(5):
         try:

@@ -12,7 +12,7 @@ from app.schemas import FINISHED_STATES, ExecutionState
 
 S = ExecutionState
 ALLOWED_ACTIONS: dict[str, frozenset[str]] = {
-    "cancel": frozenset({"PENDING", "QUEUED", "RUNNING", "PAUSING", "PAUSED"}),
+    "cancel": frozenset({"PENDING", "QUEUED", "RUNNING", "PAUSING", "PAUSED", "REQUIRES_ACTION"}),
     "pause": frozenset({"RUNNING"}),
     "resume": frozenset({"PAUSED"}),
     "retry": frozenset({"FAILED", "TIMED_OUT"}),

@@ -37,6 +37,7 @@ PAYLOADS: dict[str, dict[str, str | None]] = {
         "error_code": "error_code",
         "timestamp": None,
     },
+    events.REQUIRES_ACTION: _BASE | {"required_action": "required_action"},
 }
 # `agent.execution.output.delta` is not a logged row (app/deltas.py): its payload, once.
 OUTPUT_DELTA_FIELDS = ("execution_id", "agent_id", "task_id", "step", "index", "delta", "reset")
@@ -154,6 +155,11 @@ class ExecutionEventEmitter:
     def completed() -> EventSpec:
         """`agent.execution.completed`: final state, result and error of the written row."""
         return EventSpec(events.COMPLETED, {"timestamp": _now()})
+
+    @staticmethod
+    def requires_action() -> EventSpec:
+        """`agent.execution.requires_action`: the tool calls the written row waits for."""
+        return EventSpec(events.REQUIRES_ACTION)
 
     # The seed's emit_* methods: the same specs rendered for a row held in memory.
 

@@ -35,6 +35,7 @@ class Outcome(str, enum.Enum):
     ENDED_ELSEWHERE = "ended_elsewhere"  # someone else ended it (the reaper, a user) meanwhile
     DATABASE_UNAVAILABLE = "database_unavailable"  # the claim could not reach PostgreSQL: not run
     WAITING = "waiting"  # no concurrency slot: it waits, QUEUED, for the run that frees one
+    REQUIRES_ACTION = "REQUIRES_ACTION"  # an agent waits for tool outputs; the worker is free
 
     @classmethod
     def of(cls, state: ExecutionState) -> Outcome:

@@ -3,7 +3,8 @@
 One reaper runs at a time across the cluster (a transaction-level advisory lock). It
 re-queues RUNNING executions whose worker stopped heartbeating (or fails them when
 their retries are spent), times out those past their deadline, finishes stale
-CANCELLING and PAUSING ones, and re-sends QUEUED executions no worker claimed in
+CANCELLING and PAUSING ones, times out waits for tool outputs (REQUIRES_ACTION) past
+their `action_expires_at`, and re-sends QUEUED executions no worker claimed in
 time (a lost message, a flushed Redis). Within one lease of a PostgreSQL restart no
 heartbeat counts as stale: the workers could not write them while it was down.
 """
@@ -53,11 +54,13 @@ class Reaper:
             "redelivered": 0,
             "still_in_broker": 0,
             "woken": 0,
+            "action_expired": 0,
         }
         with self.repository.reaper_lock() as held:
             if not held:
                 return counts | {"skipped": 1}
             self._stale_held(counts)
+            self._expired_actions(counts)
             self._unclaimed(counts)
             self._waiting_for_slots(counts)
             self._waiting_for_tasks(counts)
@@ -99,6 +102,26 @@ class Reaper:
                         "error_code": ErrorCode.WORKER_LOST.value,
                     },
                 )
+
+    def _expired_actions(self, counts: dict[str, int]) -> None:
+        """REQUIRES_ACTION past its expires_at -> TIMED_OUT (action_expired). The write is guarded
+        by the state and attempt: an input that arrived meanwhile wins, and this does nothing."""
+        for row in self.repository.expired_actions(_BATCH):
+            try:
+                self.state_manager.change_state(
+                    row.id,
+                    S.TIMED_OUT,
+                    "no tool outputs before the wait expired",
+                    expected_state=S.REQUIRES_ACTION,
+                    expected_attempt=row.attempt,
+                    values={
+                        "error_message": "the wait for tool outputs expired",
+                        "error_code": ErrorCode.ACTION_EXPIRED.value,
+                    },
+                )
+                counts["action_expired"] += 1
+            except (InvalidExecutionStateError, ExecutionNotFoundError):
+                pass  # answered or cancelled meanwhile
 
     def _move(
         self,

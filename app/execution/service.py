@@ -20,6 +20,7 @@ from app.errors import (
     InvalidExecutionStateError,
 )
 from app.events import EventBus
+from app.execution import agent_input
 from app.execution.control import ControlHub
 from app.execution.dispatch import TaskDispatcher
 from app.execution.event_emitter import ExecutionEventEmitter
@@ -30,6 +31,7 @@ from app.execution.repository import ExecutionRepository
 from app.execution.scheduler import Scheduler
 from app.execution.state_manager import ExecutionStateManager
 from app.execution.task_runner import ExecutionTaskRunner
+from app.execution.tools import check_tools
 from app.execution.writer import Expr
 from app.metrics import ExecutionStatsCollector
 from app.models import DEFAULT_TENANT, Agent, Execution, ExecutionEvent, ExecutionStateHistory, Schedule
@@ -45,6 +47,7 @@ from app.schemas import (
     Pagination,
     ScheduleCreate,
     ScheduleUpdate,
+    ToolOutputsSubmit,
 )
 
 S = ExecutionState
@@ -54,7 +57,15 @@ def request_fingerprint(body: ExecutionCreate) -> str:
     """SHA-256 of the canonical JSON of a create request (idempotency comparison).
 
     Fields added later count only when given, so a key used before they existed still matches."""
-    later = {name for name in ("start_at", "delay_seconds") if getattr(body, name) is None}
+    names = ("start_at", "delay_seconds", "action_timeout_seconds")
+    later: dict[str, Any] = {name: True for name in names if getattr(body, name) is None}
+    params: dict[str, Any] = {}
+    if body.parameters.max_turns is None:
+        params["max_turns"] = True
+    if body.parameters.simulate is not None and body.parameters.simulate.tool_calls is None:
+        params["simulate"] = {"tool_calls": True}
+    if params:
+        later["parameters"] = params
     canonical = json.dumps(body.model_dump(mode="json", exclude=later), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -74,6 +85,7 @@ CANCEL_TARGETS: dict[ExecutionState, ExecutionState] = {
     S.PENDING: S.CANCELLED,
     S.QUEUED: S.CANCELLED,
     S.PAUSED: S.CANCELLED,
+    S.REQUIRES_ACTION: S.CANCELLED,  # nothing runs while it waits: cancelled at once
     S.RUNNING: S.CANCELLING,
     S.PAUSING: S.CANCELLING,
 }
@@ -152,6 +164,7 @@ class ExecutionService:
                 self.settings.default_max_retries if data.max_retries is None else data.max_retries
             ),
             "max_tokens": data.max_tokens,
+            "action_timeout_seconds": data.action_timeout_seconds,
             "timeout_seconds": data.timeout_seconds or self.settings.default_timeout_seconds,
             "queue": data.queue or self.settings.default_queue,
             "priority": data.priority,
@@ -306,6 +319,28 @@ class ExecutionService:
     ) -> Execution:
         """FAILED/TIMED_OUT -> QUEUED with a new attempt."""
         return self._control(execution_id, tenant, reason or "retried by request", RETRY_TARGETS)
+
+    def submit_tool_outputs(
+        self,
+        execution_id: uuid.UUID,
+        body: ToolOutputsSubmit,
+        *,
+        tenant: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Execution:
+        """REQUIRES_ACTION -> QUEUED with the client tools' outputs (app/execution/agent_input.py)."""
+        return agent_input.submit_tool_outputs(
+            self.repository,
+            self.state_manager,
+            execution_id,
+            body,
+            tenant=tenant,
+            idempotency_key=idempotency_key,
+        )
+
+    def rotate_tool_secret(self, *, tenant: str = DEFAULT_TENANT) -> str:
+        """A new tool-signing secret for the tenant's http tool calls (the earlier one stops)."""
+        return agent_input.rotate_tool_secret(self.repository, tenant)
 
     def bulk(self, action: str, request: BulkAction, *, tenant: str | None = None) -> dict[str, Any]:
         """Cancel or retry many executions (`ids`, or the newest `limit` a filter matches), each
@@ -484,7 +519,9 @@ class ExecutionService:
     # ------------------------------------------------------------------ agents
 
     def create_agent(self, data: AgentCreate, *, tenant: str = DEFAULT_TENANT) -> Agent:
-        """A new agent; ConflictError when the name is taken."""
+        """A new agent; ConflictError when the name is taken, UnprocessableError when an http
+        tool's url is refused by the outbound guard (TOOL_ALLOWED_HOSTS)."""
+        check_tools(data.tools, self.settings)
         return self.repository.create_agent(Agent(tenant=tenant, **data.model_dump(mode="json")))
 
     def get_agent(self, agent_id: uuid.UUID, *, tenant: str | None = None) -> Agent:
@@ -508,6 +545,8 @@ class ExecutionService:
         }
         if not changes:
             return self.get_agent(agent_id, tenant=tenant)
+        if data.tools is not None:
+            check_tools(data.tools, self.settings)
         agent = self.repository.update_agent(agent_id, changes, tenant=tenant)
         if agent is None:
             raise AgentNotFoundError(agent_id)

@@ -46,6 +46,8 @@ _ENTERING_QUEUED: dict[str, Any] = {
     "error_message": None,
     "error_code": None,
     "waiting_reason": None,
+    "required_action": None,  # an answered wait for tool outputs is over
+    "action_expires_at": None,
 }
 # A new execution inserted already QUEUED (the row has no earlier attempt to read).
 _FIRST_QUEUED: dict[str, Any] = {
@@ -62,7 +64,19 @@ _ENTERING_RUNNING: dict[str, Any] = {
     "deadline_at": Expr.DEADLINE,
     "progress_message": "Initialize",
 }
-_ENTERING_FINISHED: dict[str, Any] = {"completed_at": Expr.NOW}
+_ENTERING_FINISHED: dict[str, Any] = {
+    "completed_at": Expr.NOW,
+    "required_action": None,
+    "action_expires_at": None,
+}
+# Waiting for tool outputs holds no worker: no heartbeat for the reaper to find stale, no
+# deadline running (the wait has its own, action_expires_at, set by the writer of the wait).
+_ENTERING_REQUIRES_ACTION: dict[str, Any] = {
+    "worker": None,
+    "heartbeat_at": None,
+    "deadline_at": None,
+    "progress_message": "Waiting for tool outputs",
+}
 # The error_code an end gets unless its writer names a more precise one.
 _DEFAULT_ERROR_CODE: dict[ExecutionState, ErrorCode | None] = {
     S.COMPLETED: None,
@@ -81,6 +95,8 @@ def entry_values(target: ExecutionState, *, delay: float = 0) -> dict[str, Any]:
         return _ENTERING_QUEUED | ({"queued_at": Expr.NOW_PLUS_DELAY} if delay else {})
     if target is S.RUNNING:
         return dict(_ENTERING_RUNNING)
+    if target is S.REQUIRES_ACTION:
+        return dict(_ENTERING_REQUIRES_ACTION)
     if target is S.CANCELLED:  # keeps "interrupted" if its CANCELLING said so
         return _ENTERING_FINISHED | {"error_code": Expr.CANCEL_CODE}
     if target in FINISHED_STATES:
@@ -169,6 +185,8 @@ class ExecutionStateManager:
         )
         if target in FINISHED_STATES:
             specs.append(emitter.completed())
+        if target is S.REQUIRES_ACTION:
+            specs.append(emitter.requires_action())
         transition = self._write(
             execution_id,
             target,
@@ -388,7 +406,7 @@ class ExecutionStateManager:
         values = {"error_code": ErrorCode.INTERRUPTED.value}
         for target, sources in (
             (S.CANCELLING, frozenset({S.RUNNING, S.PAUSING})),
-            (S.CANCELLED, frozenset({S.PENDING, S.QUEUED, S.PAUSED})),
+            (S.CANCELLED, frozenset({S.PENDING, S.QUEUED, S.PAUSED, S.REQUIRES_ACTION})),
         ):
             try:
                 return self.change_state(execution_id, target, reason, values=values, from_states=sources)

@@ -37,6 +37,7 @@ from app.errors import (
     ModelOrchestrationError,
     NoSlotError,
 )
+from app.execution.agent_loop import run_agent_task
 from app.execution.control import ControlHub, RunControl
 from app.execution.output import OutputStream
 from app.execution.policy import (
@@ -160,6 +161,8 @@ class ExecutionTaskRunner:
             if reason := budget.refusal(0):  # spent before this run started
                 raise BudgetExceededError(reason)
             task_type = execution.parameters.get("type", "standard")
+            if task_type == "agent":  # its own loop (app/execution/agent_loop.py) writes its end
+                return run_agent_task(self, execution, task_input, control, agent)
             if task_type == "pipeline":
                 raw = self.execute_pipeline_task(execution, task_input, control)
                 usage = {}  # each step's usage was recorded with its checkpoint

@@ -7,12 +7,16 @@ from app.schemas import ExecutionState as S
 TRANSITIONS: dict[S, frozenset[S]] = {
     S.PENDING: frozenset({S.QUEUED, S.CANCELLED}),
     S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
-    S.RUNNING: frozenset({S.COMPLETED, S.FAILED, S.TIMED_OUT, S.PAUSING, S.CANCELLING, S.QUEUED}),
-    S.PAUSING: frozenset({S.PAUSED, S.CANCELLING, S.COMPLETED, S.FAILED, S.TIMED_OUT}),
+    S.RUNNING: frozenset(
+        {S.COMPLETED, S.FAILED, S.TIMED_OUT, S.PAUSING, S.CANCELLING, S.QUEUED, S.REQUIRES_ACTION}
+    ),
+    S.PAUSING: frozenset({S.PAUSED, S.CANCELLING, S.COMPLETED, S.FAILED, S.TIMED_OUT, S.REQUIRES_ACTION}),
     S.PAUSED: frozenset({S.QUEUED, S.CANCELLED}),
     S.CANCELLING: frozenset({S.CANCELLED, S.FAILED}),
     S.FAILED: frozenset({S.QUEUED}),
     S.TIMED_OUT: frozenset({S.QUEUED}),
+    # Waiting for tool outputs (holds no worker, no slot): input re-queues it; cancel; expiry.
+    S.REQUIRES_ACTION: frozenset({S.QUEUED, S.CANCELLED, S.TIMED_OUT}),
     S.COMPLETED: frozenset(),
     S.CANCELLED: frozenset(),
 }

@@ -40,7 +40,7 @@ from app.models import Execution, ExecutionEvent
 # executions column -> ORM attribute (they differ for metadata / metadata_).
 ATTRIBUTE_OF: dict[str, str] = {attr.columns[0].key: attr.key for attr in sa_inspect(Execution).column_attrs}
 COLUMN_OF: dict[str, str] = {attr: column for column, attr in ATTRIBUTE_OF.items()}
-_JSON_COLUMNS = frozenset({"parameters", "context", "result", "metadata"})
+_JSON_COLUMNS = frozenset({"parameters", "context", "result", "metadata", "required_action"})
 # executions column -> its SQL type, for parameters whose type the statement cannot infer.
 SQL_TYPE: dict[str, str] = {
     c.key: c.type.compile(dialect=postgresql.dialect())
@@ -219,7 +219,8 @@ def _events_cte(shape: Shape) -> str:
 
 _AGENT = (
     "(SELECT jsonb_build_object('model', a.model, 'system_prompt', a.system_prompt, "
-    "'parameters', a.parameters, 'daily_token_budget', a.daily_token_budget, 'tokens_today', "
+    "'parameters', a.parameters, 'tools', a.tools, 'daily_token_budget', a.daily_token_budget, "
+    "'tokens_today', "
     "CASE WHEN a.daily_token_budget IS NOT NULL THEN (SELECT sum(d.total_tokens) FROM agent_usage_daily d"
     f" WHERE d.agent_id = a.id AND d.day = {_TODAY}) END) "
     "FROM agents a WHERE a.id = u.agent_id) AS agent"

@@ -29,6 +29,7 @@ from agentexec_client.async_resources import AgentRef, AsyncAgents, AsyncExecuti
 from agentexec_client.events import AnyEvent
 from agentexec_client.models import UsageGroup, UsageItem
 from agentexec_client.schedules import AsyncSchedules
+from agentexec_client.tools import AsyncTools
 from agentexec_client.version import USER_AGENT
 from agentexec_client.webhooks import AsyncWebhooks
 
@@ -64,6 +65,7 @@ class AsyncClient:
         self.executions = AsyncExecutions(self)
         self.schedules = AsyncSchedules(self)
         self.webhooks = AsyncWebhooks(self)
+        self.tools = AsyncTools(self)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -28,6 +28,7 @@ from agentexec_client.events import AnyEvent
 from agentexec_client.models import UsageGroup, UsageItem
 from agentexec_client.resources import AgentRef, Agents, Executions
 from agentexec_client.schedules import Schedules
+from agentexec_client.tools import Tools
 from agentexec_client.version import USER_AGENT
 from agentexec_client.webhooks import Webhooks
 
@@ -67,6 +68,7 @@ class Client:
         self.executions = Executions(self)
         self.schedules = Schedules(self)
         self.webhooks = Webhooks(self)
+        self.tools = Tools(self)
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -28,6 +28,7 @@ class ExecutionState(str, enum.Enum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     TIMED_OUT = "TIMED_OUT"
+    REQUIRES_ACTION = "REQUIRES_ACTION"  # an agent waits for tool outputs (Client.respond)
 
     def __str__(self) -> str:
         return self.value
@@ -56,6 +57,8 @@ class ErrorCode(str, enum.Enum):
     INTERRUPTED = "interrupted"
     CANCELLED = "cancelled"
     INTERNAL_ERROR = "internal_error"
+    MAX_TURNS_EXCEEDED = "max_turns_exceeded"
+    ACTION_EXPIRED = "action_expired"
 
     def __str__(self) -> str:
         return self.value
@@ -138,6 +141,8 @@ class Agent(Model):
     """The default collision policy of its executions' task_id; None: allow."""
     daily_token_budget: int | None
     """Tokens all its executions may use per UTC day; None: no budget."""
+    tools: list[dict[str, Any]] = []
+    """Tools its `agent` tasks may call: [{name, description, parameters, kind, url}]."""
     created_at: datetime
     updated_at: datetime
 
@@ -163,6 +168,7 @@ class AgentCreate(RequestModel):
     max_concurrency: int | None = None
     on_conflict: OnConflict | None = None
     daily_token_budget: int | None = None
+    tools: list[dict[str, Any]] | None = None
 
 
 class AgentUpdate(RequestModel):
@@ -176,6 +182,7 @@ class AgentUpdate(RequestModel):
     max_concurrency: int | None = None
     on_conflict: OnConflict | None = None
     daily_token_budget: int | None = None
+    tools: list[dict[str, Any]] | None = None
 
 
 # -------------------------------------------------------------- executions
@@ -234,6 +241,8 @@ class Execution(Model):
     completed_at: datetime | None
     scheduled_at: datetime | None = None
     """When a delayed start (`start_at`, `delay_seconds`, a schedule's tick) is due; None otherwise."""
+    required_action: dict[str, Any] | None = None
+    """REQUIRES_ACTION: {type: submit_tool_outputs, tool_calls: [{id, name, arguments}], expires_at}."""
     _created: bool | None = PrivateAttr(default=None)
 
     @property
@@ -281,6 +290,7 @@ class SimulateOptions(RequestModel):
     fail_times: int | None = None
     fail_permanently: bool | None = None
     chunks: int | None = None
+    tool_calls: list[list[dict[str, Any]]] | None = None
 
 
 class ExecutionParameters(RequestModel):
@@ -291,6 +301,7 @@ class ExecutionParameters(RequestModel):
     type: str | None = None
     input: str | None = None
     steps: list[PipelineStep] | None = None
+    max_turns: int | None = None
     simulate: SimulateOptions | None = None
 
 
@@ -315,6 +326,8 @@ class ExecutionCreate(RequestModel):
     """Start at this moment (with a time zone) instead of now: it waits PENDING until then."""
     delay_seconds: float | None = None
     """Start this many seconds after creation instead of now."""
+    action_timeout_seconds: int | None = None
+    """Agent tasks: how long a wait for tool outputs may last (default ACTION_TIMEOUT_SECONDS)."""
 
 
 class HistoryItem(Model):

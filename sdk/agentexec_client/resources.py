@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,7 @@ class Agents:
         max_concurrency: int | None = None,
         on_conflict: OnConflict | str | None = None,
         daily_token_budget: int | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> Agent:
         """Create an agent (Conflict when the name is taken); None leaves a limit unset."""
         call = calls.agent_create(
@@ -61,6 +62,7 @@ class Agents:
             max_concurrency=max_concurrency,
             on_conflict=on_conflict,
             daily_token_budget=daily_token_budget,
+            tools=None if tools is None else [dict(t) for t in tools],
         )
         return self._c.send(call)
 
@@ -95,10 +97,17 @@ class Agents:
         max_concurrency: int | None | NotGiven = NOT_GIVEN,
         on_conflict: OnConflict | str | None | NotGiven = NOT_GIVEN,
         daily_token_budget: int | None | NotGiven = NOT_GIVEN,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> Agent:
         """Change the fields given: None leaves name, model, system_prompt and parameters as they
         are, but removes a limit (max_concurrency, on_conflict, daily_token_budget)."""
-        fields = {"name": name, "model": model, "system_prompt": system_prompt, "parameters": parameters}
+        fields: dict[str, Any] = {
+            "name": name,
+            "model": model,
+            "system_prompt": system_prompt,
+            "parameters": parameters,
+        }
+        fields["tools"] = None if tools is None else [dict(t) for t in tools]  # [] removes every tool
         limits = {
             "max_concurrency": max_concurrency,
             "on_conflict": on_conflict,

@@ -31,10 +31,12 @@ def test_an_agent_is_created_read_listed_changed_and_deleted(api):  # type: igno
         "max_concurrency",
         "on_conflict",
         "daily_token_budget",
+        "tools",
         "created_at",
         "updated_at",
     }
     assert (agent["max_concurrency"], agent["on_conflict"], agent["daily_token_budget"]) == (None, None, None)
+    assert agent["tools"] == []
 
     assert api.get(f"/v1/agents/{agent['id']}").get_json() == agent
     api.post("/v1/agents", json={"name": "another"})

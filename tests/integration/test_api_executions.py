@@ -37,6 +37,7 @@ EXECUTION_FIELDS = {
     "queued_at",
     "started_at",
     "completed_at",
+    "required_action",
 }
 
 

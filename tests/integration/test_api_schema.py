@@ -62,8 +62,9 @@ def test_the_openapi_document_is_3_1_covers_every_route_and_carries_the_transiti
     documented = {(path, method) for path, item in doc["paths"].items() for method in item}
     assert documented >= ROUTES
     assert doc["x-state-transitions"] == as_table()
-    running_row = "| RUNNING | CANCELLING, COMPLETED, FAILED, PAUSING, QUEUED, TIMED_OUT |"
+    running_row = "| RUNNING | CANCELLING, COMPLETED, FAILED, PAUSING, QUEUED, REQUIRES_ACTION, TIMED_OUT |"
     assert running_row in doc["info"]["description"]
+    assert "| REQUIRES_ACTION | CANCELLED, QUEUED, TIMED_OUT |" in doc["info"]["description"]
     create = doc["paths"]["/v1/executions"]["post"]
     assert {p["name"] for p in create["parameters"]} == {"Idempotency-Key"}
     assert {"200", "201", "409", "413", "415", "422", "503"} <= set(create["responses"])
@@ -184,6 +185,8 @@ OPERATION_IDS = {
     ("/v1/webhooks/{webhook_id}", "delete"): "deleteWebhook",
     ("/v1/webhooks/{webhook_id}/deliveries", "get"): "listWebhookDeliveries",
     ("/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", "post"): "redeliverWebhookDelivery",
+    ("/v1/executions/{execution_id}/input", "post"): "submitToolOutputs",
+    ("/v1/tools/secret", "post"): "rotateToolSecret",
 }
 
 
@@ -203,6 +206,8 @@ def test_error_code_is_an_enum_in_the_schema(api):  # type: ignore[no-untyped-de
         "interrupted",
         "cancelled",
         "internal_error",
+        "max_turns_exceeded",
+        "action_expired",
     }
 
 

@@ -65,9 +65,10 @@ from agentexec_client import (
 )
 from agentexec_client import _calls as calls
 from agentexec_client import webhooks as webhook_calls
+from agentexec_client.tools import RequiresActionPayload, ToolOutputs, ToolSecret
 from pydantic import BaseModel
 
-from app.events import COMPLETED, PROGRESS, STATE_CHANGED
+from app.events import COMPLETED, PROGRESS, REQUIRES_ACTION, STATE_CHANGED
 from app.execution.event_emitter import PAYLOADS
 
 ANSWERS: list[type[BaseModel]] = [
@@ -96,6 +97,7 @@ ANSWERS: list[type[BaseModel]] = [
     WebhookPage,
     WebhookDelivery,
     DeliveryPage,
+    ToolSecret,
 ]
 REQUESTS: list[type[BaseModel]] = [
     AgentCreate,
@@ -108,6 +110,7 @@ REQUESTS: list[type[BaseModel]] = [
     ScheduleUpdate,
     WebhookCreate,
     WebhookUpdate,
+    ToolOutputs,
 ]
 # Every /v1 route, with the schema of its success answer and of its body, as the client reads and sends them.
 ROUTES: dict[tuple[str, str], tuple[str | None, str | None]] = {
@@ -137,6 +140,8 @@ ROUTES: dict[tuple[str, str], tuple[str | None, str | None]] = {
     ("delete", "/v1/webhooks/{webhook_id}"): (None, None),
     ("get", "/v1/webhooks/{webhook_id}/deliveries"): ("DeliveryPage", None),
     ("post", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): ("DeliveryOut", None),
+    ("post", "/v1/executions/{execution_id}/input"): ("ExecutionOut", "ToolOutputsBody"),
+    ("post", "/v1/tools/secret"): ("ToolSecretOut", None),
 } | {
     ("post", f"/v1/executions/{{execution_id}}/{a}"): ("ExecutionOut", "control")
     for a in (
@@ -165,7 +170,12 @@ QUERIES: dict[str, set[str]] = {
     "/v1/executions/{execution_id}/history": set(calls.history("x", 1).params or {}),
     "/v1/executions/{execution_id}/events": set(calls.events_page("x", 0, 1).params or {}),
 }
-PAYLOAD_MODELS = {STATE_CHANGED: StateChangedPayload, PROGRESS: ProgressPayload, COMPLETED: CompletedPayload}
+PAYLOAD_MODELS = {
+    STATE_CHANGED: StateChangedPayload,
+    PROGRESS: ProgressPayload,
+    COMPLETED: CompletedPayload,
+    REQUIRES_ACTION: RequiresActionPayload,
+}
 
 
 def _nullable(annotation: Any) -> bool:
@@ -276,21 +286,21 @@ def test_the_client_models_match_the_live_openapi_document(openapi: dict[str, An
 
 def test_a_field_added_to_the_api_but_not_to_the_client_is_caught(openapi: dict[str, Any]) -> None:
     changed = copy.deepcopy(openapi)
-    changed["components"]["schemas"]["ExecutionOut"]["properties"]["requires_action"] = {"type": "object"}
-    assert drift(changed) == ["ExecutionOut.requires_action is in the API, not in Execution"]
+    changed["components"]["schemas"]["ExecutionOut"]["properties"]["snoozed_until"] = {"type": "string"}
+    assert drift(changed) == ["ExecutionOut.snoozed_until is in the API, not in Execution"]
     changed["components"]["schemas"]["AgentOut"]["required"].remove("model")
-    changed["components"]["schemas"]["ExecutionState"]["enum"].append("REQUIRES_ACTION")
-    changed["paths"]["/v1/executions/{execution_id}/input"] = {"post": {"responses": {}}}
-    changed["components"]["schemas"]["ErrorCode"]["enum"].append("max_turns_exceeded")
+    changed["components"]["schemas"]["ExecutionState"]["enum"].append("SNOOZED")
+    changed["paths"]["/v1/executions/{execution_id}/snooze"] = {"post": {"responses": {}}}
+    changed["components"]["schemas"]["ErrorCode"]["enum"].append("snoozed_too_long")
     changed["paths"]["/v1/usage"]["get"]["parameters"].append({"name": "queue", "in": "query"})
     assert set(drift(changed)) == {
-        "ExecutionOut.requires_action is in the API, not in Execution",
+        "ExecutionOut.snoozed_until is in the API, not in Execution",
         "Agent.model: required differs from AgentOut",
         f"ExecutionState {[s.value for s in ExecutionState]} != the API's "
-        f"{[*[s.value for s in ExecutionState], 'REQUIRES_ACTION']}",
-        "POST /v1/executions/{execution_id}/input is in the API, not in the client",
+        f"{[*[s.value for s in ExecutionState], 'SNOOZED']}",
+        "POST /v1/executions/{execution_id}/snooze is in the API, not in the client",
         f"ErrorCode {[c.value for c in ErrorCode]} != the API's "
-        f"{[*[c.value for c in ErrorCode], 'max_turns_exceeded']}",
+        f"{[*[c.value for c in ErrorCode], 'snoozed_too_long']}",
         "GET /v1/usage takes ['agent_id', 'created_after', 'created_before', 'group_by', 'queue'], "
         "the client sends ['agent_id', 'created_after', 'created_before', 'group_by']",
     }

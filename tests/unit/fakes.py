@@ -40,7 +40,7 @@ from tests.conftest import RecordingDispatcher
 __all__ = ["EXPRESSIONS", "SERVER_DEFAULTS", "FakeEventBus", "FakeRepository", "RecordingDispatcher"]
 
 Row = dict[str, Any]  # executions column -> value
-_JSON_COLUMNS = frozenset({"parameters", "context", "result", "metadata"})
+_JSON_COLUMNS = frozenset({"parameters", "context", "result", "metadata", "required_action"})
 _NOT_NULL_WITHOUT_DEFAULT = ("id", "agent_id", "parameters", "state")
 SERVER_DEFAULTS: Row = {
     "tenant": DEFAULT_TENANT,

@@ -75,6 +75,26 @@ def test_completed_payload_has_final_state_and_result_or_error():
     assert row.payload["result"] is None
 
 
+def test_requires_action_payload_names_the_execution_and_the_calls_it_waits_for():
+    from app.execution.event_emitter import render_payload
+
+    waiting = {
+        "type": "submit_tool_outputs",
+        "tool_calls": [{"id": "call_1_0", "name": "lookup", "arguments": {"q": "x"}}],
+        "expires_at": "2030-01-01T00:00:00+00:00",
+    }
+    ex = _execution(state="REQUIRES_ACTION", required_action=waiting)
+    spec = ExecutionEventEmitter.requires_action()
+    payload = render_payload(spec, ex)
+    assert spec.type == events.REQUIRES_ACTION == "agent.execution.requires_action"
+    assert payload == {
+        "execution_id": str(ex.id),
+        "agent_id": str(ex.agent_id),
+        "task_id": None,
+        "required_action": waiting,
+    }
+
+
 def test_the_published_message_carries_the_row_id_type_and_payload():
     ex_id = uuid.uuid4()
     row = ExecutionEvent(

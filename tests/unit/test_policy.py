@@ -122,7 +122,7 @@ def test_only_interruptions_have_a_fixed_end_write(stop):
 
 @pytest.mark.parametrize("state", list(S), ids=lambda s: s.value)
 def test_the_outcome_of_a_state_is_its_name_or_ended_elsewhere(state):
-    named = {S.COMPLETED, S.FAILED, S.TIMED_OUT, S.CANCELLED, S.PAUSED, S.QUEUED}
+    named = {S.COMPLETED, S.FAILED, S.TIMED_OUT, S.CANCELLED, S.PAUSED, S.QUEUED, S.REQUIRES_ACTION}
     assert Outcome.of(state) is (Outcome(state.value) if state in named else Outcome.ENDED_ELSEWHERE)
 
 

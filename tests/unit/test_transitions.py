@@ -32,12 +32,17 @@ ALLOWED = {
     (S.CANCELLING, S.FAILED),
     (S.FAILED, S.QUEUED),
     (S.TIMED_OUT, S.QUEUED),
+    (S.RUNNING, S.REQUIRES_ACTION),
+    (S.PAUSING, S.REQUIRES_ACTION),
+    (S.REQUIRES_ACTION, S.QUEUED),
+    (S.REQUIRES_ACTION, S.CANCELLED),
+    (S.REQUIRES_ACTION, S.TIMED_OUT),
 }
 ALL_PAIRS = list(itertools.product(S, S))
 
 
-def test_the_table_covers_all_ten_states():
-    assert len(S) == 10
+def test_the_table_covers_all_eleven_states():
+    assert len(S) == 11
     assert set(TRANSITIONS) == set(S)
 
 
@@ -52,10 +57,13 @@ def test_completed_and_cancelled_are_final():
 
 
 def test_sources_of_queued_are_the_states_that_can_requeue():
-    assert sources_of(S.QUEUED) == {S.PENDING, S.RUNNING, S.PAUSED, S.FAILED, S.TIMED_OUT}
+    assert sources_of(S.QUEUED) == {S.PENDING, S.RUNNING, S.PAUSED, S.FAILED, S.TIMED_OUT, S.REQUIRES_ACTION}
 
 
 def test_the_exported_table_is_plain_json_with_every_state():
     table = as_table()
-    assert table["RUNNING"] == sorted(["COMPLETED", "FAILED", "TIMED_OUT", "PAUSING", "CANCELLING", "QUEUED"])
+    assert table["RUNNING"] == sorted(
+        ["COMPLETED", "FAILED", "TIMED_OUT", "PAUSING", "CANCELLING", "QUEUED", "REQUIRES_ACTION"]
+    )
+    assert table["REQUIRES_ACTION"] == ["CANCELLED", "QUEUED", "TIMED_OUT"]
     assert set(table) == {s.value for s in S}

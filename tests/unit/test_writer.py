@@ -75,7 +75,7 @@ def test_a_claim_also_reads_the_agents_model_settings():
     sql = build_sql(_update_shape(with_agent=True))
     assert (
         "jsonb_build_object('model', a.model, 'system_prompt', a.system_prompt, 'parameters', a.parameters, "
-        "'daily_token_budget', a.daily_token_budget, 'tokens_today', " in sql
+        "'tools', a.tools, 'daily_token_budget', a.daily_token_budget, 'tokens_today', " in sql
     )
 
 

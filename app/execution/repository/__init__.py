@@ -14,11 +14,12 @@ from app.execution.repository.executions import EXACT_COUNT_UP_TO, ExecutionRows
 from app.execution.repository.limits import LimitRows
 from app.execution.repository.operations import REAPER_LOCK_KEY, OperationRows
 from app.execution.repository.schedules import ScheduleRows
+from app.execution.repository.tools import ToolRows
 
 
-class ExecutionRepository(ExecutionRows, AgentRows, OperationRows, LimitRows, ScheduleRows):
-    """Handles all database operations for executions, agents, API keys, operations, limits
-    and schedules."""
+class ExecutionRepository(ExecutionRows, AgentRows, OperationRows, LimitRows, ScheduleRows, ToolRows):
+    """Handles all database operations for executions, agents, API keys, operations, limits,
+    schedules and agent tools."""
 
 
 __all__ = ["EXACT_COUNT_UP_TO", "REAPER_LOCK_KEY", "ExecutionRepository"]
