@@ -1,0 +1,111 @@
+"""Agent tasks survive a killed worker (#14): kill -9 after an http tool call finished and before
+the next model call; after recovery the tool is not called again and the run completes.
+
+Two `celery -A workers worker` processes and `celery -A workers beat` (the reaper every second,
+lease 3 s) on a private PostgreSQL database and redis-server; the http tool is a local server
+(TOOL_ALLOWED_HOSTS=127.0.0.1) that counts its calls.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.e2e.conftest import close_stack
+from tests.e2e.harness import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+class CountingTool:
+    """A local http tool answering the argument `q` reversed, counting every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        tool = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                tool.calls.append((self.headers["idempotency-key"], body))
+                answer = body["arguments"]["q"][::-1].encode()
+                self.send_response(200)
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/reverse"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def stack(new_database: Any, redis_server: Any, open_stack: Any) -> Iterator[Stack]:
+    s = open_stack(new_database(), redis_server.url, extra_env={"TOOL_ALLOWED_HOSTS": "127.0.0.1"})
+    s.start_beat()
+    workers = [s.start_worker(name, concurrency=4, wait=False) for name in ("agent-a", "agent-b")]
+    for w in workers:
+        s.wait_worker_ready(w)
+    s.workers = workers  # type: ignore[attr-defined]
+    yield s
+    close_stack(s)
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_killed_after_a_tool_call_does_not_make_the_call_again(stack: Stack) -> None:
+    from app.schemas import AgentCreate, ExecutionCreate
+
+    tool = CountingTool()
+    try:
+        svc = stack.service
+        agent = svc.create_agent(
+            AgentCreate(
+                name="agent with an http tool",
+                tools=[{"name": "reverse", "kind": "http", "url": tool.url}],  # type: ignore[list-item]
+            )
+        )
+        parameters = {
+            "type": "agent",
+            "input": "reverse olleh",
+            "simulate": {
+                "tool_calls": [[{"name": "reverse", "arguments": {"q": "olleh"}}]],
+                "latency_ms": 4000,  # each model turn: time enough to kill the worker in the second
+                "chunks": 40,
+            },
+        }
+        execution, _ = svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters=parameters))
+
+        def between_tool_and_next_turn() -> Any:
+            row = stack.rows([execution.id])[execution.id]
+            messages = ((row.context or {}).get("agent") or {}).get("messages") or []
+            done = row.state == "RUNNING" and [m["role"] for m in messages] == ["user", "assistant", "tool"]
+            return row if done else None
+
+        row = wait_for(between_tool_and_next_turn, timeout=30, interval=0.02, what="the tool's result")
+        victim = next(w for w in stack.workers if w.hostname == row.worker)  # type: ignore[attr-defined]
+        victim.kill9()
+
+        final = stack.wait_states([execution.id], timeout=60, what="the run to finish after the kill")
+        done = final[execution.id]
+        assert done.state == "COMPLETED", stack.logs()
+        assert "reverse=hello" in done.result["output"]
+        assert done.result["turns"] == 2 and done.attempt == 2
+        assert len(tool.calls) == 1, tool.calls  # not called again by the recovered attempt
+        assert tool.calls[0][0] == f"{execution.id}:1:call_1_0"
+        history = svc.get_state_history(execution.id)
+        assert any("worker lost" in (h.reason or "") for h in history)
+    finally:
+        tool.close()
