@@ -11,6 +11,7 @@ A turn's answer is the usual model answer (output, model, finish_reason, usage) 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -74,3 +75,96 @@ def simulated_turn(
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+# ------------------------------------------------------------------ openai
+
+
+def openai_messages(system_prompt: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation in OpenAI chat-completions shapes (function calling)."""
+    out: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for m in messages:
+        role = m.get("role")
+        if role == "assistant" and m.get("tool_calls"):
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": m.get("content") or None,
+                    "tool_calls": [
+                        {
+                            "id": c["id"],
+                            "type": "function",
+                            "function": {
+                                "name": c["name"],
+                                "arguments": json.dumps(c.get("arguments") or {}),
+                            },
+                        }
+                        for c in m["tool_calls"]
+                    ],
+                }
+            )
+        elif role == "tool":
+            out.append(
+                {"role": "tool", "tool_call_id": m["tool_call_id"], "content": str(m.get("content") or "")}
+            )
+        else:
+            out.append({"role": role, "content": str(m.get("content") or "")})
+    return out
+
+
+def openai_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The agent's tools as OpenAI `tools` (functions)."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": t["name"],
+                "description": t.get("description") or "",
+                "parameters": t.get("parameters") or {"type": "object", "properties": {}},
+            },
+        }
+        for t in tools
+    ]
+
+
+def parse_arguments(text: str | None) -> dict[str, Any]:
+    """A tool call's JSON arguments as a dict ({"_raw": text} when the model wrote no JSON object)."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {"_raw": text}
+    return value if isinstance(value, dict) else {"_raw": text}
+
+
+def openai_tool_calls(message: Any) -> list[dict[str, Any]]:
+    """The tool calls of a non-streamed answer's message."""
+    return [
+        {"id": c.id, "name": c.function.name, "arguments": parse_arguments(c.function.arguments)}
+        for c in getattr(message, "tool_calls", None) or []
+        if getattr(c, "function", None) is not None
+    ]
+
+
+class StreamedToolCalls:
+    """Tool calls assembled from streamed deltas: id and name come first, arguments in pieces."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, deltas: Any) -> None:
+        """Take one chunk's `delta.tool_calls`."""
+        for d in deltas or []:
+            call = self._calls.setdefault(d.index, {"id": "", "name": "", "arguments": ""})
+            if d.id:
+                call["id"] = d.id
+            function = getattr(d, "function", None)
+            if function is not None:
+                call["name"] += function.name or ""
+                call["arguments"] += function.arguments or ""
+
+    def calls(self) -> list[dict[str, Any]]:
+        """The assembled calls, in the model's order."""
+        return [
+            {"id": c["id"], "name": c["name"], "arguments": parse_arguments(c["arguments"])}
+            for _, c in sorted(self._calls.items())
+        ]

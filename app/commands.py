@@ -13,7 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.agent_turns import simulated_turn
+from app.agent_turns import (
+    StreamedToolCalls,
+    openai_messages,
+    openai_tool_calls,
+    openai_tools,
+    simulated_turn,
+)
 from app.config import Settings
 from app.errors import ModelOrchestrationError
 
@@ -146,6 +152,11 @@ class OpenAIProvider:
             messages.append({"role": "system", "content": request.system_prompt})
         messages.append({"role": "user", "content": request.prompt})
         extra = {k: v for k, v in request.parameters.items() if k in ("temperature", "max_tokens", "top_p")}
+        if request.messages is not None:  # an agent's turn: its conversation, its tools
+            messages = openai_messages(request.system_prompt, request.messages)
+            if request.tools:
+                extra["tools"] = openai_tools(request.tools)
+        tool_calls = StreamedToolCalls()
         stream = bool(request.parameters.get("stream", True))
         try:
             request.checkpoint()
@@ -155,7 +166,8 @@ class OpenAIProvider:
                 )
                 choice = resp.choices[0]
                 output = choice.message.content or ""
-                return self._result(request, output, choice.finish_reason, resp.usage, resp.model)
+                answer = self._result(request, output, choice.finish_reason, resp.usage, resp.model)
+                return answer | {"tool_calls": openai_tool_calls(choice.message)}
             parts: list[str] = []
             finish_reason, usage, model = None, None, request.model
             response = self.client.chat.completions.create(
@@ -176,11 +188,14 @@ class OpenAIProvider:
                             parts.append(choice.delta.content)
                             if request.on_delta is not None:
                                 request.on_delta(choice.delta.content)
+                        if choice.delta and choice.delta.tool_calls:
+                            tool_calls.add(choice.delta.tool_calls)
                         if choice.finish_reason:
                             finish_reason = choice.finish_reason
             finally:
                 response.close()
-            return self._result(request, "".join(parts), finish_reason, usage, model)
+            answer = self._result(request, "".join(parts), finish_reason, usage, model)
+            return answer | {"tool_calls": tool_calls.calls()}
         except (openai.RateLimitError, openai.InternalServerError) as exc:
             raise ModelOrchestrationError(f"model service answered {exc.status_code}", True) from exc
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:

@@ -135,3 +135,156 @@ def test_a_400_fails_without_retry(openai_service, httpserver):  # type: ignore[
     done = openai_service.get_execution(ex.id)
     assert done.error_message.startswith("model service answered 400")
     assert done.attempt == 1
+
+
+# ------------------------------------------------------------- function calling (#14)
+
+LOOKUP = {
+    "name": "lookup",
+    "description": "Weather of a city",
+    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+    "kind": "client",
+}
+
+
+def _tool_call_completion() -> dict:
+    """A recorded shape of a non-streamed answer asking for a function call."""
+    return {
+        "id": "c2",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "tiny-llm",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_abc",
+                            "type": "function",
+                            "function": {"name": "lookup", "arguments": '{"q": "Paris"}'},
+                        }
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25},
+    }
+
+
+def _tool_call_sse() -> str:
+    """A recorded shape of a streamed function call: id and name first, the arguments in pieces."""
+    deltas = [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "call_abc",
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": ""},
+                }
+            ],
+        },
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"q": '}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+    ]
+    lines = []
+    for i, delta in enumerate(deltas):
+        body = {
+            "id": "c2",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "tiny-llm",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": "tool_calls" if i == 2 else None}],
+        }
+        lines.append(f"data: {json.dumps(body)}\n\n")
+    usage = {
+        "id": "c2",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "tiny-llm",
+        "choices": [],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25},
+    }
+    return "".join(lines) + f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["not streamed", "streamed"])
+def test_an_agent_turn_calls_functions_and_the_tool_output_goes_back_to_the_model(  # type: ignore[no-untyped-def]
+    openai_service, httpserver, stream
+):
+    from app.schemas import ToolOutputsSubmit
+
+    first = httpserver.expect_ordered_request("/v1/chat/completions", method="POST")
+    if stream:
+        first.respond_with_data(_tool_call_sse(), content_type="text/event-stream")
+        httpserver.expect_ordered_request("/v1/chat/completions").respond_with_data(
+            _sse(["Sunny ", "in Paris"]), content_type="text/event-stream"
+        )
+    else:
+        first.respond_with_json(_tool_call_completion())
+        httpserver.expect_ordered_request("/v1/chat/completions").respond_with_json(
+            _completion("Sunny in Paris")
+        )
+    svc = openai_service
+    agent = svc.create_agent(
+        AgentCreate(
+            name=f"fc-{stream}",
+            model="tiny-llm",
+            system_prompt="You are terse.",
+            parameters={"provider": "openai", "stream": stream},
+            tools=[LOOKUP],  # type: ignore[list-item]
+        )
+    )
+    ex, _ = svc.create_execution(
+        ExecutionCreate(agent_id=agent.id, parameters={"type": "agent", "input": "Weather in Paris?"})
+    )
+    assert svc.task_runner.run(ex.id, 1, "w") == "REQUIRES_ACTION"
+    waiting = svc.get_execution(ex.id)
+    assert waiting.required_action["tool_calls"] == [
+        {"id": "call_abc", "name": "lookup", "arguments": {"q": "Paris"}}
+    ]
+
+    queued = svc.submit_tool_outputs(
+        ex.id, ToolOutputsSubmit(tool_outputs=[{"tool_call_id": "call_abc", "output": "21 C, sunny"}])
+    )
+    assert (queued.state, queued.attempt) == ("QUEUED", 2)
+    assert svc.task_runner.run(ex.id, 2, "w") == "COMPLETED"
+    done = svc.get_execution(ex.id)
+    assert done.result["output"] == "Sunny in Paris"
+    assert done.result["usage"]["model_calls"] == 2 and done.total_tokens == 25 + (9 if not stream else 10)
+
+    asked = json.loads(httpserver.log[0][0].data)
+    assert asked["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "description": "Weather of a city",
+                "parameters": LOOKUP["parameters"],
+            },
+        }
+    ]
+    assert asked["stream"] is stream
+    answered = json.loads(httpserver.log[1][0].data)
+    assert answered["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_abc",
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": '{"q": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_abc", "content": "21 C, sunny"},
+    ]
