@@ -116,6 +116,15 @@ def create(
         OnConflict | None, typer.Option("--on-conflict", case_sensitive=False, help=ON_CONFLICT_HELP)
     ] = None,
     daily_token_budget: DailyTokenBudget = None,
+    tool: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tool",
+            metavar="JSON",
+            help='A tool its agent tasks may call, as JSON: {"name", "description", "parameters" '
+            '(an object JSON Schema), "kind": "client" or "http", "url" (http only)}. Repeatable.',
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Create an agent."""
@@ -127,8 +136,22 @@ def create(
         max_concurrency=max_concurrency or None,
         on_conflict=on_conflict,
         daily_token_budget=daily_token_budget or None,
+        tools=_tools(tool) if tool else None,
     )
     _print_agent(agent, as_json, "created")
+
+
+def _tools(given: list[str]) -> list[dict[str, Any]]:
+    tools = []
+    for text in given:
+        try:
+            tool = json.loads(text)
+        except ValueError as exc:
+            raise typer.BadParameter(f"not JSON: {exc}", param_hint="--tool") from None
+        if not isinstance(tool, dict):
+            raise typer.BadParameter("each --tool is a JSON object", param_hint="--tool")
+        tools.append(tool)
+    return tools
 
 
 @app.command("update")

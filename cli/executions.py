@@ -27,6 +27,7 @@ from cli.render import (
     state_detail,
     state_text,
 )
+from cli.respond import watch_and_respond
 from cli.watch import follow_lines, report_outcome, watch_execution
 
 EVENTS_PAGE = 1000
@@ -38,6 +39,7 @@ class TaskType(str, Enum):
 
     standard = "standard"
     pipeline = "pipeline"
+    agent = "agent"
 
 
 def _read_params(path: str) -> dict[str, Any]:
@@ -160,7 +162,8 @@ def submit(
     if not watch:
         out.print(str(execution.id))
         return
-    raise typer.Exit(report_outcome(watch_execution(client, execution)))
+    final, waiting = watch_and_respond(client, execution, watch_execution)
+    raise typer.Exit(waiting if waiting is not None else report_outcome(final))
 
 
 def list_executions(

@@ -1,7 +1,8 @@
 """The `agentexec` command: a client of the HTTP API (agents, submit, list, show, control).
 
 Exit codes: 0 success (for a watched run: it completed), 1 failed, cancelled or timed
-out, or an error from the API or the connection (one line on stderr), 2 bad usage.
+out, or an error from the API or the connection (one line on stderr), 2 bad usage, 3 a
+watched agent waits for tool outputs and this is not a terminal (`agentexec respond`).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def main(
 
 
 def _register() -> None:
-    from cli import agents, executions, keys, purge, status, tenants, usage
+    from cli import agents, executions, keys, purge, respond, status, tenants, usage
     from cli import schedules as schedule_commands
     from cli import webhooks as webhook_commands
 
@@ -93,6 +94,7 @@ def _register() -> None:
     app.command("status")(status.status)
     app.command("purge")(purge.purge)
     app.command("usage")(usage.usage)
+    app.command("respond")(respond.respond)
     executions.register(app)
 
 

@@ -72,6 +72,8 @@ def watch_execution(client: Client, execution: Execution) -> Execution:
                     if isinstance(event, StateChangedEvent):
                         state = event.payload.new_state
                         bar.update(task, state=state_text(state))
+                        if state == ExecutionState.REQUIRES_ACTION and waits_now(client, execution):
+                            break  # an agent waits for tool outputs: cli/respond.py takes over
                     elif isinstance(event, ProgressEvent):
                         bar.update(
                             task,
@@ -121,3 +123,8 @@ def follow_lines(client: Client, execution_id: str, after: int | None, as_json: 
         elif isinstance(event, Event) and event.type == EventType.COMPLETED:  # one the SDK could not type
             final_state = str(event.payload.get("state"))
     return final_state
+
+
+def waits_now(client: Client, execution: Execution) -> bool:
+    """True when the execution waits for tool outputs now (not a wait replayed from the past)."""
+    return client.executions.get(execution.id).state == ExecutionState.REQUIRES_ACTION
