@@ -175,7 +175,7 @@ def _split_types(value: Any) -> Any:
     if value is None:
         return None
     values = value if isinstance(value, list) else [value]
-    return [t.strip() for v in values for t in str(v).split(",") if t.strip()]
+    return [t.strip() for v in values for t in str(v).split(",") if t.strip()] or None  # empty: all
 
 
 def _known_types(value: list[str] | None) -> list[str] | None:

@@ -15,7 +15,17 @@ from types import FrameType
 
 from bench import env as bench_env
 
-FIGURES = ("roundtrips", "throughput", "latency", "inflight", "http", "sse", "listing", "flowcontrol")
+FIGURES = (
+    "roundtrips",
+    "throughput",
+    "latency",
+    "inflight",
+    "http",
+    "sse",
+    "listing",
+    "flowcontrol",
+    "deltas",
+)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

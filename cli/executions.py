@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import uuid
 from enum import Enum
@@ -31,6 +32,18 @@ from cli.respond import watch_and_respond
 from cli.watch import follow_lines, report_outcome, watch_execution
 
 EVENTS_PAGE = 1000
+EVENT_ID = re.compile(r"[0-9]{1,19}(\.[0-9]{1,19})?")
+EVENT_PREFIX = "agent.execution."
+
+
+def event_types(given: list[str] | None) -> list[str] | None:
+    """`--types` as full event type names: comma-separated or repeated, `progress` or the full name."""
+    if not given:
+        return None
+    names = [n.strip() for g in given for n in g.split(",") if n.strip()]
+    return [n if n.startswith(EVENT_PREFIX) else EVENT_PREFIX + n for n in names] or None
+
+
 IN_PROGRESS = frozenset({ExecutionState.CANCELLING, ExecutionState.PAUSING})
 
 
@@ -258,23 +271,36 @@ def events(
     execution_id: Annotated[str, typer.Argument(metavar="ID", help="Execution id.")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new events until the end.")] = False,
     after: Annotated[
-        int | None, typer.Option("--after", min=0, help="Only events after this event id.")
+        str | None,
+        typer.Option("--after", help="Only events after this event id (E, or E.k for an output delta)."),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="A JSON array; with --follow, one JSON object per line.")
     ] = False,
+    types: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--types",
+            help="Only these event types (repeat or comma-separate; the last part is enough: "
+            "state_changed, progress, completed, output.delta). --follow shows output deltas "
+            "unless --types leaves them out; without --follow they are shown only when named.",
+        ),
+    ] = None,
 ) -> None:
-    """Show the events of an execution; with --follow, stream them until it ends."""
+    """Show the events of an execution; with --follow, stream them (and the output) until it ends."""
     client = client_of(ctx)
+    if after is not None and not EVENT_ID.fullmatch(after):
+        raise typer.BadParameter(f"{after!r} is not an event id (E or E.k)", param_hint="--after")
+    wanted = event_types(types)
     if not follow:
-        found = client.executions.events(execution_id, after=after or 0, page_size=EVENTS_PAGE)
+        found = client.executions.events(execution_id, after=after or 0, page_size=EVENTS_PAGE, types=wanted)
         if as_json:
             print_json([event.model_dump(mode="json") for event in found])
             return
         for event in found:
             out.print(event_line(event.model_dump(mode="json")))
         return
-    final = follow_lines(client, execution_id, after, as_json=as_json)
+    final = follow_lines(client, execution_id, after, as_json=as_json, types=wanted)
     raise typer.Exit(0 if final in (None, "COMPLETED") else 1)
 
 

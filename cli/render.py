@@ -203,6 +203,10 @@ def event_line(event: dict[str, Any]) -> str:
             what += f"  ({escape(str(payload['reason']))})"
     elif kind.endswith("progress"):
         what = f"{float(payload.get('percentage') or 0):5.1f}%  {escape(str(payload.get('message') or ''))}"
+    elif kind.endswith("output.delta"):
+        step = f"{payload['step']}: " if payload.get("step") else ""
+        reset = "(reset) " if payload.get("reset") else ""
+        what = f"{escape(step)}{reset}{escape(json.dumps(payload.get('delta', ''), ensure_ascii=False))}"
     elif kind.endswith("completed"):
         what = state_detail(payload.get("state"), payload.get("error_code"))
         if payload.get("error_message"):

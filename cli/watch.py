@@ -1,6 +1,13 @@
-"""`--watch`: follow an execution's event stream with a live progress bar until it ends."""
+"""`--watch`: follow an execution's event stream with a live progress bar until it ends.
+
+The model's output streams under the bar (its last lines, from the output deltas) while the
+run goes on; once it has ended the result is printed as before, so stdout holds it once.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
 
 from agentexec_client import (
     FINAL_STATES,
@@ -10,6 +17,8 @@ from agentexec_client import (
     EventType,
     Execution,
     ExecutionState,
+    OutputDeltaEvent,
+    OutputDeltaPayload,
     ProgressEvent,
     StateChangedEvent,
 )
@@ -47,8 +56,45 @@ class OutcomeColumn(SpinnerColumn):
         return super().render(task) if outcome is None else Text.from_markup(outcome)
 
 
-def _progress_bar() -> Progress:
-    return Progress(
+class StreamedOutput:
+    """The output as its deltas rebuild it: each step's text, in the order the steps began;
+    a delta with `reset` (a retried attempt) drops the text its step had so far."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str | None, str] = {}
+
+    def add(self, payload: OutputDeltaPayload) -> None:
+        """Take one delta."""
+        held = "" if payload.reset else self.steps.get(payload.step, "")
+        self.steps[payload.step] = held + payload.delta
+
+    def text(self) -> str:
+        """Everything so far, one paragraph per step."""
+        return "\n\n".join(self.steps.values())
+
+    def tail(self, lines: int) -> str:
+        """The last `lines` lines."""
+        return "\n".join(self.text().splitlines()[-lines:])
+
+
+class OutputProgress(Progress):
+    """A progress bar with the last lines of the streaming output under it."""
+
+    TAIL_LINES = 6
+
+    def __init__(self, *columns: Any, **kwargs: Any):
+        self.output = StreamedOutput()  # before Progress renders for the first time
+        super().__init__(*columns, **kwargs)
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield from super().get_renderables()
+        tail = self.output.tail(self.TAIL_LINES)
+        if tail:
+            yield Text(tail, style="dim")
+
+
+def _progress_bar() -> OutputProgress:
+    return OutputProgress(
         OutcomeColumn(),
         TextColumn("{task.fields[state]}"),
         BarColumn(bar_width=30),
@@ -83,7 +129,11 @@ def watch_execution(client: Client, execution: Execution) -> Execution:
                     elif isinstance(event, CompletedEvent):
                         state = event.payload.state
                         bar.update(task, state=state_text(state))
+                    elif isinstance(event, OutputDeltaEvent):
+                        bar.output.add(event.payload)
+                        bar.refresh()
             final = client.executions.get(execution.id)
+            bar.output.steps.clear()  # the result is printed whole next
             done = 100 if final.state == ExecutionState.COMPLETED else bar.tasks[0].completed
             shown = state_detail(final.state, final.error_code, final.waiting_reason)
             bar.update(task, completed=done, state=shown, outcome=state_glyph(final.state))
@@ -107,13 +157,20 @@ def report_outcome(final: Execution) -> int:
     return 1
 
 
-def follow_lines(client: Client, execution_id: str, after: int | None, as_json: bool = False) -> str | None:
-    """Print each event as it arrives (a line, or a JSON object per line) until the completed one.
+def follow_lines(
+    client: Client,
+    execution_id: str,
+    after: int | str | None,
+    as_json: bool = False,
+    types: list[str] | None = None,
+) -> str | None:
+    """Print each event as it arrives (a line, or a JSON object per line) until the completed one;
+    output deltas included unless `types` leaves them out.
 
     Returns the final state.
     """
     final_state = None
-    for event in client.executions.stream(execution_id, last_event_id=after):
+    for event in client.executions.stream(execution_id, last_event_id=after, types=types):
         if as_json:
             print_json_line(event.model_dump(mode="json"))
         else:

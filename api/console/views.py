@@ -29,7 +29,9 @@ from api.console.session import (
 from api.deps import service, settings, tenant
 from api.sse import EventStream
 from app.config import Settings
+from app.deltas import Cursor
 from app.errors import AgentNotFoundError, ExecutionNotFoundError, InvalidExecutionStateError
+from app.events import EVENT_TYPES
 from app.schemas import ErrorCode, ExecutionFilters, ExecutionState, Pagination
 
 bp = Blueprint(
@@ -242,11 +244,15 @@ def execution_events(execution_id: uuid.UUID) -> Response:
     svc = service()
     svc.get_execution(execution_id, tenant=tenant())
     after = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
-    try:
-        start = max(int(after), 0)
-    except ValueError:
-        start = 0
-    stream = EventStream(svc, execution_id, start, heartbeat_seconds=settings().sse_heartbeat_seconds)
+    start = Cursor.parse(after) or Cursor()
+    # The page shows states and progress, not the output: no deltas (they would only be dropped).
+    stream = EventStream(
+        svc,
+        execution_id,
+        start,
+        heartbeat_seconds=settings().sse_heartbeat_seconds,
+        types=frozenset(EVENT_TYPES),
+    )
     frames = iter(stream)
     if "key_id" in g:
         frames = while_key_lives(frames, g.key_id, str(g.tenant))

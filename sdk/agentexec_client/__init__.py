@@ -30,10 +30,13 @@ from agentexec_client.events import (
     CompletedPayload,
     Event,
     EventType,
+    OutputDeltaEvent,
+    OutputDeltaPayload,
     ProgressEvent,
     ProgressPayload,
     StateChangedEvent,
     StateChangedPayload,
+    event_position,
     parse_event,
 )
 from agentexec_client.models import (
@@ -100,6 +103,8 @@ __all__ = [
     "ErrorCode",
     "Event",
     "EventType",
+    "OutputDeltaEvent",
+    "OutputDeltaPayload",
     "Execution",
     "ExecutionCreate",
     "ExecutionPage",
@@ -142,5 +147,6 @@ __all__ = [
     "WebhookPage",
     "WebhookUpdate",
     "__version__",
+    "event_position",
     "parse_event",
 ]

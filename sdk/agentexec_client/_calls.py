@@ -201,10 +201,13 @@ def history(execution_id: Any, limit: int) -> Call[list[HistoryItem]]:
     )
 
 
-def events_page(execution_id: Any, after: int, limit: int) -> Call[list[AnyEvent]]:
-    """GET /v1/executions/{id}/events as JSON: up to `limit` logged events after `after`."""
+def events_page(
+    execution_id: Any, after: int | str, limit: int, types: Iterable[str] | None = None
+) -> Call[list[AnyEvent]]:
+    """GET /v1/executions/{id}/events as JSON: up to `limit` events after `after` (an event id,
+    `E` or `E.k`); `types` None: the logged types (output deltas only when named)."""
     path = f"{EXECUTIONS}/{path_id(execution_id)}/events"
-    params = {"after": after, "limit": limit}
+    params = {"after": str(after), "limit": limit, "types": ",".join(str(t) for t in types or ())}
     return Call(
         "GET", path, lambda r: [parse_event(e) for e in r.json()["items"]], params, reconnectable=True
     )

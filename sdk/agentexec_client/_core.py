@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from agentexec_client import errors
-from agentexec_client.events import AnyEvent, EventType, parse_event
+from agentexec_client.events import AnyEvent, EventType, event_position, parse_event
 
 T = TypeVar("T")
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -190,7 +190,7 @@ class Follow:
     def __init__(
         self,
         execution_id: str,
-        last_event_id: int | None,
+        last_event_id: int | str | None,
         types: Iterable[str | EventType] | None,
         *,
         reconnects: int,
@@ -205,6 +205,8 @@ class Follow:
         self.wait_timeout = wait_timeout
         self.deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
         self.path = f"/v1/executions/{path_id(execution_id)}/events"
+        if self.types is not None:  # the server sends only these (and the completion, to end on)
+            self.path += "?types=" + ",".join(sorted(self.types | {EventType.COMPLETED.value}))
         self.done = False
         self.final_seen = False  # the execution was final before the current connection opened
         self.failures = 0
@@ -245,7 +247,7 @@ class Follow:
             self.reconnect_asked = True  # the client ends this connection and opens another
             return None
         event = parse_event(_json(frame.data))
-        if self.last_id is not None and event.id <= self.last_id:
+        if self.last_id is not None and event_position(event.id) <= event_position(self.last_id):
             return None
         self.last_id = event.id
         self._progressed = True

@@ -267,11 +267,17 @@ class AsyncExecutions:
         return await self._c.send(calls.history(execution, limit))
 
     async def events(
-        self, execution: ExecutionRef, *, after: int = 0, page_size: int = 1000
+        self,
+        execution: ExecutionRef,
+        *,
+        after: int | str = 0,
+        page_size: int = 1000,
+        types: Iterable[str | EventType] | None = None,
     ) -> AsyncIterator[AnyEvent]:
-        """The events logged so far (after event id `after`), without waiting for new ones."""
+        """The events logged so far (after event id `after`), without waiting for new ones;
+        output deltas too when `types` names EventType.OUTPUT_DELTA."""
         while True:
-            page = await self._c.send(calls.events_page(execution, after, page_size))
+            page = await self._c.send(calls.events_page(execution, after, page_size, types))
             for event in page:
                 yield event
             if len(page) < page_size:
@@ -281,7 +287,7 @@ class AsyncExecutions:
     def stream(
         self,
         execution: ExecutionRef,
-        last_event_id: int | None = None,
+        last_event_id: int | str | None = None,
         types: Iterable[str | EventType] | None = None,
     ) -> AsyncIterator[AnyEvent]:
         """The events after `last_event_id`, then live ones, until the completed event (resumed on drops)."""
@@ -300,7 +306,9 @@ class AsyncExecutions:
             current = await self.get(execution)
         return current
 
-    def _follow(self, execution: Any, last_event_id: int | None, types: Any, timeout: float | None) -> Follow:
+    def _follow(
+        self, execution: Any, last_event_id: int | str | None, types: Any, timeout: float | None
+    ) -> Follow:
         return Follow(
             str(getattr(execution, "id", execution)),
             last_event_id,

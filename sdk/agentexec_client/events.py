@@ -1,5 +1,8 @@
 """The events of an execution: the logged envelope (`EventOut`) with a typed payload per event type.
 
+An event's id is an int for a logged event and `"E.k"` for an output delta (the k-th
+delta placed after logged event E); `event_position` orders both.
+
 `parse_event` turns one event (a JSON page item or an SSE frame's data) into the class
 of its type; a type this client does not know, or a payload it cannot read, stays a
 plain `Event` with its payload as a dict, so a newer server never breaks a stream.
@@ -23,6 +26,7 @@ class EventType(str, enum.Enum):
     STATE_CHANGED = "agent.execution.state_changed"
     PROGRESS = "agent.execution.progress"
     COMPLETED = "agent.execution.completed"
+    OUTPUT_DELTA = "agent.execution.output.delta"
 
     def __str__(self) -> str:
         return self.value
@@ -32,7 +36,8 @@ class _Envelope(Model):
     """What every logged event has: its position in the log, its type and its execution."""
 
     SCHEMA = "EventOut"
-    id: int
+    id: int | str
+    """A logged event's id (an int), or an output delta's `"E.k"`: compare with `event_position`."""
     type: str
     execution_id: uuid.UUID
     created_at: datetime | None
@@ -79,6 +84,20 @@ class CompletedPayload(_Payload):
     the API had error codes)."""
 
 
+class OutputDeltaPayload(Model):
+    """A piece of the model's output as it streams. Joined in order, a step's deltas are the
+    step's output; `reset` (on a retried attempt's first delta) says: drop the text held so
+    far for this step (`step` None: a standard task's whole output)."""
+
+    execution_id: uuid.UUID
+    agent_id: uuid.UUID
+    task_id: uuid.UUID | None
+    step: str | None
+    index: int
+    delta: str
+    reset: bool = False
+
+
 class StateChangedEvent(_Envelope):
     """`agent.execution.state_changed`."""
 
@@ -100,12 +119,28 @@ class CompletedEvent(_Envelope):
     payload: CompletedPayload
 
 
-AnyEvent = StateChangedEvent | ProgressEvent | CompletedEvent | Event
-TYPED: dict[str, type[StateChangedEvent] | type[ProgressEvent] | type[CompletedEvent]] = {
+class OutputDeltaEvent(_Envelope):
+    """`agent.execution.output.delta`: live model output (not in the JSON log unless asked for)."""
+
+    type: Literal["agent.execution.output.delta"]
+    payload: OutputDeltaPayload
+
+
+AnyEvent = StateChangedEvent | ProgressEvent | CompletedEvent | OutputDeltaEvent | Event
+TYPED: dict[
+    str, type[StateChangedEvent] | type[ProgressEvent] | type[CompletedEvent] | type[OutputDeltaEvent]
+] = {
     EventType.STATE_CHANGED.value: StateChangedEvent,
     EventType.PROGRESS.value: ProgressEvent,
     EventType.COMPLETED.value: CompletedEvent,
+    EventType.OUTPUT_DELTA.value: OutputDeltaEvent,
 }
+
+
+def event_position(event_id: int | str) -> tuple[int, int]:
+    """Where an event id sorts: `E` before `E.0` before `E.1` before `E+1`."""
+    head, _, tail = str(event_id).partition(".")
+    return int(head), int(tail) if tail else -1
 
 
 def parse_event(data: dict[str, Any]) -> AnyEvent:

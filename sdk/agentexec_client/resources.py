@@ -271,10 +271,18 @@ class Executions:
         """The last `limit` state transitions, oldest first."""
         return self._c.send(calls.history(execution, limit))
 
-    def events(self, execution: ExecutionRef, *, after: int = 0, page_size: int = 1000) -> Iterator[AnyEvent]:
-        """The events logged so far (after event id `after`), without waiting for new ones."""
+    def events(
+        self,
+        execution: ExecutionRef,
+        *,
+        after: int | str = 0,
+        page_size: int = 1000,
+        types: Iterable[str | EventType] | None = None,
+    ) -> Iterator[AnyEvent]:
+        """The events logged so far (after event id `after`), without waiting for new ones;
+        output deltas too when `types` names EventType.OUTPUT_DELTA."""
         while True:
-            page = self._c.send(calls.events_page(execution, after, page_size))
+            page = self._c.send(calls.events_page(execution, after, page_size, types))
             yield from page
             if len(page) < page_size:
                 return
@@ -283,7 +291,7 @@ class Executions:
     def stream(
         self,
         execution: ExecutionRef,
-        last_event_id: int | None = None,
+        last_event_id: int | str | None = None,
         types: Iterable[str | EventType] | None = None,
     ) -> Iterator[AnyEvent]:
         """The events after `last_event_id`, then live ones, until the completed event.
@@ -306,7 +314,9 @@ class Executions:
             current = self.get(execution)
         return current
 
-    def _follow(self, execution: Any, last_event_id: int | None, types: Any, timeout: float | None) -> Follow:
+    def _follow(
+        self, execution: Any, last_event_id: int | str | None, types: Any, timeout: float | None
+    ) -> Follow:
         return Follow(
             str(getattr(execution, "id", execution)),
             last_event_id,

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
-from agentexec_client import Client, ProblemError
+from agentexec_client import Client, EventType, ProblemError, event_position
 from typer.testing import CliRunner
 from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -185,7 +185,11 @@ def test_submit_with_watch_follows_a_pipeline_to_completion_and_prints_its_resul
     kinds = [(e["id"], e["type"]) for e in direct["items"]]
     assert [(e["id"], e["type"]) for e in cli.json("events", executions[0]["id"])] == kinds
     followed = cli("events", executions[0]["id"], "--follow", "--json").stdout.splitlines()
-    assert [(e["id"], e["type"]) for e in map(json.loads, followed)] == kinds
+    assert [(e["id"], e["type"]) for e in map(json.loads, followed) if "delta" not in e["type"]] == kinds
+    deltas = [e["payload"]["delta"] for e in map(json.loads, followed) if "delta" in e["type"]]
+    assert "tides and moons" in "".join(deltas)  # --follow shows the output as it streamed
+    only = cli("events", executions[0]["id"], "--follow", "--types", "output.delta,completed").stdout
+    assert only.count("delta") == len(deltas) and "state_changed" not in only
 
 
 def test_submit_by_id_from_a_params_file_with_an_idempotency_key_returns_the_same_execution(
@@ -355,9 +359,12 @@ def test_a_dropped_event_stream_is_resumed_with_last_event_id_without_gaps_or_re
     assert len(streams) >= 2, "the stream was not cut and reopened"
     first_id = events[0].id
     assert f"last-event-id: {first_id}".encode() in streams[1].lower()
-    ids = [int(e.id) for e in events]
-    assert ids == sorted(set(ids))
-    direct = httpx.get(f"{cli.url}/v1/executions/{execution_id}/events", params={"limit": 1000}).json()
+    ids = [e.id for e in events]
+    assert sorted(ids, key=event_position) == ids and len(set(ids)) == len(ids)
+    every = ",".join(EventType)  # the log and the output deltas
+    direct = httpx.get(
+        f"{cli.url}/v1/executions/{execution_id}/events", params={"limit": 1000, "types": every}
+    ).json()
     assert ids == [e["id"] for e in direct["items"]]
     assert events[-1].type == "agent.execution.completed"
 
@@ -569,3 +576,28 @@ def test_usage_prints_the_apis_answer_as_json_and_as_a_table_at_80_columns(cli, 
     total = mine["items"][0]["total_tokens"]
     assert re.search(rf"^writer\s+{today}\s+1\s+[\d,]+\s+[\d,]+\s+{total:,}$", table, re.M), table
     assert "Usage" in cli("usage", "--since", "yesterday", code=2).output
+
+
+def test_submit_watch_shows_the_output_under_the_bar_as_it_streams_then_prints_the_result(cli, writer):  # type: ignore[no-untyped-def]
+    code, screen = cli.terminal(
+        "submit",
+        "writer",
+        "--input",
+        "the quick brown fox jumps over the lazy dog " * 3,
+        "--simulate",
+        "latency_ms=2500",
+        "--simulate",
+        "chunks=25",
+        "--watch",
+        columns=100,
+    )
+    assert code == 0, screen
+    frames = [ANSI.sub("", f).replace("\r", "") for f in screen.split(ERASE_LINE)]
+    running = [f for f in frames if "RUNNING" in f and "[simulated-1] the quick" in f]
+    assert running, f"no frame showed the output under the bar while it ran: {screen!r}"
+    grown = {f.split("[simulated-1]", 1)[1].strip() for f in running}
+    assert len(grown) >= 2, "the output under the bar did not grow while it streamed"
+    last_frame = frames[-1]
+    assert (
+        "✓ COMPLETED" in last_frame and last_frame.count("[simulated-1] the quick") == 1
+    )  # the result, once

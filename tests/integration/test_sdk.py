@@ -29,6 +29,7 @@ from agentexec_client import (
     ExecutionState,
     NotFound,
     OnConflict,
+    OutputDeltaEvent,
     PipelineStep,
     ProgressEvent,
     RateLimited,
@@ -96,7 +97,11 @@ def test_every_method_of_the_client_works_against_the_running_api(client: Client
     assert isinstance(events[0], StateChangedEvent) and events[0].payload.new_state == S.PENDING
     assert isinstance(events[-1], CompletedEvent) and events[-1].payload.state == S.COMPLETED
     assert any(isinstance(e, ProgressEvent) and e.payload.message == "Step draft" for e in events)
-    assert [e.id for e in ex.events(piped.id, page_size=3)] == [e.id for e in events]
+    assert [e.id for e in ex.events(piped.id, page_size=3, types=EventType)] == [e.id for e in events]
+    deltas = [e for e in events if isinstance(e, OutputDeltaEvent)]
+    for name, checkpoint in ex.get(piped.id).context["steps"].items():  # the output, as it streamed
+        assert "".join(d.payload.delta for d in deltas if d.payload.step == name) == checkpoint["output"]
+    assert [e.id for e in ex.events(piped.id)] == [e.id for e in events if e not in deltas]
     later = list(ex.stream(piped, last_event_id=events[2].id, types=[EventType.PROGRESS]))
     assert later == [e for e in events[3:] if e.type == "agent.execution.progress"]
     assert [(h.from_state, h.to_state) for h in ex.history(piped.id)] == [
@@ -168,7 +173,9 @@ def test_the_async_client_has_the_same_surface_and_works_against_the_running_api
             assert (await ex.create("writer", input="one", idempotency_key="k-1")).created is False
             events = [e async for e in ex.stream(first.id)]
             assert isinstance(events[-1], CompletedEvent) and events[-1].payload.state == S.COMPLETED
-            assert [e.id async for e in ex.events(first.id, page_size=2)] == [e.id for e in events]
+            assert [e.id async for e in ex.events(first.id, page_size=2, types=EventType)] == [
+                e.id for e in events
+            ]
             progress = [
                 e
                 async for e in ex.stream(
@@ -287,7 +294,7 @@ def test_a_stream_followed_through_a_server_restart_reconnects_and_misses_nothin
                         lambda: servers[0].process.poll() is not None, timeout=8, what="gunicorn to stop"
                     )
                     servers.append(start_gunicorn(tmp_path / "second.log", port=port, workers=1))
-            logged = list(client.executions.events(execution.id))
+            logged = list(client.executions.events(execution.id, types=EventType))
     finally:
         for server in servers:
             stop_process(server.process)
