@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,9 +44,12 @@ def test_the_readme_curl_walkthrough_runs_twice_without_an_error_page(
     assert len(blocks) == 1 and "$API/v1/executions" in blocks[0]
     limits = shell_blocks(section((ROOT / "README.md").read_text(), "## Limits and budgets"))
     assert len(limits) == 1 and "$API/v1/usage" in limits[0]  # it uses the walkthrough's API and KEY
-    script = "\n".join(blocks + limits + shell_blocks((ROOT / "docs" / "api.md").read_text()))
+    tools = shell_blocks(section((ROOT / "README.md").read_text(), "## An agent with a tool"))
+    assert len(tools) == 2 and "/input" in tools[0] and "respond" in tools[1]  # curl, then the CLI
+    script = "\n".join(blocks + limits + tools + shell_blocks((ROOT / "docs" / "api.md").read_text()))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTEXEC_")}
     env |= {"AGENTEXEC_API_URL": api_server.url, "AGENTEXEC_API_KEY": key}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # the `agentexec` installed here
     executions = set()
     for paste in (1, 2):
         run = subprocess.run(
@@ -58,5 +62,7 @@ def test_the_readme_curl_walkthrough_runs_twice_without_an_error_page(
         )
         assert "event: agent.execution.completed" in output and "\nCOMPLETED\n" in output, output[-4000:]
         assert '{"items":[{"agent_id"' in output, output[-4000:]  # GET /v1/usage answered
+        assert "lookup=a distributed task queue" in output, output[-4000:]  # the tool's output reached it
+        assert "lookup=an in-memory data store" in output, output[-4000:]  # and through the CLI
         executions.add(re.search(r"^execution (\S+)$", output, re.M).group(1))  # type: ignore[union-attr]
     assert len(executions) == 2, "the second paste did not make its own execution"
