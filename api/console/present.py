@@ -100,6 +100,12 @@ def why_not_moving(
         return f"Paused{because} for {age(since, now)}: resume it to continue after its last step."
     if state is S.CANCELLING:
         return f"Cancelling for {age(since, now)}: waiting for {execution.worker or 'the worker'} to stop."
+    if state is S.REQUIRES_ACTION:
+        calls = len((execution.required_action or {}).get("tool_calls") or [])
+        return (
+            f"Waiting {age(since, now)} for the outputs of {calls} tool call(s), holding no worker: "
+            "answer them below (or POST .../input) to let the agent go on."
+        )
     ended = execution.completed_at or since
     return f"Finished: {state.value} {age(ended, now)} ago."
 
