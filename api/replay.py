@@ -4,8 +4,9 @@ Logged events (PostgreSQL, id `E`) and deltas (Redis, id `E.k`, see app/deltas.p
 read in one order, `E` before `E.0` before `E.1` before the next logged event. A read
 takes the logged events after the cursor first, then the deltas with the fence raised to
 the newest of those events, and yields only what sorts at or below what both reads
-covered; a delta placed after an event the log read has not seen yet waits for the next
-read. So every reader, live or replaying, sees the same sequence.
+covered; a delta placed after an event the log read has not seen yet (committed in
+between) makes it read the log again. So every reader, live or replaying, sees the same
+sequence.
 
 `types` filters what is yielded; the cursor still moves over what is skipped, so a
 stream that wants no `agent.execution.completed` still knows when the run ended. When
@@ -76,6 +77,7 @@ class Replay:
     def read(self) -> Iterator[Item]:
         """Every event after the cursor that can be placed now, in order; the cursor follows
         each one yielded or skipped by `types`."""
+        rereads = 0
         while True:
             events = self.service.get_events(self.execution_id, after=self.cursor.event, limit=PAGE)
             newest = events[-1].id if events else self.cursor.event
@@ -92,6 +94,10 @@ class Replay:
                     bound, more = min(bound, deltas[-1].cursor), True
             items = [Item(Cursor(e.id), e.type, event_message(e)) for e in events]
             items += [Item(d.cursor, d.message["type"], d.message) for d in deltas]
+            # A delta placed after an event committed since the log was read: read the log again
+            # now rather than at the next wake-up (a few times at most).
+            held = any(d.cursor.event > newest for d in deltas) and rereads < 3
+            rereads += held
             moved = False
             for item in sorted(items, key=lambda i: i.cursor):
                 if item.cursor > bound:
@@ -102,5 +108,5 @@ class Replay:
                 self.ended = self.ended or item.type == COMPLETED
                 if self.wanted(item):
                     yield item
-            if not more or not moved:
+            if not held and (not more or not moved):
                 return
