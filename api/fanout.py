@@ -39,6 +39,7 @@ POLL_SECONDS = 0.05  # how long the thread blocks on Redis before it looks at ne
 MAX_BACKOFF_SECONDS = 5.0
 CONFIRM_SECONDS = 2.0  # a register waits at most this long for Redis to confirm its subscribe
 SWEEP_SECONDS = 10.0
+POLL_BUDGET = 1000.0  # log reads per second of all the streams of a process while Redis is down
 HUB_CHANNEL = "agentexec.fanout.hub"  # always subscribed, so the connection is in pub/sub mode
 
 
@@ -98,6 +99,7 @@ class Hub:
         self._stopped = False
         self.connected = False
         self.reconnects = 0
+        self.size = 0  # waiters registered now
         self._tried = threading.Event()  # set once the first connection attempt is over
 
     # ------------------------------------------------------------ streams' side
@@ -111,6 +113,7 @@ class Hub:
                 entry = self._channels[channel] = _Channel()
                 self._commands.append(("subscribe", channel))
             entry.waiters.add(waiter)
+            self.size += 1
         self._start()
         self._tried.wait(CONFIRM_SECONDS)
         if self.connected:
@@ -121,8 +124,9 @@ class Hub:
         """Forget a waiter; its channel is unsubscribed by the next sweep if nobody else watches it."""
         with self._lock:
             entry = self._channels.get(waiter.channel)
-            if entry is not None:
+            if entry is not None and waiter in entry.waiters:
                 entry.waiters.discard(waiter)
+                self.size -= 1
 
     def live(self, waiter: Waiter) -> bool:
         """True when a message for the waiter's channel would wake it (else: poll the log)."""
@@ -130,6 +134,11 @@ class Hub:
             return False
         entry = self._channels.get(waiter.channel)
         return entry is not None and entry.confirmed.is_set()
+
+    def poll_seconds(self, least: float) -> float:
+        """How often a stream reads the log while Redis is down: `least`, or slower when this
+        process holds so many streams that they would read more than POLL_BUDGET times a second."""
+        return max(least, self.size / POLL_BUDGET)
 
     def wake_all(self) -> None:
         """Wake every waiter (a shutdown, a reconnect): each reads the log once."""

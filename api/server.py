@@ -65,7 +65,7 @@ RETRY_AFTER_SECONDS = 2
 # Methods whose request is not run when its client already hung up (it gave up waiting).
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-# A stream notices a shutdown within sse.SHUTDOWN_CHECK_SECONDS; on a quick stop the worker
+# A shutdown wakes every open stream at once (api/fanout.py); on a quick stop the worker
 # waits this long for the streams' last frames before it exits.
 QUICK_STOP_WAIT_SECONDS = 2.0
 

@@ -54,7 +54,9 @@ PAGE = 500
 RETRY_MS = 2000
 RECONNECT = "reconnect"
 HEARTBEAT = ": keepalive\n\n"
-SHUTDOWN_CHECK_SECONDS = 0.5
+# A backstop only: begin_shutdown() wakes every waiting stream at once (api/fanout.py). With
+# 10,000 streams a process, every timed wake-up is 10,000 more a period: sse_watchers bench.
+SHUTDOWN_CHECK_SECONDS = 15.0
 
 _shutdown = threading.Event()
 _open_streams = 0
@@ -127,7 +129,7 @@ class EventStream:
         after: int | Cursor,
         *,
         heartbeat_seconds: float,
-        resync_seconds: float = 5.0,
+        resync_seconds: float = 300.0,  # a lost publish only; a Redis reconnect wakes every stream
         poll_seconds: float = 0.5,
         types: frozenset[str] | None = None,
     ):
@@ -146,6 +148,8 @@ class EventStream:
         self._subscribe()
         try:
             yield from self._run()
+        except streams.StreamEnded as exc:  # its key was revoked or its client left: nothing failed
+            log.debug("event stream ended", execution_id=str(self.execution_id), reason=str(exc))
         except AgentExecError as exc:  # the database went away: end; the client resumes by id
             log.warning("event stream ended early", execution_id=str(self.execution_id), error=str(exc))
         finally:
@@ -229,7 +233,7 @@ class EventStream:
             _shutdown.wait(min(timeout, self.poll_seconds))
             return True
         live = waiter.hub.live(waiter)
-        woke = waiter.wait(timeout if live else min(timeout, self.poll_seconds))
+        woke = waiter.wait(timeout if live else min(timeout, waiter.hub.poll_seconds(self.poll_seconds)))
         if waiter.ended is not None:
             raise streams.StreamEnded(waiter.ended)
         return woke or not live

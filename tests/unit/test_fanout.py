@@ -133,3 +133,14 @@ def test_a_peer_that_closed_its_side_is_seen_as_gone_and_one_that_sent_more_is_n
         server.recv(100)
         client.shutdown(socket.SHUT_WR)
         assert peer_hung_up(server)
+
+
+def test_while_redis_is_down_many_streams_poll_the_log_more_slowly_within_a_budget(
+    hub: fanout.Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fanout, "POLL_BUDGET", 2.0)
+    waiters = [hub.register(f"ch.{i}") for i in range(6)]
+    assert hub.poll_seconds(0.5) == 3.0  # 6 streams, 2 reads a second between them
+    for waiter in waiters[:5]:
+        hub.unregister(waiter)
+    assert hub.poll_seconds(0.5) == 0.5
