@@ -49,6 +49,9 @@ class EventBus:
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._script: Any = None
+        # Execution id -> the newest event id published by this process, for the executions a
+        # run here streams output for (app/execution/output.py places its deltas after it).
+        self._watched: dict[str, int] = {}
 
     @property
     def _publish_script(self) -> Any:
@@ -81,6 +84,11 @@ class EventBus:
         batch = list(messages)
         if not batch:
             return True
+        if self._watched:
+            for _, message in batch:
+                key = str(message["execution_id"])
+                if key in self._watched:
+                    self._watched[key] = max(self._watched[key], int(message.get("id") or 0))
         if time.monotonic() < self._down_until:
             return False
         args: list[str] = []
@@ -98,6 +106,18 @@ class EventBus:
                 event_ids=[m.get("id") for _, m in batch],
             )
             return False
+
+    def watch(self, execution_id: Any) -> None:
+        """Start noting the newest event id this process publishes for the execution."""
+        self._watched.setdefault(str(execution_id), 0)
+
+    def unwatch(self, execution_id: Any) -> None:
+        """Stop noting it."""
+        self._watched.pop(str(execution_id), None)
+
+    def newest_published(self, execution_id: Any) -> int:
+        """The newest event id of a watched execution published here since the watch began (0: none)."""
+        return self._watched.get(str(execution_id), 0)
 
     def pubsub(self) -> redis.client.PubSub:
         """A new pub/sub connection (callers subscribe and close it)."""

@@ -28,12 +28,18 @@ class OutputStream:
         self.step: str | None = None
         self.reset = execution.attempt > 1
         self.appended = 0
+        self.bus = getattr(log, "bus", None)
+        if self.bus is not None:
+            self.bus.watch(execution.id)  # this run's own events, published by this process
 
     def call(self, step: str | None) -> Coalescer:
         """The coalescer of one model call of `step` (None for a standard task)."""
         self.step = step
         if self.log is not None:
-            self.floor = self.newest_event(self.floor)
+            published = self.bus.newest_published(self.execution.id) if self.bus is not None else 0
+            # The run's own progress event for this call was published here just before: no
+            # read of the log needed. Otherwise (none seen yet) read the newest from the log.
+            self.floor = max(self.floor, published) if published else self.newest_event(self.floor)
         return Coalescer(self._emit)
 
     def _emit(self, text: str) -> None:
@@ -46,5 +52,7 @@ class OutputStream:
 
     def close(self) -> None:
         """The attempt ended: the deltas stay replayable for the retention from now."""
+        if self.bus is not None:
+            self.bus.unwatch(self.execution.id)
         if self.log is not None and self.appended:
             self.log.keep(self.execution.id)

@@ -153,3 +153,28 @@ def test_the_delta_message_carries_the_contract_fields():
     assert message["type"] == events.OUTPUT_DELTA
     assert set(message["payload"]) | {"index"} == set(OUTPUT_DELTA_FIELDS)
     assert message["payload"]["delta"] == "abc" and message["payload"]["task_id"] is None
+
+
+def test_a_call_places_its_deltas_after_the_runs_own_newest_published_event_without_a_log_read():
+    from app.events import PROGRESS, EventBus
+
+    bus = EventBus("redis://127.0.0.1:1/0")
+    bus._down_until = float("inf")  # publishes are skipped (no connection in the unit tier)
+    log = FakeLog()
+    log.bus = bus  # type: ignore[attr-defined]
+    execution = _execution(1)
+    reads: list[int] = []
+    out = OutputStream(log, execution, lambda known: reads.append(known) or 3)  # type: ignore[arg-type]
+    out.call(None)  # nothing published by this process yet: the log is read
+    assert out.floor == 3 and reads == [0]
+    other = uuid.uuid4()
+    bus.publish_many(
+        [
+            (PROGRESS, {"id": 9, "execution_id": str(execution.id)}),
+            (PROGRESS, {"id": 11, "execution_id": str(other)}),
+        ]
+    )
+    out.call("s1")
+    assert out.floor == 9 and reads == [0]  # the progress event it just published, no read
+    out.close()
+    assert bus.newest_published(execution.id) == 0  # unwatched: nothing kept for it
