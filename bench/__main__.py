@@ -25,6 +25,7 @@ FIGURES = (
     "listing",
     "flowcontrol",
     "deltas",
+    "watchers",
 )
 
 
