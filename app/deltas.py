@@ -4,7 +4,9 @@ Why not PostgreSQL: a delta is a few characters, and a row per token (or per 50 
 thousand running executions) would make the log the hottest table of the database for
 data that `result` holds whole once the step ends. So deltas live in Redis: one stream
 per execution (`XADD MAXLEN ~ DELTA_STREAM_MAXLEN`), kept `DELTA_RETENTION_SECONDS`
-after its last write and refreshed when the execution ends.
+after its last write, and again from the execution's end: the publish of its
+`agent.execution.completed` event (by whichever process ends it: a run, the API, the
+reaper) restarts the clock in the same script.
 
 Ids. A delta's SSE id is `E.k`: E is the id of a logged (PostgreSQL) event of the same
 execution and k counts the deltas placed after it; a logged event keeps its plain id
@@ -33,11 +35,11 @@ from typing import Any
 import redis
 import structlog
 
-from app.events import OUTPUT_DELTA, EventBus, execution_channel
+from app.events import DELTA_KEY_PREFIX, OUTPUT_DELTA, EventBus, execution_channel
 
 log = structlog.get_logger(__name__)
 
-KEY_PREFIX = "agentexec:deltas:"
+KEY_PREFIX = DELTA_KEY_PREFIX
 # KEYS: stream, meta. ARGV: floor, attempt, maxlen, ttl, channel, message (JSON, without id/index).
 _APPEND = """
 local attempt = tonumber(ARGV[2])
@@ -141,6 +143,7 @@ class DeltaLog:
         self.backoff = backoff_seconds
         self._down_until = 0.0
         self._scripts: dict[str, Any] = {}
+        bus.delta_retention_seconds = retention_seconds  # an end, from any process, restarts it
 
     def _script(self, name: str, body: str) -> Any:
         if name not in self._scripts:

@@ -28,9 +28,13 @@ EVENT_TYPES = (STATE_CHANGED, PROGRESS, COMPLETED, REQUIRES_ACTION)
 OUTPUT_DELTA = "agent.execution.output.delta"
 EXECUTION_CHANNEL_PREFIX = "agent.execution.events."
 MAX_CONNECTIONS = 10_000
-_PUBLISH_ALL = (  # ARGV: channel, message, channel, message, ...
-    "for i = 1, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end"
-)  # one per thread at most; redis-py's default (100) raises beyond it
+# ARGV: seconds, then channel, message, channel, message, ...; KEYS: delta keys of executions
+# that ended in this batch, kept that many seconds from now (app/deltas.py).
+_PUBLISH_ALL = """
+for i = 2, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+"""  # one per thread at most; redis-py's default (100) raises beyond it
+DELTA_KEY_PREFIX = "agentexec:deltas:"  # + execution id: its output deltas; + ":meta": their fence
 
 
 def execution_channel(execution_id: Any) -> str:
@@ -52,6 +56,8 @@ class EventBus:
         # Execution id -> the newest event id published by this process, for the executions a
         # run here streams output for (app/execution/output.py places its deltas after it).
         self._watched: dict[str, int] = {}
+        # Set by app.deltas.DeltaLog: an execution's deltas are kept this long after its end.
+        self.delta_retention_seconds = 0
 
     @property
     def _publish_script(self) -> Any:
@@ -91,12 +97,16 @@ class EventBus:
                     self._watched[key] = max(self._watched[key], int(message.get("id") or 0))
         if time.monotonic() < self._down_until:
             return False
-        args: list[str] = []
+        args: list[Any] = [self.delta_retention_seconds]
+        keys: list[str] = []
         for event_type, message in batch:
             data = json.dumps(message, default=str)
             args += [event_type, data, execution_channel(message["execution_id"]), data]
+            if event_type == COMPLETED and self.delta_retention_seconds:
+                key = f"{DELTA_KEY_PREFIX}{message['execution_id']}"
+                keys += [key, f"{key}:meta"]
         try:
-            self._publish_script(args=args)
+            self._publish_script(keys=keys, args=args)
             return True
         except redis.RedisError as exc:
             self._down_until = time.monotonic() + self._backoff

@@ -298,3 +298,23 @@ def test_a_stream_survives_a_redis_restart_and_ends_resumably(
     finally:
         if svc.control_hub is not None:
             svc.control_hub.stop()
+
+
+def test_an_end_written_by_the_api_restarts_the_deltas_retention(api, settings):
+    """A paused execution cancelled through the API (no run writes that end): its deltas are
+    kept DELTA_RETENTION_SECONDS from the end all the same."""
+    import redis
+
+    from app.deltas import meta_key, stream_key
+
+    execution_id = _pipeline(api, steps=3, latency_ms=600, chunks=6)
+    client = redis.Redis.from_url(settings.redis_url)
+    wait_for(lambda: client.exists(stream_key(execution_id)), what="the first deltas")
+    assert api.post(f"/v1/executions/{execution_id}/pause").status_code in (200, 202)
+    wait_for(lambda: api.get(f"/v1/executions/{execution_id}").get_json()["state"] == "PAUSED", what="PAUSED")
+    client.expire(stream_key(execution_id), 5)  # as if the pause had lasted nearly the retention
+    assert api.post(f"/v1/executions/{execution_id}/cancel").status_code == 200
+    assert client.ttl(stream_key(execution_id)) > settings.delta_retention_seconds - 60
+    assert client.ttl(meta_key(execution_id)) > settings.delta_retention_seconds - 60
+    deltas = [f for f in read_frames(api, execution_id) if f["event"] == OUTPUT_DELTA]
+    assert deltas and deltas[0]["data"]["payload"]["step"] == "s0"
