@@ -22,6 +22,7 @@ import structlog
 from app.commands import MODEL_GENERATE, ModelRequest
 from app.errors import BudgetExceededError, ExecutionInterrupted, InvalidExecutionStateError
 from app.execution.control import RunControl
+from app.execution.output import OutputStream
 from app.execution.policy import Outcome, Stop, estimate_tokens
 from app.execution.tools import call_http_tool
 from app.models import Execution
@@ -132,7 +133,7 @@ class AgentLoop:
         )
         request.checkpoint = self.control.check_urgent
         request.sleep = self.control.sleep
-        response: dict[str, Any] = runner.command_bus.dispatch(MODEL_GENERATE, request)
+        response = self._dispatch(request, task_input.get("output"), f"turn-{turn}")
         usage = {k: int((response.get("usage") or {}).get(k, 0)) for k in _USAGE_KEYS}
         budget.add(usage["total_tokens"])
         messages.append(
@@ -147,6 +148,22 @@ class AgentLoop:
         self.state["finish_reason"] = response.get("finish_reason")
         self.state["usage"] = {k: int(self.state["usage"].get(k, 0)) + usage[k] for k in _USAGE_KEYS}
         self._checkpoint(usage)
+
+    def _dispatch(self, request: ModelRequest, output: OutputStream | None, step: str) -> dict[str, Any]:
+        """The model call; its text streams as output deltas of step `turn-<i>` (as a pipeline's)."""
+        if output is None:
+            answer: dict[str, Any] = self.runner.command_bus.dispatch(MODEL_GENERATE, request)
+            return answer
+        deltas = output.call(step)
+        request.on_delta = deltas.write
+        try:
+            answer = self.runner.command_bus.dispatch(MODEL_GENERATE, request)
+            text = answer.get("output")
+            if not deltas.received and isinstance(text, str) and text:
+                deltas.write(text)  # a provider that does not stream: its output as one delta
+        finally:
+            deltas.flush()  # before the turn is checkpointed: its deltas come first
+        return answer
 
     def _call_tools(self, pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Call the pending http tools (each result checkpointed at once); the client calls left."""

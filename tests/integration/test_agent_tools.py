@@ -93,6 +93,11 @@ def test_a_client_tool_waits_holding_no_slot_and_the_answer_carries_its_output(a
     assert "lookup=x is forty-two" in done["result"]["output"]
     assert done["result"]["usage"]["model_calls"] == 2 and done["result"]["turns"] == 2
     assert done["usage"]["total_tokens"] == done["result"]["usage"]["total_tokens"] > 0
+    deltas = api.get(
+        f"/v1/executions/{waiting['id']}/events?types=agent.execution.output.delta&limit=1000"
+    ).get_json()["items"]
+    streamed = "".join(d["payload"]["delta"] for d in deltas if d["payload"]["step"] == "turn-2")
+    assert streamed == done["result"]["output"]  # the answer streamed as output deltas of its turn
     history = api.get(f"/v1/executions/{waiting['id']}/history").get_json()["items"]
     assert [h["to_state"] for h in history] == [
         "PENDING",
