@@ -159,6 +159,11 @@ def test_a_wait_past_its_expiry_is_timed_out_by_the_reaper(api, api_app):  # typ
     row = wait_for(expired, timeout=10, interval=0.2, what="the reaper to time the wait out")
     assert row["error_code"] == "action_expired" and row["required_action"] is None
 
+    # A retry waits again for the same calls, with a new expiry.
+    assert api.post(f"/v1/executions/{ex['id']}/retry").status_code == 200
+    again = _wait_state(api, ex["id"], "REQUIRES_ACTION")
+    assert again["attempt"] == 2 and [c["id"] for c in again["required_action"]["tool_calls"]] == ["call_1_0"]
+
 
 def test_past_max_turns_the_execution_fails_with_max_turns_exceeded(api):  # type: ignore[no-untyped-def]
     agent = _agent(api)
