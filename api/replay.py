@@ -20,8 +20,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from api.fanout import shared_read
 from app.deltas import Cursor, DeltaLog, DeltasUnavailable
 from app.events import COMPLETED, EVENT_TYPES, OUTPUT_DELTA
 from app.execution.event_emitter import event_message
@@ -79,14 +81,21 @@ class Replay:
         each one yielded or skipped by `types`."""
         rereads = 0
         while True:
-            events = self.service.get_events(self.execution_id, after=self.cursor.event, limit=PAGE)
+            after = self.cursor.event
+            events = shared_read(
+                ("events", self.execution_id, after),
+                partial(self.service.get_events, self.execution_id, after=after, limit=PAGE),
+            )
             newest = events[-1].id if events else self.cursor.event
             bound = Cursor(newest, _TOP)  # every delta placed after `newest` may follow
             more = len(events) == PAGE
             deltas = []
             if self.deltas is not None:
                 try:
-                    deltas = self.deltas.read(self.execution_id, self.cursor, newest, DELTA_PAGE)
+                    deltas = shared_read(
+                        ("deltas", self.execution_id, self.cursor, newest),
+                        partial(self.deltas.read, self.execution_id, self.cursor, newest, DELTA_PAGE),
+                    )
                     self.deltas_down = False
                 except DeltasUnavailable:
                     self.deltas_down = True

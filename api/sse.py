@@ -213,6 +213,7 @@ class EventStream:
         client = getattr(self.service.event_bus, "client", None)
         if not isinstance(client, redis.Redis):
             return  # no Redis (a test's fake bus): poll the log
+        fanout.reading_after_wake(None)  # this stream's first reads are its own
         self._pubsub = fanout.hub_for(client).register(execution_channel(self.execution_id))
         lease = streams.current_lease()
         if lease is not None:
@@ -236,4 +237,5 @@ class EventStream:
         woke = waiter.wait(timeout if live else min(timeout, waiter.hub.poll_seconds(self.poll_seconds)))
         if waiter.ended is not None:
             raise streams.StreamEnded(waiter.ended)
+        fanout.reading_after_wake(waiter.woken_at if woke else None)
         return woke or not live

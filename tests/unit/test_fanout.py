@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -144,3 +145,58 @@ def test_while_redis_is_down_many_streams_poll_the_log_more_slowly_within_a_budg
     for waiter in waiters[:5]:
         hub.unregister(waiter)
     assert hub.poll_seconds(0.5) == 0.5
+
+
+def _reader(started: threading.Event, release: threading.Event, calls: list[int]) -> Any:
+    def read() -> int:
+        calls.append(1)
+        started.set()
+        assert release.wait(5)
+        return len(calls)
+
+    return read
+
+
+def test_streams_woken_before_an_identical_read_started_share_its_result() -> None:
+    started, release, calls = threading.Event(), threading.Event(), []
+    read = _reader(started, release, calls)
+    woken_at = time.monotonic()
+    results: list[int] = []
+
+    def stream() -> None:
+        fanout.reading_after_wake(woken_at)
+        results.append(fanout.shared_read(("events", "x", 7), read))
+
+    first = threading.Thread(target=stream)
+    first.start()
+    assert started.wait(5)  # the first stream's read is in flight, started after the wake-up
+    others = [threading.Thread(target=stream) for _ in range(5)]
+    for t in others:
+        t.start()
+    release.set()
+    for t in [first, *others]:
+        t.join(5)
+    assert calls == [1] and results == [1] * 6
+
+
+def test_a_stream_woken_after_a_read_started_or_not_woken_at_all_reads_for_itself() -> None:
+    started, release, calls = threading.Event(), threading.Event(), []
+    read = _reader(started, release, calls)
+    results: list[int] = []
+
+    def stream(woken_at: float | None) -> None:
+        fanout.reading_after_wake(woken_at)
+        results.append(fanout.shared_read(("events", "y", 7), read))
+
+    first = threading.Thread(target=stream, args=(time.monotonic(),))
+    first.start()
+    assert started.wait(5)
+    late = threading.Thread(target=stream, args=(time.monotonic(),))  # woken after the read began
+    unwoken = threading.Thread(target=stream, args=(None,))  # a first replay or a resync
+    late.start()
+    unwoken.start()
+    wait_for(lambda: len(calls) == 3, timeout=5, what="three reads")
+    release.set()
+    for t in (first, late, unwoken):
+        t.join(5)
+    assert sorted(results) == [3, 3, 3] and len(calls) == 3
