@@ -171,6 +171,13 @@ def run(ctx: Ctx) -> None:
     agent = make_agent(svc0, "watchers-post")
     sink = {"DEFAULT_QUEUE": SINK_QUEUE, "CELERY_QUEUES": SINK_QUEUE, "BENCH_SINK_QUEUE": SINK_QUEUE}
     env = sink | {"AUTH_ENABLED": "true", "RATE_LIMIT": "1000000000", "MAX_STREAMS_PER_KEY": str(n + 100)}
+    # The server model to measure: the Procfile's (gevent) unless the environment names another,
+    # e.g. WEB_WORKER_CLASS=api.server.ThreadWorker WEB_THREADS=600 (one thread per stream).
+    env |= {
+        k: os.environ[k]
+        for k in ("WEB_WORKER_CLASS", "WEB_THREADS", "WEB_WORKERS", "WEB_GC_LOG")
+        if k in os.environ
+    }
     svc, executions, committed = drive(n // PER_EXECUTION)
     web = ctx.env.start_web("web-watchers", env=env)
     url, port = web.info["url"], web.info["port"]
