@@ -261,8 +261,10 @@ class GeventWorker(ProblemErrors, _gevent_worker_base()):  # type: ignore[misc]
         gevent.spawn(collect)
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
-        """A connection: note when it was accepted, and bound every socket wait."""
-        self._accepted = time.monotonic()
+        """A connection (in a greenlet of its own): note when it was accepted."""
+        import gevent
+
+        gevent.getcurrent().agentexec_accepted = time.monotonic()
         super().handle(listener, client, addr)
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
@@ -271,8 +273,9 @@ class GeventWorker(ProblemErrors, _gevent_worker_base()):  # type: ignore[misc]
 
         sock.settimeout(SEND_TIMEOUT_SECONDS)
         started = datetime.now()
-        waited = time.monotonic() - getattr(self, "_accepted", time.monotonic())
-        self._accepted = time.monotonic()  # the next request of this connection starts its own clock
+        connection = gevent.getcurrent()
+        waited = time.monotonic() - getattr(connection, "agentexec_accepted", time.monotonic())
+        connection.agentexec_accepted = time.monotonic()  # the next request on it: its own clock
         if waited > self.queue_timeout:
             return self.refuse(
                 req, sock, addr, 503, "Service Unavailable", "the server is overloaded", started

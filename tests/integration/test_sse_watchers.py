@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,3 +241,57 @@ def test_the_open_files_limit_of_the_workers_is_raised_to_the_hard_limit(server:
         line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
         soft, hard = line.split()[3:5]
         assert soft == hard, line
+
+
+@pytest.fixture(scope="module")
+def late_server(settings, celery_worker, tmp_path_factory) -> Iterator[Server]:  # type: ignore[no-untyped-def]
+    env = {"WEB_QUEUE_TIMEOUT": "1"}
+    srv = start_gunicorn(tmp_path_factory.mktemp("gunicorn-late") / "gunicorn.log", workers=1, **env)
+    try:
+        yield srv
+    finally:
+        stop_process(srv.process)
+
+
+def _answer(sock: socket.socket) -> bytes:
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_a_request_that_could_not_start_in_time_is_answered_503_not_run_late(late_server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", port_of(late_server)), timeout=30) as sock:
+        head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.sendall(head[:10])
+        started = time.monotonic()
+        # The head arrives in full only after WEB_QUEUE_TIMEOUT (1 s), within the keep-alive (2 s).
+        wait_for(lambda: time.monotonic() - started > 1.3, timeout=5, interval=0.05, what="1.3 s")
+        sock.sendall(head[10:])
+        head_out, _, body = _answer(sock).partition(b"\r\n\r\n")
+    assert head_out.startswith(b"HTTP/1.1 503 ")
+    assert b"Retry-After: " in head_out and b"application/problem+json" in head_out
+    assert json.loads(body)["status"] == 503
+
+
+def test_a_post_whose_client_hung_up_before_it_started_creates_nothing(late_server: Server) -> None:
+    name = f"gone-{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"name": name}).encode()
+    request = (
+        b"POST /v1/agents HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    with socket.create_connection(("127.0.0.1", port_of(late_server)), timeout=30) as sock:
+        # Corked: the request and the FIN leave in one segment, as from a client that gave up
+        # waiting (its timeout) and closed before the server got to the request.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        assert _answer(sock) == b""  # closed without an answer
+    wait_for(
+        lambda: "client hung up" in late_server.log.read_text(), timeout=10, what="the refusal's log line"
+    )
+    with late_server.client() as c:
+        names = [a["name"] for a in c.get("/v1/agents", params={"page_size": 200}).json()["items"]]
+    assert name not in names
