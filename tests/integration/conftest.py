@@ -137,7 +137,7 @@ def start_gunicorn(
 
 @pytest.fixture(scope="module")
 def api_server(request, settings, celery_worker, tmp_path_factory) -> Iterator[Server]:  # type: ignore[no-untyped-def]
-    """gunicorn (api.server.ThreadWorker: gthread, 2 workers) serving `api:create_app()` as the
+    """gunicorn (api.server.GeventWorker, 2 workers) serving `api:create_app()` as the
     Procfile's web line does; indirect parametrization may add environment variables."""
     env: dict[str, str] = getattr(request, "param", None) or {}
     server = start_gunicorn(tmp_path_factory.mktemp("gunicorn") / "gunicorn.log", **env)
