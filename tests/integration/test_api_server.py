@@ -20,6 +20,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.events import EVENT_TYPES
 from tests.conftest import wait_for
 from tests.integration.conftest import Server, wait_finished
 
@@ -87,13 +88,14 @@ def test_an_sse_client_that_reconnects_with_last_event_id_gets_exactly_the_misse
             json={"agent_id": server_agent["id"], "parameters": _pipeline(steps=5, latency_ms=300)},
         ).json()
         url = f"/v1/executions/{execution['id']}/events"
-        with c.stream("GET", url, headers=SSE_HEADERS) as first:
+        logged = f"{url}?types={','.join(EVENT_TYPES)}"  # the log's events, not the output deltas
+        with c.stream("GET", logged, headers=SSE_HEADERS) as first:
             assert first.status_code == 200
             assert first.headers["content-type"].startswith("text/event-stream")
             before = events_of(read_sse(first.iter_lines()), count=3)
         # Disconnected mid-run: events happen meanwhile; reconnect as a browser would.
         time.sleep(0.4)
-        with c.stream("GET", url, headers=SSE_HEADERS | {"Last-Event-ID": before[-1]["id"]}) as second:
+        with c.stream("GET", logged, headers=SSE_HEADERS | {"Last-Event-ID": before[-1]["id"]}) as second:
             after = events_of(read_sse(second.iter_lines()))
         log = c.get(f"{url}?limit=1000").json()["items"]
 
