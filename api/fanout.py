@@ -104,6 +104,7 @@ class Hub:
         self.reconnects = 0
         self.size = 0  # waiters registered now
         self._tried = threading.Event()  # set once the first connection attempt is over
+        self._failing = False  # an outage is under way and was logged (once: not every retry)
 
     # ------------------------------------------------------------ streams' side
 
@@ -206,9 +207,13 @@ class Hub:
                 self._commands = [c for c in self._commands if c[0] == "subscribe" and c[1] not in channels]
             pubsub.subscribe(HUB_CHANNEL, *channels)
         except (redis.RedisError, OSError) as exc:
-            log.warning("event fan-out cannot reach Redis; streams poll the log", error=str(exc))
+            if not self._failing:
+                log.warning("event fan-out cannot reach Redis; streams poll the log", error=str(exc))
+            else:
+                log.debug("event fan-out still cannot reach Redis", error=str(exc))
+            self._failing = True
             return False
-        self._pubsub, self.connected = pubsub, True
+        self._pubsub, self.connected, self._failing = pubsub, True, False
         if self.reconnects:
             log.info("event fan-out reconnected to Redis", channels=len(channels))
         self.reconnects += 1
@@ -216,6 +221,7 @@ class Hub:
 
     def _lost(self, exc: BaseException) -> None:
         log.warning("event fan-out lost Redis; streams poll the log until it is back", error=str(exc))
+        self._failing = True
         self._close()
         with self._lock:
             for entry in self._channels.values():

@@ -76,6 +76,9 @@ def test_a_redis_outage_is_logged_once_and_each_request_let_through_is_marked():
     with capture_logs() as logs:
         decisions = [limiter.hit("k") for _ in range(3)]
     assert all(d.allowed and d.failed_open for d in decisions)
-    assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == [
-        "rate limiter unavailable; letting requests through until Redis answers"
+    # Only the limiter's own warnings: another component of this process (the event fan-out of an
+    # earlier test's private Redis) may log its own outage meanwhile.
+    warnings = [
+        e["event"] for e in logs if e["log_level"] == "warning" and e["event"].startswith("rate limiter")
     ]
+    assert warnings == ["rate limiter unavailable; letting requests through until Redis answers"]

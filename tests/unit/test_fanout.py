@@ -200,3 +200,37 @@ def test_a_stream_woken_after_a_read_started_or_not_woken_at_all_reads_for_itsel
     for t in (first, late, unwoken):
         t.join(5)
     assert sorted(results) == [3, 3, 3] and len(calls) == 3
+
+
+def test_an_outage_is_logged_once_not_at_every_reconnect_attempt(
+    broker: FakeBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the suite: a hub whose Redis had gone logged a warning every 5 s for the rest of the
+    process, into other tests' captured logs."""
+    from structlog.testing import capture_logs
+
+    monkeypatch.setattr(fanout, "MAX_BACKOFF_SECONDS", 0.02)
+    attempts = 0
+
+    def connect() -> FakePubSub:
+        nonlocal attempts
+        attempts += 1
+        return broker.connect()
+
+    broker.down = True
+    hub = fanout.Hub(connect)
+    try:
+        with capture_logs() as logs:
+            hub.register("ch.a")
+            wait_for(lambda: attempts >= 5, timeout=10, what="five reconnect attempts")
+        warnings = [e["event"] for e in logs if e["log_level"] == "warning"]
+        assert warnings == ["event fan-out cannot reach Redis; streams poll the log"]
+        broker.down = False
+        wait_for(lambda: hub.connected, timeout=10, what="the hub to reconnect")
+        with capture_logs() as logs:
+            broker.down = True  # a second outage is logged again
+            wait_for(lambda: not hub.connected, timeout=10, what="the hub to notice")
+        assert any(e["log_level"] == "warning" for e in logs)
+    finally:
+        broker.down = False
+        hub.stop()
