@@ -82,7 +82,7 @@ def info() -> Info:
     """Title, version and description (the state machine included)."""
     return Info(
         title="agentexec",
-        version="1.0.0",
+        version="1.1.0",
         description=(
             "Run AI-agent executions on Celery workers; every state change is guarded and recorded "
             "in PostgreSQL and published as an event.\n\n"

@@ -347,4 +347,4 @@ def test_the_client_installs_alone_into_a_fresh_virtualenv_and_calls_the_api(
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.split() == ["1.0.0", "True", "simulated-1"]
+    assert run.stdout.split() == ["1.1.0", "True", "simulated-1"]
