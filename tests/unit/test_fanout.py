@@ -234,3 +234,28 @@ def test_an_outage_is_logged_once_not_at_every_reconnect_attempt(
     finally:
         broker.down = False
         hub.stop()
+
+
+def test_the_hub_thread_outlives_an_unexpected_error_and_connects_after_it(
+    broker: FakeBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the suite: an error that is not a Redis error (there, the unit tier's socket guard)
+    ended the hub's thread, and with it every wake-up of the process's streams."""
+    monkeypatch.setattr(fanout, "MAX_BACKOFF_SECONDS", 0.02)
+    failures = 3
+
+    def connect() -> FakePubSub:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise RuntimeError("not a Redis error")
+        return broker.connect()
+
+    hub = fanout.Hub(connect)
+    try:
+        waiter = hub.register("ch.a")
+        wait_for(lambda: hub.live(waiter), timeout=10, what="the hub to connect after the errors")
+        broker.publish("ch.a")
+        assert waiter.wait(5)
+    finally:
+        hub.stop()
