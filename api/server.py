@@ -38,6 +38,7 @@ The app is imported after gevent's monkey-patching (gunicorn loads it in the wor
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -134,11 +135,11 @@ def raise_open_files_limit() -> tuple[int, int]:
     """Raise this process's open-files soft limit to its hard limit; (soft, hard) after."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
-        try:
+        # A refusal (hard limit RLIM_INFINITY on some systems) leaves the soft limit as it was;
+        # the worker logs the limit it got, so an operator sees it.
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft, hard
 
 

@@ -259,3 +259,21 @@ def test_the_hub_thread_outlives_an_unexpected_error_and_connects_after_it(
         assert waiter.wait(5)
     finally:
         hub.stop()
+
+
+def test_a_web_worker_raises_its_open_files_limit_to_the_hard_limit() -> None:
+    """Each open stream holds a file descriptor: the worker takes all the hard limit allows."""
+    import resource
+
+    from api.server import raise_open_files_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lower = min(soft, 256 if hard == resource.RLIM_INFINITY else max(hard // 2, 64))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lower, hard))
+    try:
+        got = raise_open_files_limit()
+        assert got == resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY:
+            assert got == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
