@@ -8,10 +8,7 @@ lease 3 s) on a private PostgreSQL database and redis-server; the http tool is a
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -19,37 +16,9 @@ import pytest
 from tests.conftest import wait_for
 from tests.e2e.conftest import close_stack
 from tests.e2e.harness import Stack
+from tests.tool_server import ToolServer
 
 pytestmark = pytest.mark.e2e
-
-
-class CountingTool:
-    """A local http tool answering the argument `q` reversed, counting every call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        tool = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                tool.calls.append((self.headers["idempotency-key"], body))
-                answer = body["arguments"]["q"][::-1].encode()
-                self.send_response(200)
-                self.send_header("content-length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/reverse"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +37,7 @@ def stack(new_database: Any, redis_server: Any, open_stack: Any) -> Iterator[Sta
 def test_a_worker_killed_after_a_tool_call_does_not_make_the_call_again(stack: Stack) -> None:
     from app.schemas import AgentCreate, ExecutionCreate
 
-    tool = CountingTool()
+    tool = ToolServer(path="/reverse")
     try:
         svc = stack.service
         agent = svc.create_agent(
@@ -103,8 +72,8 @@ def test_a_worker_killed_after_a_tool_call_does_not_make_the_call_again(stack: S
         assert done.state == "COMPLETED", stack.logs()
         assert "reverse=hello" in done.result["output"]
         assert done.result["turns"] == 2 and done.attempt == 2
-        assert len(tool.calls) == 1, tool.calls  # not called again by the recovered attempt
-        assert tool.calls[0][0] == f"{execution.id}:1:call_1_0"
+        assert len(tool.calls()) == 1, tool.calls()  # not called again by the recovered attempt
+        assert tool.calls()[0][0] == f"{execution.id}:1:call_1_0"
         history = svc.get_state_history(execution.id)
         assert any("worker lost" in (h.reason or "") for h in history)
     finally:

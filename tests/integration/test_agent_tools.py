@@ -5,10 +5,8 @@ tools are called signed, retried with the same Idempotency-Key; every refusal is
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -16,6 +14,7 @@ from standardwebhooks import Webhook
 
 from tests.conftest import wait_for
 from tests.integration.conftest import wait_finished
+from tests.tool_server import ToolServer
 
 LOOKUP = {
     "name": "lookup",
@@ -261,40 +260,6 @@ def test_an_http_tool_outside_the_allow_list_is_refused_on_create_and_patch(api,
 def test_a_malformed_tool_list_is_refused(api, tools):  # type: ignore[no-untyped-def]
     resp = api.post("/v1/agents", json={"name": "bad", "tools": tools})
     assert resp.status_code == 422 and resp.content_type == "application/problem+json"
-
-
-class ToolServer:
-    """A local http tool: answers 503 `fail_first` times, then the argument reversed."""
-
-    def __init__(self, fail_first: int = 0):
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.fail_first = fail_first
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["content-length"]))
-                server.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                if len(server.requests) <= server.fail_first:
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                answer = json.loads(body)["arguments"]["q"][::-1].encode()
-                self.send_response(200)
-                self.send_header("content-length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/tool"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
