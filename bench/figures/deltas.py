@@ -18,8 +18,8 @@ import time
 from typing import Any
 
 from bench.common import Ctx, make_agent
-from bench.env import RUN_ID, redis_url
-from bench.figures.sse import _Reader
+from bench.env import redis_url
+from bench.figures.sse import _Reader, raw
 from bench.results import Figure, percentile
 
 PACE = 0.06  # seconds between chunks, both sides (> the coalescer's 50 ms: no waiting there)
@@ -90,30 +90,6 @@ def ours(url: str, key: str, n: int) -> list[float]:
     return [(received[i] - t) * 1000 for i, t in log.sent.items()]
 
 
-def raw(n: int) -> list[float]:
-    """Latencies (ms) of n Redis messages published at the same pace to a subscriber process."""
-    import redis
-
-    channel = f"bench-delta-raw-{RUN_ID}"
-    reader = _Reader(
-        [sys.executable, "-m", "bench.listener", "redis", "--url", redis_url(), "--channel", channel]
-    )
-    client = redis.Redis.from_url(redis_url())
-    sent: dict[str, float] = {}
-    try:
-        reader.wait_ready()
-        for i in range(n):
-            sent[str(i)] = time.time()
-            client.publish(channel, f"{i} chunk {i} of the model's answer; ")
-            time.sleep(PACE)
-        client.publish(channel, "END")
-        received = reader.results()
-    finally:
-        reader.close()
-        client.close()
-    return [(received[i] - t) * 1000 for i, t in sent.items() if i in received]
-
-
 def run(ctx: Ctx) -> None:
     """p50 and p99 of both, reported with the raw baseline (no goal in the issue)."""
     from bench.common import service
@@ -125,7 +101,7 @@ def run(ctx: Ctx) -> None:
     web = ctx.env.start_web("web-deltas", env={"AUTH_ENABLED": "true", "RATE_LIMIT": "1000000000"})
     n = int(ctx.sizes.get("delta_chunks", 100 if ctx.mode == "short" else 300))
     try:
-        base = raw(n)
+        base = raw(n, pace=PACE, name="delta")
         mine = ours(web.info["url"], key, n)
     finally:
         ctx.env.stop(web)

@@ -132,11 +132,12 @@ def ours(ctx: Ctx, url: str, key: str, n: int) -> list[float]:
     return [(received[str(i)] - t) * 1000 for i, t in sent.items()]
 
 
-def raw(n: int) -> list[float]:
-    """Latencies (ms) of n Redis messages published at the same pace to a subscriber process."""
+def raw(n: int, *, pace: float = PACE, name: str = "sse") -> list[float]:
+    """Latencies (ms) of n Redis messages published every `pace` s to a subscriber process: the
+    raw pub/sub baseline of the SSE figures (this one's and bench/figures/deltas.py's)."""
     import redis
 
-    channel = f"bench-sse-raw-{RUN_ID}"
+    channel = f"bench-{name}-raw-{RUN_ID}"
     reader = _Reader(
         [sys.executable, "-m", "bench.listener", "redis", "--url", redis_url(), "--channel", channel]
     )
@@ -147,7 +148,7 @@ def raw(n: int) -> list[float]:
         for i in range(n):
             sent[str(i)] = time.time()
             client.publish(channel, f"{i} {sent[str(i)]:.6f}")
-            time.sleep(PACE)
+            time.sleep(pace)
         client.publish(channel, "END")
         received = reader.results()
     finally:
