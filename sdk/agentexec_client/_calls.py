@@ -8,9 +8,9 @@ are not (a dropped connection may have hidden a change that happened).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -330,24 +330,27 @@ class ExecutionPager:
         return fresh
 
 
-class AgentPager:
-    """Walks every page of the agents, by name; each agent once."""
+T = TypeVar("T")
 
-    def __init__(self, page_size: int):
-        self.page_size, self.page = page_size, 1
+
+class Pager(Generic[T]):
+    """Walks every page of a listing (agents, schedules, webhooks, deliveries); each item once."""
+
+    def __init__(self, page_call: Callable[[int, int], Call[Any]], page_size: int):
+        self.page_call, self.page_size, self.page = page_call, page_size, 1
         self.seen: set[uuid.UUID] = set()
         self.done = False
 
-    def call(self) -> Call[AgentPage]:
+    def call(self) -> Call[Any]:
         """The request of the next page."""
-        return agent_page(self.page, self.page_size)
+        return self.page_call(self.page, self.page_size)
 
-    def take(self, answer: AgentPage) -> list[Agent]:
-        """The agents of a page not yielded before; marks the end."""
+    def take(self, answer: Any) -> list[T]:
+        """The items of a page not yielded before; marks the end."""
         self.page += 1
         self.done = len(answer.items) < self.page_size
-        fresh = [a for a in answer.items if a.id not in self.seen]
-        self.seen.update(a.id for a in fresh)
+        fresh = [item for item in answer.items if item.id not in self.seen]
+        self.seen.update(item.id for item in fresh)
         return fresh
 
 

@@ -74,7 +74,7 @@ class AsyncAgents:
 
     async def list(self, *, page_size: int = 200) -> AsyncIterator[Agent]:
         """Every agent, by name (fetched a page at a time)."""
-        pager = calls.AgentPager(page_size)
+        pager: calls.Pager[Agent] = calls.Pager(calls.agent_page, page_size)
         while not pager.done:
             for agent in pager.take(await self._c.send(pager.call())):
                 yield agent

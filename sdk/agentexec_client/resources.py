@@ -78,7 +78,7 @@ class Agents:
 
     def list(self, *, page_size: int = 200) -> Iterator[Agent]:
         """Every agent, by name (fetched a page at a time)."""
-        pager = calls.AgentPager(page_size)
+        pager: calls.Pager[Agent] = calls.Pager(calls.agent_page, page_size)
         while not pager.done:
             yield from pager.take(self._c.send(pager.call()))
 

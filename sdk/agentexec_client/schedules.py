@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from agentexec_client import _calls as calls
-from agentexec_client._calls import NOT_GIVEN, NotGiven
+from agentexec_client._calls import NOT_GIVEN, NotGiven, Pager
 from agentexec_client._core import Call
 from agentexec_client.models import ExecutionParameters, OnConflict, Schedule, SchedulePage
 
@@ -65,13 +65,9 @@ class Schedules:
 
     def list(self, *, page_size: int = 200) -> Iterator[Schedule]:
         """Every schedule, oldest first."""
-        page = 1
-        while True:
-            found = self.list_page(page, page_size)
-            yield from found.items
-            if page * page_size >= found.total or not found.items:
-                return
-            page += 1
+        pager: Pager[Schedule] = Pager(calls.schedule_page, page_size)
+        while not pager.done:
+            yield from pager.take(self._c.send(pager.call()))
 
     def update(
         self,
@@ -128,14 +124,10 @@ class AsyncSchedules:
 
     async def list(self, *, page_size: int = 200) -> AsyncIterator[Schedule]:
         """Every schedule, oldest first."""
-        page = 1
-        while True:
-            found = await self.list_page(page, page_size)
-            for item in found.items:
+        pager: Pager[Schedule] = Pager(calls.schedule_page, page_size)
+        while not pager.done:
+            for item in pager.take(await self._c.send(pager.call())):
                 yield item
-            if page * page_size >= found.total or not found.items:
-                return
-            page += 1
 
     async def update(
         self,

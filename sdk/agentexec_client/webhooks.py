@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
+from agentexec_client._calls import Pager
 from agentexec_client._core import Call, path_id
 from agentexec_client.models import Model, RequestModel
 
@@ -184,13 +185,9 @@ class Webhooks:
 
     def list(self, *, page_size: int = 200) -> Iterator[Webhook]:
         """Every endpoint, newest first."""
-        page = 1
-        while True:
-            found = self.list_page(page, page_size)
-            yield from found.items
-            if page * page_size >= found.total or not found.items:
-                return
-            page += 1
+        pager: Pager[Webhook] = Pager(page_call, page_size)
+        while not pager.done:
+            yield from pager.take(self._c.send(pager.call()))
 
     def update(
         self,
@@ -217,13 +214,9 @@ class Webhooks:
 
     def deliveries(self, webhook: WebhookRef, *, page_size: int = 200) -> Iterator[WebhookDelivery]:
         """Every delivery of an endpoint, newest first."""
-        page = 1
-        while True:
-            found = self.deliveries_page(webhook, page, page_size)
-            yield from found.items
-            if page * page_size >= found.total or not found.items:
-                return
-            page += 1
+        pager: Pager[WebhookDelivery] = Pager(lambda p, s: deliveries_call(webhook, p, s), page_size)
+        while not pager.done:
+            yield from pager.take(self._c.send(pager.call()))
 
     def redeliver(self, webhook: WebhookRef, delivery: DeliveryRef) -> WebhookDelivery:
         """Send a delivery again (same webhook-id, due now)."""
@@ -252,14 +245,10 @@ class AsyncWebhooks:
 
     async def list(self, *, page_size: int = 200) -> AsyncIterator[Webhook]:
         """Every endpoint, newest first."""
-        page = 1
-        while True:
-            found = await self.list_page(page, page_size)
-            for item in found.items:
+        pager: Pager[Webhook] = Pager(page_call, page_size)
+        while not pager.done:
+            for item in pager.take(await self._c.send(pager.call())):
                 yield item
-            if page * page_size >= found.total or not found.items:
-                return
-            page += 1
 
     async def update(
         self,
@@ -288,14 +277,10 @@ class AsyncWebhooks:
         self, webhook: WebhookRef, *, page_size: int = 200
     ) -> AsyncIterator[WebhookDelivery]:
         """Every delivery of an endpoint, newest first."""
-        page = 1
-        while True:
-            found = await self.deliveries_page(webhook, page, page_size)
-            for item in found.items:
+        pager: Pager[WebhookDelivery] = Pager(lambda p, s: deliveries_call(webhook, p, s), page_size)
+        while not pager.done:
+            for item in pager.take(await self._c.send(pager.call())):
                 yield item
-            if page * page_size >= found.total or not found.items:
-                return
-            page += 1
 
     async def redeliver(self, webhook: WebhookRef, delivery: DeliveryRef) -> WebhookDelivery:
         """Send a delivery again (same webhook-id, due now)."""
