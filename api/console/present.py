@@ -3,9 +3,10 @@ and why it is not moving. Pure functions of rows and a clock, so they are tested
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.schemas import FINISHED_STATES, ExecutionState
@@ -62,14 +63,32 @@ def timeline(history: Sequence[Any], now: datetime) -> list[Stay]:
     return stays
 
 
+def clock(moment: datetime) -> str:
+    """A moment of today for people: 14:03:07 UTC."""
+    return moment.astimezone(UTC).strftime("%H:%M:%S UTC")
+
+
 def why_not_moving(
-    execution: Any, now: datetime, *, lease_timeout: float, last_reason: str | None, ahead: int | None = None
+    execution: Any,
+    now: datetime,
+    *,
+    lease_timeout: float,
+    last_reason: str | None,
+    ahead: int | None = None,
+    heartbeat_interval: float = 5.0,
+    reaper_interval: float = 5.0,
 ) -> str:
     """One sentence on what the execution waits for, in the words an operator would use;
-    `ahead` is how many of the tenant's executions were queued before it."""
+    `ahead` is how many of the tenant's executions were queued before it. A RUNNING execution
+    whose worker went silent is recovered by the reaper once its heartbeat is `lease_timeout`
+    old, at the reaper's next sweep (every `reaper_interval`)."""
     state = ExecutionState(execution.state)
     since = execution.updated_at
     if state is S.PENDING:
+        scheduled = getattr(execution, "scheduled_at", None)
+        if scheduled is not None:
+            when = f"in {age(now, scheduled)}" if scheduled > now else "now, at the scheduler's next pass"
+            return f"Scheduled: it goes on the queue at {clock(scheduled)} ({when})."
         return f"Created {age(execution.created_at, now)} ago and not started: start it to queue it."
     if state is S.QUEUED:
         queued_at = execution.queued_at or since
@@ -87,10 +106,23 @@ def why_not_moving(
         if execution.heartbeat_at is None:
             return f"Claimed by {execution.worker or 'a worker'}; no heartbeat yet."
         silent = (now - execution.heartbeat_at).total_seconds()
+        due = execution.heartbeat_at + timedelta(seconds=lease_timeout)
+        latest = due + timedelta(seconds=reaper_interval)
+        if now > latest:
+            return (
+                f"No heartbeat for {seconds(silent)} from {execution.worker}: the worker looks gone, and "
+                f"the reaper should have recovered it by {clock(latest)}: check that the reaper runs."
+            )
         if silent > lease_timeout:
             return (
                 f"No heartbeat for {seconds(silent)} from {execution.worker}: the worker looks gone; "
-                f"the reaper recovers executions silent for over {seconds(lease_timeout)}."
+                f"the reaper recovers it at its next sweep, by {clock(latest)}."
+            )
+        if silent > 2 * heartbeat_interval:
+            return (
+                f"No heartbeat for {seconds(silent)} from {execution.worker} (one is due every "
+                f"{seconds(heartbeat_interval)}): if it stays silent, the reaper recovers it at "
+                f"{clock(due)}."
             )
         return f"Running on {execution.worker}; last heartbeat {seconds(silent)} ago."
     if state is S.PAUSING:
@@ -103,11 +135,39 @@ def why_not_moving(
     if state is S.REQUIRES_ACTION:
         calls = len((execution.required_action or {}).get("tool_calls") or [])
         return (
-            f"Waiting {age(since, now)} for the outputs of {calls} tool call(s), holding no worker: "
+            f"Waiting since {clock(since)} ({age(since, now)}) for the outputs of {calls} tool call(s), "
+            "holding no worker: "
             "answer them below (or POST .../input) to let the agent go on."
         )
     ended = execution.completed_at or since
     return f"Finished: {state.value} {age(ended, now)} ago."
+
+
+def output(deltas: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """The streamed output so far, by step ("" for a standard task), from the output-delta
+    messages in order: a delta with `reset` drops the text of its step (all text when its step
+    is null), as a client of the stream does."""
+    text: dict[str, str] = {}
+    for message in deltas:
+        payload = message.get("payload") or {}
+        step = payload.get("step") or ""
+        if payload.get("reset"):
+            if step:
+                text.pop(step, None)
+            else:
+                text.clear()
+        text[step] = text.get(step, "") + str(payload.get("delta") or "")
+    return text
+
+
+def step_outputs(context: dict[str, Any] | None) -> dict[str, str]:
+    """A pipeline's stored step outputs (its checkpoint), as text by step name."""
+    steps = (context or {}).get("steps") or {}
+    shown: dict[str, str] = {}
+    for name, step in steps.items():
+        value = step.get("output") if isinstance(step, dict) else step
+        shown[str(name)] = value if isinstance(value, str) else json.dumps(value)
+    return shown
 
 
 def actions_for(state: str) -> list[str]:

@@ -27,11 +27,12 @@ from api.console.session import (
     while_key_lives,
 )
 from api.deps import service, settings, tenant
+from api.replay import Replay
 from api.sse import EventStream
 from app.config import Settings
 from app.deltas import Cursor
 from app.errors import AgentNotFoundError, ExecutionNotFoundError, InvalidExecutionStateError
-from app.events import EVENT_TYPES
+from app.events import OUTPUT_DELTA
 from app.schemas import ErrorCode, ExecutionFilters, ExecutionState, Pagination
 
 bp = Blueprint(
@@ -205,9 +206,10 @@ def counts() -> Response:
 @bp.get("/executions/<uuid:execution_id>")
 def execution(execution_id: uuid.UUID) -> Page:
     svc, now = service(), datetime.now(UTC)
-    # The events first, then the row: the page's stream resumes after the last event read, so a
-    # change made between the two reads is replayed instead of lost.
-    events = svc.get_events(execution_id, after=0, limit=1000, tenant=tenant())
+    svc.get_execution(execution_id, tenant=tenant())  # another tenant's: 404 before any read
+    # The events and output deltas first, then the row: the page's stream resumes after the last
+    # one read (`E` or `E.k`), so a change made between the two reads is replayed, not lost.
+    items = list(Replay(svc, execution_id, Cursor()).read())
     row = svc.get_execution(execution_id, tenant=tenant())
     history = svc.get_state_history(execution_id, 100, tenant=tenant())
     try:
@@ -225,10 +227,18 @@ def execution(execution_id: uuid.UUID) -> Page:
         e=row,
         agent_name=agent_name,
         stays=present.timeline(history, now),
-        events=events,
-        last_event_id=events[-1].id if events else 0,
+        events=[i.message for i in items if i.type != OUTPUT_DELTA],
+        output=present.output([i.message for i in items if i.type == OUTPUT_DELTA]),
+        stored_steps=present.step_outputs(row.context),
+        last_event_id=items[-1].id if items else "0",
         why=present.why_not_moving(
-            row, now, lease_timeout=settings().lease_timeout, last_reason=last_reason, ahead=ahead
+            row,
+            now,
+            lease_timeout=settings().lease_timeout,
+            last_reason=last_reason,
+            ahead=ahead,
+            heartbeat_interval=settings().heartbeat_interval,
+            reaper_interval=settings().reaper_interval,
         ),
         actions=present.ALLOWED_ACTIONS,
         flower_task_url=f"{flower}/task/{row.celery_task_id}" if flower and row.celery_task_id else None,
@@ -245,14 +255,8 @@ def execution_events(execution_id: uuid.UUID) -> Response:
     svc.get_execution(execution_id, tenant=tenant())
     after = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
     start = Cursor.parse(after) or Cursor()
-    # The page shows states and progress, not the output: no deltas (they would only be dropped).
-    stream = EventStream(
-        svc,
-        execution_id,
-        start,
-        heartbeat_seconds=settings().sse_heartbeat_seconds,
-        types=frozenset(EVENT_TYPES),
-    )
+    # Every type, the output deltas included: the page shows the output as it streams.
+    stream = EventStream(svc, execution_id, start, heartbeat_seconds=settings().sse_heartbeat_seconds)
     frames = iter(stream)
     if "key_id" in g:
         frames = while_key_lives(frames, g.key_id, str(g.tenant))

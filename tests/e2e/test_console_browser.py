@@ -86,6 +86,12 @@ def _shoot(driver: Any, name: str) -> list[Path]:
         path = SHOTS / f"{name}-{label}.png"
         driver.save_screenshot(str(path))
         paths.append(path)
+        # It reads at this width: nothing makes the page itself scroll sideways (a wide table
+        # scrolls inside its own box).
+        wide = driver.execute_script(
+            "const r = document.documentElement; return r.scrollWidth - r.clientWidth;"
+        )
+        assert wide <= 0, f"{path.name}: the page is {wide} px wider than the {size[0]} px window"
         print(f"screenshot {path}")
     driver.set_window_size(*WIDTHS["desktop"])
     return paths
@@ -98,6 +104,20 @@ def _text_is(driver: Any, element_id: str, text: str, timeout: float) -> None:
     except TimeoutException:
         shown = {i: driver.find_element(By.ID, i).text for i in (element_id, "live", "why", "events")}
         raise AssertionError(f"{text!r} not shown within {timeout} s: {shown}") from None
+
+
+def _count(driver: Any, state: str) -> int:
+    return int(driver.find_element(By.CSS_SELECTOR, f".count[data-state='{state}']").text)
+
+
+def _output(driver: Any) -> dict[str, str]:
+    """The output the execution page shows, by step."""
+    return dict(
+        driver.execute_script(
+            "return Array.from(document.querySelectorAll('#output .output-step'))"
+            ".map(b => [b.dataset.step, b.querySelector('pre').textContent]);"
+        )
+    )
 
 
 def _sign_in(driver: Any, server: Server, key: str) -> None:
@@ -115,21 +135,35 @@ def test_an_operator_watches_a_pipeline_finish_and_cancels_another(console_serve
 
     _sign_in(browser, console_server, key)
 
+    # The counts at the top follow the store without a reload.
+    browser.get(f"{console_server.url}/console/executions")
+    browser.execute_script("window.__sameDocument = true;")  # gone if the page reloads
+    completed = _count(browser, "COMPLETED")
+    quick = _run(api, agent["id"], steps=1, latency_ms=10)
+    WebDriverWait(browser, 20).until(lambda d: _count(d, "COMPLETED") == completed + 1)
+    assert browser.execute_script("return window.__sameDocument === true;"), "the page reloaded"
+    assert api.get(f"/v1/executions/{quick}").json()["state"] == "COMPLETED"
+
     running = _run(api, agent["id"], steps=5, latency_ms=1200)
     browser.get(f"{console_server.url}/console/executions")
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f"a[href='/console/executions/{running}']")))
     _shoot(browser, "executions")
     browser.find_element(By.CSS_SELECTOR, f"a[href='/console/executions/{running}']").click()
     wait.until(ec.presence_of_element_located((By.ID, "progress")))
-    browser.execute_script("window.__sameDocument = true;")  # gone if the page reloads
+    browser.execute_script("window.__sameDocument = true;")
     WebDriverWait(browser, 30).until(
         lambda d: d.find_element(By.ID, "progress").get_attribute("value") not in ("0", "100")
     )
+    # The output streams in while it runs: a step's text grows piece by piece before it ends.
+    first = WebDriverWait(browser, 30).until(lambda d: _output(d).get("s3"))
+    WebDriverWait(browser, 30).until(lambda d: len(_output(d).get("s3", "")) > len(first))
     _text_is(browser, "state", "COMPLETED", 60)
     WebDriverWait(browser, 10).until(
         lambda d: d.find_element(By.ID, "progress").get_attribute("value") == "100"
     )
     assert browser.execute_script("return window.__sameDocument === true;"), "the page reloaded"
+    stored = api.get(f"/v1/executions/{running}").json()["context"]["steps"]
+    assert _output(browser) == {name: step["output"] for name, step in stored.items()}
     _shoot(browser, "execution-completed")
 
     doomed = _run(api, agent["id"], steps=10, latency_ms=3000)
@@ -211,3 +245,47 @@ def _serious(driver: Any, axe: str) -> list[str]:
         for rule, impact, nodes in result
         if impact in ("serious", "critical")
     ]
+
+
+LOOKUP = {"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}
+
+
+def test_an_operator_answers_an_agents_tool_call_from_its_page(console_server, key, browser):  # type: ignore[no-untyped-def]
+    api = _api(console_server, key)
+    agent = api.post("/v1/agents", json={"name": f"tooly-{uuid.uuid4().hex[:6]}", "tools": [LOOKUP]}).json()
+    made = api.post(
+        "/v1/executions",
+        json={
+            "agent_id": agent["id"],
+            "parameters": {
+                "type": "agent",
+                "input": "what is x?",
+                "simulate": {
+                    "latency_ms": 300,
+                    "tool_calls": [[{"name": "lookup", "arguments": {"q": "x"}}]],
+                },
+            },
+        },
+    )
+    assert made.status_code == 201, made.text
+    execution = made.json()["id"]
+    _sign_in(browser, console_server, key)
+    browser.get(f"{console_server.url}/console/executions/{execution}")
+    browser.execute_script("window.__sameDocument = true;")
+    field = WebDriverWait(browser, 30).until(ec.visibility_of_element_located((By.ID, "output-call_1_0")))
+    _text_is(browser, "state", "REQUIRES_ACTION", 10)
+    assert "lookup" in browser.find_element(By.ID, "tool-calls").text
+    found = _serious(browser, _axe_source())
+    _shoot(browser, "execution-requires-action")
+    assert not found, found
+    field.send_keys("typed in the browser")
+    browser.find_element(By.ID, "submit-outputs").click()
+    alert = WebDriverWait(browser, 10).until(ec.alert_is_present())
+    assert "1 tool call" in alert.text
+    alert.accept()
+    _text_is(browser, "state", "COMPLETED", 30)
+    assert not browser.find_element(By.ID, "required-action").is_displayed()
+    assert browser.execute_script("return window.__sameDocument === true;"), "the page reloaded"
+    result = api.get(f"/v1/executions/{execution}").json()["result"]["output"]
+    assert "lookup=typed in the browser" in result
+    WebDriverWait(browser, 10).until(lambda d: "lookup=typed in the browser" in "".join(_output(d).values()))

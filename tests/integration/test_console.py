@@ -65,6 +65,19 @@ def signed_in(app: Any, key: str) -> Any:
     return client
 
 
+def section(html: str, element_id: str) -> str:
+    """The markup of the element with this id, up to the end of its section."""
+    start = html.index(f'id="{element_id}"')
+    return html[start : html.index("</section>", start)]
+
+
+def visible_actions(html: str) -> list[str]:
+    """The control buttons the page shows (the others are rendered hidden for the live page)."""
+    forms = re.findall(r'<form[^>]*data-action="(\w+)"[^>]*>', html)
+    tags = re.findall(r'<form[^>]*data-action="\w+"[^>]*>', html)
+    return [name for name, tag in zip(forms, tags, strict=True) if not re.search(r"\shidden\b", tag)]
+
+
 def csrf_of(client: Any, path: str) -> str:
     match = CSRF.search(client.get(path).get_data(as_text=True))
     assert match is not None
@@ -108,18 +121,21 @@ def test_the_pages_show_executions_their_story_and_agents(console_app, acme):  #
     only_pending = client.get("/console/executions?state=PENDING").get_data(as_text=True)
     assert acme.pending[:8] in only_pending and acme.done[:8] not in only_pending
 
-    page = client.get(f"/console/executions/{acme.done}").get_data(as_text=True)
-    for text in (
-        "Timeline",
+    done = client.get(f"/console/executions/{acme.done}").get_data(as_text=True)
+    row = _Bearer(console_app, acme.key).get(f"/v1/executions/{acme.done}").get_json()
+    # The timeline lists the states it went through, in order, the last one final.
+    assert re.findall(r'class="state state-(\w+)"', section(done, "timeline")) == [
+        "PENDING",
         "QUEUED",
         "RUNNING",
         "COMPLETED",
-        "Finished: COMPLETED",
-        "Celery task",
-        "tokens",
-    ):
-        assert text in page, text
-    assert 'id="action-retry"' in page and "agent.execution.completed"[-9:] in page
+    ]
+    assert '<span class="dur">final</span>' in section(done, "timeline")
+    assert "Finished: COMPLETED" in done and row["celery_task_id"] and row["celery_task_id"] in done
+    usage = row["usage"]
+    assert f"{usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion" in done
+    assert row["result"]["output"] in section(done, "output")  # the streamed text, whole
+    assert "completed" in section(done, "events") and visible_actions(done) == []
     pipeline = console_app.test_client().post(
         "/v1/executions",
         headers={"Authorization": f"Bearer {acme.key}"},
@@ -134,9 +150,9 @@ def test_the_pages_show_executions_their_story_and_agents(console_app, acme):  #
     )
     wait_finished(_Bearer(console_app, acme.key), pipeline.get_json()["id"])
     steps = client.get(f"/console/executions/{pipeline.get_json()['id']}").get_data(as_text=True)
-    assert "Step outputs" in steps and "<dt>draft</dt>" in steps
+    assert 'data-step="draft"><h3>draft</h3>' in section(steps, "output")
     waiting = client.get(f"/console/executions/{acme.pending}").get_data(as_text=True)
-    assert "not started" in waiting
+    assert "not started" in waiting and visible_actions(waiting) == ["cancel"]
 
     agents = client.get("/console/agents").get_data(as_text=True)
     assert "acme-writer" in agents
@@ -201,6 +217,7 @@ def test_the_console_event_route_replays_a_finished_execution_and_ends(console_a
     assert resp.mimetype == "text/event-stream"
     body = resp.get_data(as_text=True)
     assert "event: agent.execution.progress" in body and "event: agent.execution.completed" in body
+    assert "event: agent.execution.output.delta" in body  # the page shows the output as it streams
     after = int(re.findall(r"^id: (\d+)$", body, re.M)[-1])
     tail = client.get(f"/console/executions/{acme.done}/events", headers={"Last-Event-ID": str(after)})
     assert "event:" not in tail.get_data(as_text=True)

@@ -51,7 +51,7 @@ def test_the_page_of_a_waiting_agent_has_a_field_per_call_and_sending_it_lets_th
     key, execution_id, h = waiting
     client = signed_in(console_app, key)
     page = client.get(f"/console/executions/{execution_id}").get_data(as_text=True)
-    assert 'id="tool-outputs"' in page and 'name="output-call_1_0"' in page
+    assert 'id="required-action">' in page and 'name="output-call_1_0"' in page  # shown, not hidden
     assert "lookup({&#34;q&#34;: &#34;x&#34;})" in page or 'lookup({"q": "x"})' in page
     assert "Waiting" in page and "tool call" in page
 
@@ -77,7 +77,14 @@ def test_the_page_of_a_waiting_agent_has_a_field_per_call_and_sending_it_lets_th
         data={"csrf_token": token, "output-call_1_0": "late"},
     )
     assert again.status_code == 409
-    assert 'id="tool-outputs"' not in client.get(f"/console/executions/{execution_id}").get_data(as_text=True)
+    after = client.get(f"/console/executions/{execution_id}").get_data(as_text=True)
+    assert 'id="required-action" hidden' in after and 'name="output-call_1_0"' not in after
+    json_again = client.post(
+        f"/console/executions/{execution_id}/input",
+        data={"csrf_token": token, "output-call_1_0": "late"},
+        headers={"Accept": "application/json"},
+    )
+    assert json_again.status_code == 409 and "waits for no tool outputs" in json_again.get_json()["error"]
 
 
 def test_another_tenants_waiting_execution_cannot_be_answered_from_the_console(console_app, waiting):  # type: ignore[no-untyped-def]  # noqa: F811

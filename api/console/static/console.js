@@ -12,9 +12,42 @@ function setState(page, state) {
   document.querySelectorAll("form.action").forEach((form) => {
     form.hidden = !form.dataset.states.split(" ").includes(state);
   });
+  if (state !== "REQUIRES_ACTION") document.getElementById("required-action").hidden = true;
   if (FINISHED.has(state)) {
     document.getElementById("why").textContent = "Finished: " + state + ".";
   }
+}
+
+// The agent asks for tool outputs: one field per call in the page's form (built here when the
+// page was opened before the request), as the server renders it.
+function showToolCalls(action) {
+  const box = document.getElementById("tool-calls");
+  box.replaceChildren();
+  (action.tool_calls || []).forEach((call) => {
+    const row = document.createElement("p");
+    const label = document.createElement("label");
+    label.htmlFor = "output-" + call.id;
+    const name = document.createElement("span");
+    name.className = "mono";
+    name.textContent = call.name + "(" + JSON.stringify(call.arguments || {}) + ")";
+    const id = document.createElement("span");
+    id.className = "muted mono";
+    id.textContent = " " + call.id;
+    label.append(name, id);
+    const field = document.createElement("textarea");
+    field.id = field.name = "output-" + call.id;
+    field.rows = 3;
+    field.cols = 60;
+    field.maxLength = 65536;
+    field.required = true;
+    row.append(label, document.createElement("br"), field);
+    box.appendChild(row);
+  });
+  const until = action.expires_at ? "Until " + action.expires_at + ". " : "";
+  document.getElementById("action-expires").textContent = until + "Answer each call; the agent goes on with the outputs.";
+  document.getElementById("why").textContent =
+    "Waiting for the outputs of " + (action.tool_calls || []).length + " tool call(s), holding no worker: answer them below.";
+  document.getElementById("required-action").hidden = false;
 }
 
 function setProgress(percentage, message) {
@@ -32,6 +65,40 @@ function addEvent(message) {
   const detail = [p.new_state || p.state || "", p.percentage != null ? Math.round(p.percentage) + "%" : "", p.message || ""];
   item.textContent = "#" + message.id + " " + message.type.split(".").pop() + " " + detail.join(" ").trim();
   list.appendChild(item);
+}
+
+function outputBlock(box, step) {
+  let block = Array.from(box.children).find((b) => b.dataset.step === step);
+  if (!block) {
+    block = document.createElement("div");
+    block.className = "output-step";
+    block.dataset.step = step;
+    if (step) {
+      const title = document.createElement("h3");
+      title.textContent = step;
+      block.appendChild(title);
+    }
+    const pre = document.createElement("pre");
+    pre.className = "result";
+    pre.tabIndex = 0;
+    block.appendChild(pre);
+    box.appendChild(block);
+  }
+  return block.querySelector("pre");
+}
+
+// One output delta: its text goes under its step; `reset` (a later attempt) drops the text the
+// page holds for that step (all of it for a standard task), as docs/api.md says.
+function addDelta(p) {
+  const box = document.getElementById("output");
+  const step = p.step || "";
+  if (p.reset) {
+    Array.from(box.children).forEach((b) => { if (!step || b.dataset.step === step) b.remove(); });
+  }
+  const pre = outputBlock(box, step);
+  pre.textContent += p.delta || "";
+  pre.scrollTop = pre.scrollHeight;
+  document.getElementById("output-note").textContent = "As the model writes it, live.";
 }
 
 function showOutcome(p) {
@@ -83,18 +150,36 @@ function follow(page) {
     stream.addEventListener("agent.execution.state_changed", handle("state"));
     stream.addEventListener("agent.execution.progress", handle("progress"));
     stream.addEventListener("agent.execution.completed", handle("completed"));
+    stream.addEventListener("agent.execution.requires_action", (ev) => {
+      const message = JSON.parse(ev.data);
+      page.dataset.lastEventId = String(message.id);
+      addEvent(message);
+      if ((message.payload || {}).required_action) showToolCalls(message.payload.required_action);
+    });
+    stream.addEventListener("agent.execution.output.delta", (ev) => {
+      const message = JSON.parse(ev.data);
+      page.dataset.lastEventId = String(message.id);
+      addDelta(message.payload || {});
+    });
     stream.addEventListener("reconnect", () => { stream.close(); setTimeout(open, 1000); });
   };
   if (!FINISHED.has(page.dataset.state)) open();
   return open;
 }
 
+// Posts a confirmed form in the background and shows the state it answers, without a reload.
 function wireActions(page, reopen) {
-  document.querySelectorAll("form.action").forEach((form) => {
+  const forms = Array.from(document.querySelectorAll("form.action"));
+  const outputs = document.getElementById("tool-outputs");
+  if (outputs) forms.push(outputs);
+  forms.forEach((form) => {
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const name = form.dataset.action;
-      if (!window.confirm(name.charAt(0).toUpperCase() + name.slice(1) + " this execution?")) return;
+      const question = name
+        ? name.charAt(0).toUpperCase() + name.slice(1) + " this execution?"
+        : "Send these outputs of " + form.querySelectorAll("textarea").length + " tool call(s)? The agent goes on with them.";
+      if (!window.confirm(question)) return;
       const live = document.getElementById("live");
       const seen = page.dataset.stateEvents || "0";
       const resp = await fetch(form.action, {
@@ -105,6 +190,7 @@ function wireActions(page, reopen) {
       });
       const body = await resp.json().catch(() => ({}));
       if (!resp.ok) { live.textContent = body.error || "refused (" + resp.status + ")"; return; }
+      if (form === outputs) document.getElementById("required-action").hidden = true;
       const wasFinished = FINISHED.has(page.dataset.state);
       // The stream may have shown a newer state while the answer travelled: keep the newer one.
       if ((page.dataset.stateEvents || "0") === seen) setState(page, body.state);
