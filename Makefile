@@ -44,6 +44,7 @@ db: install services
 	@$(WITH_SERVICES) $(PY) scripts/createdb.py && $(VENV)/bin/alembic upgrade head
 
 # The Procfile's processes under scripts/run.py, in the foreground; its runtime files go to var/.
+run: export FLOWER_URL ?= http://127.0.0.1:$(FLOWER_PORT)# the console links each Celery task id to it
 run: db
 	@echo "API      http://127.0.0.1:$(PORT)  (docs: /docs)"
 	@echo "Console  http://127.0.0.1:$(PORT)/console  (sign in with the API key below)"

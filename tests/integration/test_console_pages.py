@@ -77,6 +77,7 @@ def test_the_list_filters_by_state_agent_error_code_and_created_time_and_pages( 
 
 
 def test_the_celery_task_id_links_to_flower_when_flower_url_is_set(console_app, acme, monkeypatch):  # type: ignore[no-untyped-def]  # noqa: F811
+    monkeypatch.delenv("FLOWER_URL", raising=False)
     client = signed_in(console_app, acme.key)
     task = _Bearer(console_app, acme.key).get(f"/v1/executions/{acme.done}").get_json()["celery_task_id"]
     assert task and f'href="http://flower.test:5555/task/{task}"' not in client.get(
