@@ -64,8 +64,11 @@ _ENTERING_RUNNING: dict[str, Any] = {
     "deadline_at": Expr.DEADLINE,
     "progress_message": "Initialize",
 }
+# A QUEUED execution waiting for a slot or its task can end without running (cancel, an
+# interrupt, a failed claim): an ended execution waits for nothing.
 _ENTERING_FINISHED: dict[str, Any] = {
     "completed_at": Expr.NOW,
+    "waiting_reason": None,
     "required_action": None,
     "action_expires_at": None,
 }

@@ -238,3 +238,56 @@ def test_a_tenant_limit_set_from_the_cli_caps_the_tenant_and_unsetting_it_starts
         "COMPLETED"
     ]
     svc.cancel_execution(long)
+
+
+LOOKUP = {
+    "name": "lookup",
+    "description": "Look a word up",
+    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+    "kind": "client",
+}
+
+
+def test_a_wait_for_tool_outputs_gives_its_slot_to_the_waiter_at_once(worker_service):  # type: ignore[no-untyped-def]
+    """RUNNING -> REQUIRES_ACTION is a way out of the slot: the execution already waiting for it
+    starts without the reaper (none runs here)."""
+    svc = worker_service
+    agent = svc.create_agent(AgentCreate(name="asks", max_concurrency=1, tools=[LOOKUP]))
+    asking = svc.create_execution(
+        ExecutionCreate(
+            agent_id=agent.id,
+            parameters={
+                "type": "agent",
+                "input": "What is x?",
+                "simulate": {"latency_ms": 1500, "chunks": 15, "tool_calls": [[{"name": "lookup"}]]},
+            },
+        )
+    )[0].id
+    wait_for(lambda: svc.get_execution(asking).state == "RUNNING", what="the asking run to start")
+    [waiter] = _create(svc, agent.id, 1)
+    wait_for(
+        lambda: svc.get_execution(waiter).waiting_reason == "concurrency_limit",
+        what="the second to wait for the slot",
+    )
+    assert svc.get_execution(asking).state == "RUNNING"  # it still held the slot then
+    assert wait_for(lambda: _all_finished(svc, [waiter]), timeout=30, what="the waiter to run") == [
+        "COMPLETED"
+    ]
+    row = svc.get_execution(asking)
+    assert (row.state, row.waiting_reason) == ("REQUIRES_ACTION", None)
+    svc.cancel_execution(asking)
+
+
+def test_a_waiter_cancelled_while_it_waits_keeps_no_waiting_reason(worker_service):  # type: ignore[no-untyped-def]
+    svc = worker_service
+    agent = svc.create_agent(AgentCreate(name="gave-up", max_concurrency=1))
+    [long] = _create(svc, agent.id, 1, latency_ms=20000, chunks=100)
+    wait_for(lambda: svc.get_execution(long).state == "RUNNING", what="the long one to run")
+    [waiter] = _create(svc, agent.id, 1)
+    wait_for(
+        lambda: svc.get_execution(waiter).waiting_reason == "concurrency_limit", what="the waiter to wait"
+    )
+    svc.cancel_execution(waiter, reason="no longer needed")
+    row = svc.get_execution(waiter)
+    assert (row.state, row.waiting_reason) == ("CANCELLED", None)
+    svc.cancel_execution(long)

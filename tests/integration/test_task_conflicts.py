@@ -122,4 +122,5 @@ def test_interrupt_cancels_running_and_waiting_ones_and_only_the_newest_runs(wor
         a, w, n = wait_for(lambda ids=ids: _finished(svc, *ids), timeout=30, what="all three to end")
         assert (a.state, a.error_code) in {("CANCELLED", "interrupted"), ("COMPLETED", None)}, round_
         assert (w.state, w.error_code, w.started_at) == ("CANCELLED", "interrupted", None), round_
+        assert w.waiting_reason is None, round_  # ended: it waits for nothing any more
         assert n.state == "COMPLETED" and (a.completed_at is None or n.started_at >= a.completed_at), round_
