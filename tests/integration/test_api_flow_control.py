@@ -4,8 +4,13 @@ the daily budget's 429, error_code in answers, events and the list filter, GET /
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import text
+
+from app.execution.policy import seconds_to_utc_midnight
+from app.models import DEFAULT_TENANT
 from tests.conftest import wait_for
 from tests.integration.conftest import wait_finished
 
@@ -71,6 +76,7 @@ def test_enqueue_shows_task_busy_then_runs_and_interrupt_sets_error_code_interru
     assert (first_done["state"], first_done["error_code"]) == ("CANCELLED", "interrupted")
     queued_done = wait_finished(api, queued["id"])
     assert (queued_done["state"], queued_done["error_code"]) == ("CANCELLED", "interrupted")
+    assert queued_done["waiting_reason"] is None
     assert wait_finished(api, third["id"])["state"] == "COMPLETED"
     listed = api.get(f"/v1/executions?task_id={task}&error_code=interrupted").get_json()
     assert {e["id"] for e in listed["items"]} == {first["id"], queued["id"]}
@@ -102,7 +108,7 @@ def test_a_spent_daily_budget_answers_429_with_retry_after_and_usage_adds_up(api
     assert refused.status_code == 429 and refused.mimetype == PROBLEM
     problem = refused.get_json()
     assert problem["type"].endswith("/budget-exceeded") and "daily token budget" in problem["detail"]
-    assert 0 < int(refused.headers["Retry-After"]) <= 86400
+    assert abs(int(refused.headers["Retry-After"]) - seconds_to_utc_midnight()) <= 5  # next UTC midnight
     usage = api.get("/v1/usage?group_by=agent").get_json()["items"]
     [mine] = [u for u in usage if u["agent_id"] == agent["id"]]
     assert mine["day"] is None and mine["executions"] == 1
@@ -119,3 +125,41 @@ def test_a_spent_daily_budget_answers_429_with_retry_after_and_usage_adds_up(api
     )
     assert api.get("/v1/usage?group_by=week").status_code == 422
     assert api.get("/v1/usage?created_after=yesterday").status_code == 422
+
+
+def test_usage_is_the_tenants_own_and_a_window_selects_whole_utc_days(api, session_factory):  # type: ignore[no-untyped-def]
+    agent = _agent(api)
+    today = datetime.now(UTC).date()
+    days = [today - timedelta(days=2), today - timedelta(days=1)]
+    rows = [  # (agent, day, tenant, executions, prompt, completion, total)
+        (agent["id"], days[0], DEFAULT_TENANT, 2, 10, 20, 30),
+        (agent["id"], days[1], DEFAULT_TENANT, 1, 1, 2, 3),
+        (str(uuid.uuid4()), days[1], "someone-else", 7, 100, 200, 300),  # another tenant's agent
+    ]
+    with session_factory() as s:
+        for a, d, t, n, p, c, total in rows:
+            s.execute(
+                text(
+                    "INSERT INTO agent_usage_daily (agent_id, day, tenant, shard, executions, prompt_tokens,"
+                    " completion_tokens, total_tokens) VALUES (:a, :d, :t, 3, :n, :p, :c, :total)"
+                ),
+                {"a": a, "d": d, "t": t, "n": n, "p": p, "c": c, "total": total},
+            )
+        s.commit()
+
+    def item(day: Any, executions: int, p: int, c: int) -> dict[str, Any]:
+        return {
+            "agent_id": None,
+            "day": day.isoformat(),
+            "executions": executions,
+            "prompt_tokens": p,
+            "completion_tokens": c,
+            "total_tokens": p + c,
+        }
+
+    by_day = api.get("/v1/usage?group_by=day").get_json()["items"]
+    assert by_day == [item(days[0], 2, 10, 20), item(days[1], 1, 1, 2)]  # not someone-else's 300
+    window = f"created_after={days[1]}T23:59:59Z&created_before={today}T00:00:00Z"
+    assert api.get(f"/v1/usage?group_by=day&{window}").get_json()["items"] == [item(days[1], 1, 1, 2)]
+    [total] = api.get(f"/v1/usage?group_by=agent&agent_id={agent['id']}").get_json()["items"]
+    assert (total["executions"], total["total_tokens"], total["day"]) == (3, 33, None)

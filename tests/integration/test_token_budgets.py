@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from app.errors import BudgetExceededError
+from app.execution.policy import seconds_to_utc_midnight
 from app.schemas import AgentCreate, ExecutionCreate
 from tests.conftest import wait_for
 
@@ -49,7 +50,7 @@ def test_max_tokens_stops_a_pipeline_before_the_step_that_would_exceed_it(worker
     assert completed[-1]["error_code"] == "budget_exceeded"
 
 
-def test_a_spent_daily_budget_fails_queued_runs_at_claim_and_refuses_creates(worker_service):  # type: ignore[no-untyped-def]
+def test_a_spent_daily_budget_refuses_creates_until_the_next_utc_midnight(worker_service):  # type: ignore[no-untyped-def]
     svc = worker_service
     agent = svc.create_agent(AgentCreate(name="daily", daily_token_budget=8))
     first = svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "a b c d e f"}))[0]
@@ -57,7 +58,7 @@ def test_a_spent_daily_budget_fails_queued_runs_at_claim_and_refuses_creates(wor
     assert done.state == "COMPLETED" and done.total_tokens > 8  # its prompt (6) fitted the budget
     with pytest.raises(BudgetExceededError) as refused:
         svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"}))
-    assert 0 < refused.value.retry_after <= 86400
+    assert abs(refused.value.retry_after - seconds_to_utc_midnight()) <= 5  # next UTC midnight
 
 
 def test_the_days_usage_equals_the_sum_of_the_executions_usage(worker_service, session_factory):  # type: ignore[no-untyped-def]
@@ -85,3 +86,42 @@ def test_the_days_usage_equals_the_sum_of_the_executions_usage(worker_service, s
     )
     assert rows[0].total_tokens == rows[0].result["usage"]["total_tokens"]
     assert rows[1].total_tokens == rows[1].result["usage"]["total_tokens"] and rows[2].total_tokens == 0
+
+
+def test_a_run_queued_before_the_daily_budget_was_spent_fails_at_claim_without_a_model_call(worker_service):  # type: ignore[no-untyped-def]
+    svc = worker_service
+    agent = svc.create_agent(AgentCreate(name="late", daily_token_budget=8))
+    later = svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"}, start=False))[
+        0
+    ]
+    first = svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "a b c d e f"}))[0]
+    [done] = wait_for(lambda: _finished(svc, first.id), what="the first run")
+    assert done.state == "COMPLETED" and done.total_tokens > 8  # the day's budget is spent now
+    svc.start_execution(later.id)  # it was created while the budget had room
+    [row] = wait_for(lambda: _finished(svc, later.id), what="the later run's claim")
+    assert (row.state, row.error_code, row.total_tokens) == ("FAILED", "budget_exceeded", 0)
+    assert "daily token budget" in row.error_message and row.result is None
+    assert row.waiting_reason is None
+
+
+def test_usage_is_recorded_as_each_step_ends_not_only_at_the_end(worker_service, session_factory):  # type: ignore[no-untyped-def]
+    svc = worker_service
+    agent = svc.create_agent(AgentCreate(name="metered"))
+    slow = PIPELINE | {"simulate": {"latency_ms": 3000, "chunks": 30}}  # 3 s per step
+    running = svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters=slow))[0]
+    row = wait_for(
+        lambda: "a" in ((r := svc.get_execution(running.id)).context or {}).get("steps", {}) and r,
+        timeout=30,
+        what="the first step to end",
+    )
+    step_a = row.context["steps"]["a"]["usage"]["total_tokens"]
+    assert row.state == "RUNNING" and row.total_tokens == step_a > 0
+    with session_factory() as s:
+        day = s.execute(
+            text("SELECT sum(executions), sum(total_tokens) FROM agent_usage_daily WHERE agent_id = :a"),
+            {"a": agent.id},
+        ).one()
+    assert tuple(day) == (0, step_a)  # the agent's day has the step's tokens; no run has ended yet
+    svc.cancel_execution(running.id)
+    [ended] = wait_for(lambda: _finished(svc, running.id), what="the cancel")
+    assert ended.state == "CANCELLED" and ended.total_tokens >= step_a
