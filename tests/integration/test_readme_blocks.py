@@ -66,3 +66,23 @@ def test_the_readme_curl_walkthrough_runs_twice_without_an_error_page(
         assert "lookup=an in-memory data store" in output, output[-4000:]  # and through the CLI
         executions.add(re.search(r"^execution (\S+)$", output, re.M).group(1))  # type: ignore[union-attr]
     assert len(executions) == 2, "the second paste did not make its own execution"
+
+
+@pytest.mark.parametrize("api_server", [{"AUTH_ENABLED": "true"}], indirect=True)
+def test_the_readme_python_example_runs_twice_on_the_stack_agentexec_api_url_names(
+    api_server: Server, service, clean_db
+) -> None:  # type: ignore[no-untyped-def]
+    key, _ = service.keys.create("readme", "the README Python example")
+    text = section((ROOT / "README.md").read_text(), "## From Python")
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+    assert len(blocks) == 1 and "Client(" in blocks[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTEXEC_")}
+    env |= {"AGENTEXEC_API_URL": api_server.url, "AGENTEXEC_API_KEY": key}
+    for paste in (1, 2):
+        run = subprocess.run(
+            [sys.executable, "-c", blocks[0]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode == 0 and "Traceback" not in run.stderr, (
+            f"run {paste}:\n{run.stdout}{run.stderr}"
+        )
+        assert "100.0%" in run.stdout and "COMPLETED" in run.stdout, run.stdout

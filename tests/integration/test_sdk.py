@@ -246,8 +246,9 @@ def test_api_errors_are_raised_as_typed_problems_with_their_fields(client: Clien
 
 @pytest.mark.parametrize("readme", ["README.md", "sdk/README.md"])
 def test_the_python_example_of_the_readme_runs_against_the_api(
-    readme: str, url: str, capsys: pytest.CaptureFixture[str]
+    readme: str, url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("AGENTEXEC_API_URL", url)  # README.md's Client() reads it; sdk/README.md's names it
     text = (Path(__file__).resolve().parents[2] / readme).read_text()
     code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
     code = code.replace("http://127.0.0.1:8000", url).replace('"latency_ms": 1500', '"latency_ms": 50')
