@@ -13,7 +13,8 @@ once after the replay when the execution had already finished.
 
 The reconnection delay (`retry:`) rides on the first event block: a block holding only
 `retry:` is dispatched by some clients (httpx-sse) as an empty event. When no event is
-ready at once, a heartbeat comment is sent instead so the client gets its headers.
+ready at once, a heartbeat comment is sent instead so the client gets its headers; a
+heartbeat is one comment line with no blank line after it, for the same reason.
 
 When the web server shuts down gracefully (`begin_shutdown()`, called by the gunicorn
 worker in `api/server.py`), every open stream notices within `SHUTDOWN_CHECK_SECONDS`,
@@ -53,7 +54,10 @@ log = structlog.get_logger(__name__)
 PAGE = 500
 RETRY_MS = 2000
 RECONNECT = "reconnect"
-HEARTBEAT = ": keepalive\n\n"
+# A comment line without the blank line that ends a block: a blank line after a comment makes
+# httpx-sse (0.4.3, its issue #35) dispatch an empty event once any event had an id, since it
+# keeps the last id sticky and counts it as content. Comments are ignored line by line anyway.
+HEARTBEAT = ": keepalive\n"
 # A backstop only: begin_shutdown() wakes every waiting stream at once (api/fanout.py). With
 # 10,000 streams a process, every timed wake-up is 10,000 more a period: sse_watchers bench.
 SHUTDOWN_CHECK_SECONDS = 15.0

@@ -72,23 +72,35 @@ def test_an_sse_stream_falls_back_to_polling_the_log_when_redis_is_down(api_with
 
 
 def httpx_sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    """Events as httpx-sse's SSEDecoder dispatches them: {'event', 'data', 'id', 'retry'} per block."""
+    """Events as httpx-sse 0.4.3's SSEDecoder dispatches them: {'event', 'data', 'id', 'retry'}.
+
+    Like it, the last event id is sticky (never reset by a block) and a blank line dispatches
+    an event whenever an event type, data, a retry or that sticky id is set: so once an event
+    with an id has arrived, a comment block (`: keepalive` and a blank line) comes out as an
+    empty `message` event (httpx-sse issue #35). `retry` is present only in a block that had one.
+    """
     block: dict[str, Any] = {}
     data: list[str] = []
+    last_id = ""
     for line in lines:
         if line == "":
-            if block or data:
-                yield {"event": block.get("event", "message"), "data": "\n".join(data)} | {
-                    k: v for k, v in block.items() if k in ("id", "retry")
-                }
+            if block or data or last_id:
+                event = {"event": block.get("event") or "message", "data": "\n".join(data)}
+                yield (
+                    event
+                    | ({"id": last_id} if last_id else {})
+                    | {k: v for k, v in block.items() if k == "retry"}
+                )
             block, data = {}, []
         elif not line.startswith(":"):
             name, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
             if name == "data":
                 data.append(value)
-            elif name in ("event", "id"):
+            elif name == "event":
                 block[name] = value
+            elif name == "id" and "\0" not in value:
+                last_id = value
             elif name == "retry" and value.isdigit():
                 block["retry"] = int(value)
 
@@ -136,6 +148,26 @@ def test_the_first_event_block_carries_retry_and_no_block_is_an_empty_event(
     assert live[-1]["event"] == "agent.execution.completed"
 
 
+@pytest.mark.parametrize("api_server", [{"SSE_HEARTBEAT_SECONDS": "0.2"}], indirect=True)
+def test_heartbeats_between_events_are_no_empty_events_to_httpx_sse(api_server: Server, clean_db) -> None:  # type: ignore[no-untyped-def]
+    # A PENDING execution: after its first event the stream only has heartbeats (every 0.2 s) to
+    # send until it is started; then it runs to its end.
+    with api_server.client() as c:
+        agent = _new_agent(c)
+        pending = c.post("/v1/executions", json={"agent_id": agent, "parameters": {}, "start": False}).json()
+    stream = _stream_lines(api_server, f"/v1/executions/{pending['id']}/events")
+    lines, beats = [], 0
+    while beats < 3:
+        lines.append(next(stream))
+        beats += lines[-1].startswith(": keepalive") and any(line.startswith("id:") for line in lines)
+    with api_server.client() as c:
+        assert c.post(f"/v1/executions/{pending['id']}/start").status_code == 200
+    events = list(httpx_sse_events(iter(lines + list(stream))))
+    assert all(e["data"] and e["event"].startswith("agent.execution.") for e in events), events
+    assert json.loads(events[0]["data"])["payload"]["new_state"] == "PENDING"
+    assert events[-1]["event"] == "agent.execution.completed"
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["graceful", "quick"])
 def test_a_server_shutdown_ends_open_streams_with_a_reconnect_event_within_a_second(
     settings, celery_worker, clean_db, tmp_path, stop
@@ -150,17 +182,18 @@ def test_a_server_shutdown_ends_open_streams_with_a_reconnect_event_within_a_sec
             pending = c.post(
                 "/v1/executions", json={"agent_id": agent, "parameters": {}, "start": False}
             ).json()
-        lines = _stream_lines(server, f"/v1/executions/{pending['id']}/events")
-        first = next(httpx_sse_events(lines))
+        events = httpx_sse_events(_stream_lines(server, f"/v1/executions/{pending['id']}/events"))
+        first = next(events)
         assert json.loads(first["data"])["payload"]["new_state"] == "PENDING"
         server.process.send_signal(stop)
         signalled = time.monotonic()
-        rest = list(httpx_sse_events(lines))  # to the end of the stream
+        rest = list(events)  # to the end of the stream
         ended = time.monotonic() - signalled
         assert [e["event"] for e in rest] == ["reconnect"], rest
         hint = json.loads(rest[0]["data"])
         assert hint == {"reason": "server_shutdown", "last_event_id": int(first["id"]), "retry_ms": 2000}
-        assert rest[0]["retry"] == 2000 and "id" not in rest[0]  # EventSource keeps its Last-Event-ID
+        # No id line: the client's Last-Event-ID stays the last event's (httpx-sse reports it as is).
+        assert rest[0]["retry"] == 2000 and rest[0]["id"] == first["id"]
         assert ended < 2.5, f"the stream took {ended:.1f} s to end"
         wait_for(lambda: server.process.poll() is not None, timeout=8, what="gunicorn to exit")
         assert time.monotonic() - signalled < 8, "gunicorn waited for its graceful timeout"
