@@ -102,7 +102,10 @@ def _renderer(log_format: str, stream: TextIO) -> Any:
     if log_format == "json":
         return structlog.processors.JSONRenderer(sort_keys=False)
     colors = bool(getattr(stream, "isatty", lambda: False)())
-    return structlog.dev.ConsoleRenderer(colors=colors)
+    # Plain tracebacks: structlog's default (rich) prints every frame's local variables, past
+    # the key redaction, and takes seconds of CPU under the logging lock that every thread of
+    # the process waits on (a worker that stalls so misses its heartbeats).
+    return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback)
 
 
 def configure_logging(

@@ -9,18 +9,20 @@ lock, so two threads never build two services.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 from celery import signals
 from celery.exceptions import Ignore, Reject
 
 from app.bootstrap import build_service
-from app.errors import DatabaseError
+from app.errors import DatabaseError, DatabaseUnavailableError
 from app.execution.control import ControlHub
 from app.execution.dispatch import PURGE, REAP, RUN_EXECUTION, SCHEDULE_TICK, reaper_queue
 from app.execution.policy import Outcome
@@ -29,6 +31,30 @@ from workers.background import BackgroundTaskManager
 from workers.celery_app import celery_app
 
 log = structlog.get_logger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def skipped_while_database_down(name: str) -> Callable[[Callable[P, T]], Callable[P, T | None]]:
+    """A periodic pass that PostgreSQL cannot serve is skipped with one warning line (None).
+
+    Beat sends the next pass anyway, so nothing is lost; raising instead made Celery log a
+    traceback per pass, and a worker rendering them during an outage stalled long enough to
+    miss its own heartbeats once PostgreSQL was back (tests/integration/test_periodic_outage.py).
+    """
+
+    def decorate(body: Callable[P, T]) -> Callable[P, T | None]:
+        @functools.wraps(body)
+        def run(*args: P.args, **kwargs: P.kwargs) -> T | None:
+            try:
+                return body(*args, **kwargs)
+            except DatabaseUnavailableError:
+                log.warning("periodic task skipped: database unavailable", task=name)
+                return None
+
+        return run
+
+    return decorate
 
 
 class _ProcessService:
@@ -211,6 +237,7 @@ def run_execution(self, execution_id: str, attempt: int) -> str:  # type: ignore
 
 
 @celery_app.task(name=REAP, ignore_result=True, send_events=False)
+@skipped_while_database_down("reap")
 def reap() -> dict[str, int]:
     """Recover stale executions (one reaper at a time across the cluster).
 
@@ -220,6 +247,7 @@ def reap() -> dict[str, int]:
 
 
 @celery_app.task(name=PURGE, ignore_result=True, send_events=False)
+@skipped_while_database_down("purge")
 def purge() -> int:
     """Retention: delete finished executions older than RETENTION_DAYS (no task events, like the
     reaper; its record is the retention_status row: /metrics)."""
@@ -227,6 +255,7 @@ def purge() -> int:
 
 
 @celery_app.task(name=SCHEDULE_TICK, ignore_result=True, send_events=False)
+@skipped_while_database_down("tick_schedules")
 def tick_schedules() -> dict[str, int]:
     """Queue the delayed starts that are due and create the runs of due cron schedules (beat
     sends it every SCHEDULE_TICK_INTERVAL; no task events, like the reaper). Two at once

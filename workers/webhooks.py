@@ -18,7 +18,7 @@ from celery import signals
 from app.webhooks import WEBHOOK_DISPATCH, WEBHOOK_SEND, webhook_queue
 from app.webhooks.service import WebhookService, build_webhooks
 from workers.celery_app import celery_app
-from workers.tasks import get_service
+from workers.tasks import get_service, skipped_while_database_down
 
 _lock = threading.Lock()
 
@@ -57,6 +57,7 @@ def _consume_the_webhook_queue(instance: Any = None, **_: Any) -> None:
 
 
 @celery_app.task(name=WEBHOOK_DISPATCH, ignore_result=True, send_events=False)
+@skipped_while_database_down("webhooks.dispatch")
 def dispatch() -> int:
     """Fan new events out to deliveries and send one task per due delivery; how many were sent."""
     webhooks = get_webhooks()
@@ -68,6 +69,8 @@ def dispatch() -> int:
 
 
 @celery_app.task(name=WEBHOOK_SEND, ignore_result=True, send_events=False)
+@skipped_while_database_down("webhooks.send")
 def send(delivery_id: str, token: str) -> str:
-    """One attempt of one claimed delivery (a stale claim's task does nothing)."""
+    """One attempt of one claimed delivery (a stale claim's task does nothing; so does one
+    PostgreSQL cannot serve: its claim's lease runs out and the dispatcher claims it again)."""
     return get_webhooks().send(uuid.UUID(delivery_id), uuid.UUID(token))
