@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import IO
 
@@ -349,10 +350,35 @@ class Supervisor:
         for pump in self.pumps:  # the last lines of each process (its pipe is closed by now)
             pump.join(1)
 
+    def announce_ready(self, started: float) -> None:
+        """Say once when the API answers /healthz and Flower listens (runs in a thread): the URLs
+        printed before the start are not yet serving, and a curl at once would be refused."""
+        api = api_url()
+        flower = (_bind_address("FLOWER_ADDRESS"), _port("FLOWER_PORT", 5555))
+        if flower[0] in ("0.0.0.0", "::", "*"):
+            flower = ("127.0.0.1", flower[1])
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via http_proxy
+        while self.stop_requested is None and len(self.alive()) == len(self.procs):
+            try:
+                with direct.open(f"{api}/healthz", timeout=1) as answer:
+                    healthy = answer.status == 200
+                with socket.create_connection(flower, timeout=1):
+                    pass
+            except OSError:
+                healthy = False
+            if healthy:
+                self.system(
+                    f"ready in {time.monotonic() - started:.1f} s: API {api}, Flower port {flower[1]}"
+                )
+                return
+            time.sleep(0.1)
+
     def run(self) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
+        started = time.monotonic()
         self.spawn()
+        threading.Thread(target=self.announce_ready, args=(started,), daemon=True).start()
         failed = ""
         while self.stop_requested is None:
             exited = [name for name, proc in self.procs.items() if proc.poll() is not None]

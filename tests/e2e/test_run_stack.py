@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -157,6 +158,17 @@ class Checkout:
             return healthy and _listening(self.flower_port)
 
         wait_for(up, timeout=timeout, interval=0.1, what="the stack of `make run` to come up")
+        # make run says so itself, once both answer: its URLs were printed before anything started.
+        log = self.logs[self.runs.index(proc)]
+        wait_for(
+            lambda: (
+                "ready in " in log.read_text()
+                and f": API {self.url}, Flower port {self.flower_port}" in log.read_text()
+            ),
+            timeout=5,
+            interval=0.1,
+            what=f"make run to print its ready line:\n{self.log_tail()}",
+        )
 
     def make(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -402,6 +414,15 @@ def _assert_finished_once_on_attempt_2(checkout: Checkout, ids: list[str]) -> No
         ids,
     )
     assert sorted(counts) == sorted((i, 1, 1) for i in ids), counts
+    # Progress never went back across the hand-back: attempt 2 starts where attempt 1 got to.
+    progress = checkout.sql(
+        "SELECT execution_id::text, array_agg((payload->>'percentage')::float ORDER BY id)"
+        " FROM execution_events WHERE type = 'agent.execution.progress' AND execution_id::text = ANY(%s)"
+        " GROUP BY 1",
+        ids,
+    )
+    assert len(progress) == len(ids), progress
+    assert all(p == sorted(p) and p[-1] == 100 for _, p in progress), progress
 
 
 @pytest.mark.timeout(240)
@@ -426,8 +447,10 @@ def test_ctrl_c_in_a_terminal_or_under_a_pipe_stops_the_stack_in_time_and_runnin
     stopped = checkout.make("stop", timeout=GRACEFUL + 30)
     assert stopped.returncode == 0, (stopped.stdout, stopped.stderr)
     checkout.wait_gone(timeout=GRACEFUL + MARGIN)
+    ready = re.findall(r"\| ready in ([\d.]+) s", " ".join(log.read_text() for log in checkout.logs))
     with capsys.disabled():
         print(
-            f"\n[make run] Ctrl-C, 6 executions running: every process gone in {stopped_in_terminal:.1f} s,"
+            f"\n[make run] ready in {' / '.join(ready)} s after its processes started;"
+            f" Ctrl-C, 6 executions running: every process gone in {stopped_in_terminal:.1f} s,"
             f" {stopped_under_pipe:.1f} s under a pipe"
         )
