@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, jsonify, redirect, render_template, request, url_for
@@ -49,6 +50,8 @@ CSP = (
 )
 OPEN_ENDPOINTS = frozenset({"console.signin", "console.static"})
 PAGE_SIZE = 25
+# Events and output deltas an execution page reads when it loads; a longer log streams in after.
+PAGE_ITEMS = 2000
 Page = str | Response | WerkzeugResponse | tuple[str, int]
 
 
@@ -209,7 +212,8 @@ def execution(execution_id: uuid.UUID) -> Page:
     svc.get_execution(execution_id, tenant=tenant())  # another tenant's: 404 before any read
     # The events and output deltas first, then the row: the page's stream resumes after the last
     # one read (`E` or `E.k`), so a change made between the two reads is replayed, not lost.
-    items = list(Replay(svc, execution_id, Cursor()).read())
+    # At most PAGE_ITEMS of them: the page's stream sends the rest, from where this read stopped.
+    items = list(islice(Replay(svc, execution_id, Cursor()).read(), PAGE_ITEMS))
     row = svc.get_execution(execution_id, tenant=tenant())
     history = svc.get_state_history(execution_id, 100, tenant=tenant())
     try:

@@ -131,3 +131,23 @@ def test_another_tenants_pages_are_not_listed_or_counted(console_app, acme):  # 
     assert sum(client.get("/console/executions/counts").get_json().values()) == 2
     assert "globex-writer" not in client.get("/console/agents").get_data(as_text=True)
     assert other.done not in client.get(f"/console/agents/{acme.agent['id']}").get_data(as_text=True)
+
+
+def test_an_execution_page_reads_at_most_page_items_and_streams_the_rest(console_app, acme, monkeypatch):  # type: ignore[no-untyped-def]  # noqa: F811
+    """A long log does not make one page load read all of it: the page's stream goes on after
+    the last item the page read."""
+    client = signed_in(console_app, acme.key)
+    everything = client.get(f"/console/executions/{acme.done}").get_data(as_text=True)
+    ids = re.findall(r'data-last-event-id="([^"]+)"', everything)
+    monkeypatch.setattr(views, "PAGE_ITEMS", 2)
+    page = client.get(f"/console/executions/{acme.done}").get_data(as_text=True)
+    first_two = re.findall(r'data-last-event-id="([^"]+)"', page)
+    events = _Bearer(console_app, acme.key).get(f"/v1/executions/{acme.done}/events").get_json()
+    assert len(events["items"] if isinstance(events, dict) else events) > 2
+    assert first_two == [str(_nth_event_id(console_app, acme, 2))] and first_two != ids, (first_two, ids)
+
+
+def _nth_event_id(app: Any, tenant: Any, n: int) -> str:
+    got = _Bearer(app, tenant.key).get(f"/v1/executions/{tenant.done}/events").get_json()
+    items = got["items"] if isinstance(got, dict) else got
+    return str(items[n - 1]["id"])
