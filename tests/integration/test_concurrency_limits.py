@@ -291,3 +291,29 @@ def test_a_waiter_cancelled_while_it_waits_keeps_no_waiting_reason(worker_servic
     row = svc.get_execution(waiter)
     assert (row.state, row.waiting_reason) == ("CANCELLED", None)
     svc.cancel_execution(long)
+
+
+def test_waiters_get_the_freed_slot_by_priority_then_in_order_of_arrival(worker_service):  # type: ignore[no-untyped-def]
+    svc = worker_service
+    agent = svc.create_agent(AgentCreate(name="ordered", max_concurrency=1))
+    [long] = _create(svc, agent.id, 1, latency_ms=20000, chunks=100)
+    wait_for(lambda: svc.get_execution(long).state == "RUNNING", what="the long one to run")
+    waiters = {
+        name: svc.create_execution(
+            ExecutionCreate(
+                agent_id=agent.id,
+                parameters={"input": name, "simulate": {"latency_ms": 100}},
+                priority=priority,
+            )
+        )[0].id
+        for name, priority in (("low", 1), ("mid-first", 5), ("mid-second", 5), ("high", 9))
+    }
+    wait_for(
+        lambda: all(svc.get_execution(i).waiting_reason == "concurrency_limit" for i in waiters.values()),
+        what="all four to wait",
+    )
+    svc.cancel_execution(long)
+    rows = wait_for(lambda: _all_finished(svc, list(waiters.values())), timeout=30, what="the four to run")
+    assert rows == ["COMPLETED"] * 4
+    started = sorted(waiters, key=lambda name: svc.get_execution(waiters[name]).started_at)
+    assert started == ["high", "mid-first", "mid-second", "low"]

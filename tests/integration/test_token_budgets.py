@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from app.errors import BudgetExceededError
 from app.execution.policy import seconds_to_utc_midnight
-from app.schemas import AgentCreate, ExecutionCreate
+from app.schemas import AgentCreate, ExecutionCreate, ToolOutputsSubmit
 from tests.conftest import wait_for
 
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
@@ -125,3 +125,44 @@ def test_usage_is_recorded_as_each_step_ends_not_only_at_the_end(worker_service,
     svc.cancel_execution(running.id)
     [ended] = wait_for(lambda: _finished(svc, running.id), what="the cancel")
     assert ended.state == "CANCELLED" and ended.total_tokens >= step_a
+
+
+LOOKUP = {
+    "name": "lookup",
+    "description": "Look a word up",
+    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+    "kind": "client",
+}
+
+
+def test_max_tokens_counts_every_turn_and_attempt_of_an_agent(worker_service):  # type: ignore[no-untyped-def]
+    """Turn 1 asks for a tool (REQUIRES_ACTION); its answer is a new attempt whose turn 2 finds
+    the budget spent by turn 1: no second model call, FAILED budget_exceeded."""
+    svc = worker_service
+    agent = svc.create_agent(AgentCreate(name="chatty", tools=[LOOKUP]))
+    task = {"type": "agent", "input": "What is x?", "simulate": {"tool_calls": [[{"name": "lookup"}]]}}
+
+    def asked(max_tokens: int | None) -> Any:
+        ex = svc.create_execution(ExecutionCreate(agent_id=agent.id, parameters=task, max_tokens=max_tokens))[
+            0
+        ]
+        return wait_for(
+            lambda: (r := svc.get_execution(ex.id)).state == "REQUIRES_ACTION" and r, what="the tool call"
+        )
+
+    def answer(row: Any) -> Any:
+        call = row.required_action["tool_calls"][0]["id"]
+        svc.submit_tool_outputs(
+            row.id, ToolOutputsSubmit(tool_outputs=[{"tool_call_id": call, "output": "forty-two"}])
+        )
+        [done] = wait_for(lambda: _finished(svc, row.id), what="the second turn")
+        return done
+
+    free = asked(None)
+    first_turn = free.total_tokens
+    assert first_turn > 0 and answer(free).state == "COMPLETED"  # two turns when nothing limits it
+    capped = asked(first_turn)
+    assert capped.total_tokens == first_turn
+    done = answer(capped)
+    assert (done.state, done.error_code, done.attempt) == ("FAILED", "budget_exceeded", 2)
+    assert done.total_tokens == first_turn and f"max_tokens is {first_turn}" in done.error_message
