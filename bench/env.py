@@ -24,9 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-PG_HOST, PG_PORT = "127.0.0.1", 5432
+# The PostgreSQL server DATABASE_URL names (under `make bench`, the embedded one of
+# var/services.env when scripts/services.sh had to start one), else the default's; the run's
+# database is made there, as the tests do.
+# (app's defaults, not imported from app.config: configure() must run before app is imported.)
+_SERVER = make_url(os.environ.get("DATABASE_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/agentexec")
+PG_ADMIN_URL = os.environ.get(
+    "BENCH_PG_ADMIN_URL",
+    _SERVER.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False),
+)
+PG_HOST, PG_PORT = _SERVER.host or "127.0.0.1", _SERVER.port or 5432
 REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "11"))
 RUN_ID = str(os.getpid())
 DB_NAME = f"agentexec_bench_{RUN_ID}"
@@ -38,10 +48,18 @@ LOG_DIR = Path(f"/tmp/agentexec-bench-{RUN_ID}")
 
 def database_url(port: int = PG_PORT, db: str = DB_NAME, host: str = PG_HOST) -> str:
     """The SQLAlchemy URL of the benchmark database (optionally through another port)."""
-    return f"postgresql+psycopg://postgres@{host}:{port}/{db}?sslmode=disable&gssencmode=disable"
+    url = _SERVER.set(drivername="postgresql+psycopg", host=host, port=port, database=db)
+    return url.update_query_dict({"sslmode": "disable", "gssencmode": "disable"}).render_as_string(
+        hide_password=False
+    )
 
 
-_redis = {"url": os.environ.get("BENCH_REDIS_URL") or f"redis://127.0.0.1:6379/{REDIS_DB}"}
+# The shared Redis (when this run cannot start its own): REDIS_URL's server, db BENCH_REDIS_DB.
+_SHARED_REDIS = make_url(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
+_redis = {
+    "url": os.environ.get("BENCH_REDIS_URL")
+    or _SHARED_REDIS.set(database=str(REDIS_DB)).render_as_string(hide_password=False)
+}
 
 
 def redis_url() -> str:
