@@ -6,6 +6,7 @@ import json
 import re
 import sys
 import uuid
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -152,8 +153,26 @@ def submit(
             help="Simulated-model knob: latency_ms, fail_times, fail_permanently, chunks. Repeatable.",
         ),
     ] = None,
+    delay_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--delay-seconds", min=0, help="Start it this many seconds from now (PENDING until then)."
+        ),
+    ] = None,
+    start_at: Annotated[
+        datetime | None,
+        typer.Option(
+            "--start-at",
+            metavar="TIME",
+            help="Start it at this time (ISO 8601, e.g. 2026-12-01T08:00:00; UTC unless an offset is given).",
+        ),
+    ] = None,
 ) -> None:
     """Submit an execution to an agent; with --watch, show its progress and then its result."""
+    if delay_seconds is not None and start_at is not None:
+        raise typer.BadParameter("give --delay-seconds or --start-at, not both", param_hint="--start-at")
+    if start_at is not None and start_at.tzinfo is None:
+        start_at = start_at.replace(tzinfo=UTC)
     parameters = build_parameters(input_text, params_file, task_type, step or [], simulate or [])
     client = client_of(ctx)
     found = resolve_agent(client, agent)
@@ -168,6 +187,8 @@ def submit(
         task_id=task_id,
         on_conflict=on_conflict,
         max_tokens=max_tokens,
+        delay_seconds=delay_seconds,
+        start_at=start_at,
     )
     again = "" if execution.created else " (existing, same idempotency key)"
     shown = state_detail(execution.state, waiting_reason=execution.waiting_reason)

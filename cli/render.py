@@ -166,6 +166,7 @@ def show_execution(item: dict[str, Any], agent_name: str | None = None) -> None:
         ("timeout", f"{item.get('timeout_seconds')} s"),
         ("tokens", _tokens(item)),
         ("created", short_time(item.get("created_at"))),
+        ("scheduled", short_time(item.get("scheduled_at"))),
         ("started", short_time(item.get("started_at"))),
         ("completed", short_time(item.get("completed_at"))),
     ]

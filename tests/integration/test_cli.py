@@ -601,3 +601,17 @@ def test_submit_watch_shows_the_output_under_the_bar_as_it_streams_then_prints_t
     assert (
         "✓ COMPLETED" in last_frame and last_frame.count("[simulated-1] the quick") == 1
     )  # the result, once
+
+
+def test_submit_delay_seconds_or_start_at_creates_a_scheduled_execution_that_show_reports(cli, writer):  # type: ignore[no-untyped-def]
+    before = datetime.now(UTC)
+    later = cli("submit", "writer", "--input", "x", "--delay-seconds", "3600").stdout.strip()
+    row = cli.execution(later)
+    due = datetime.fromisoformat(row["scheduled_at"])
+    assert row["state"] == "PENDING" and 3590 <= (due - before).total_seconds() <= 3610, row
+    assert f"scheduled  {row['scheduled_at'].replace('T', ' ')[:19]}" in cli("show", later).stdout
+    when = (before + timedelta(days=2)).replace(microsecond=0, tzinfo=None)  # naive: read as UTC
+    at = cli("submit", "writer", "--input", "x", "--start-at", when.isoformat()).stdout.strip()
+    assert datetime.fromisoformat(cli.execution(at)["scheduled_at"]) == when.replace(tzinfo=UTC)
+    both = cli("submit", "writer", "--delay-seconds", "5", "--start-at", when.isoformat(), code=2)
+    assert "not both" in both.stderr
