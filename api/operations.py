@@ -12,6 +12,8 @@ from api.deps import answer, service, settings
 from api.models import Status
 from api.openapi import problem_answers
 from api.problems import problem
+from app.config import Settings
+from app.execution.dispatch import SCHEDULE_TICK_RECORD, WEBHOOK_DISPATCH_RECORD
 from app.metrics import ApiMetrics, render
 
 bp = APIBlueprint("operations", __name__, abp_tags=[Tag(name="operations", description="Health and metrics")])
@@ -46,6 +48,7 @@ def readyz() -> Response:
             headers={"Retry-After": "2"},
         )
     reasons = reaper_lag(svc.repository.reaper_status(), settings().reaper_interval)
+    reasons += periodic_lag(svc.repository.periodic_status(), settings())
     return answer(Status(status="degraded", reasons=reasons) if reasons else Status(status="ready"))
 
 
@@ -57,6 +60,26 @@ def reaper_lag(status: tuple[float, dict[str, int]] | None, interval: float) -> 
     if age > 3 * interval:
         return [f"the reaper last ran {age:.0f} s ago (every {interval:g} s expected): is beat running?"]
     return []
+
+
+def periodic_lag(ages: dict[str, float], s: Settings) -> list[str]:
+    """Which of beat's other passes stopped: no run for 3 of its intervals (15 s at least).
+    One that never ran says nothing here: the reaper's line already asks whether beat runs."""
+    expected = {
+        SCHEDULE_TICK_RECORD: (
+            "the schedule tick (delayed starts, cron schedules)",
+            s.schedule_tick_interval,
+        ),
+        WEBHOOK_DISPATCH_RECORD: ("the webhook dispatcher", s.webhook_poll_interval),
+    }
+    reasons = []
+    for task, (what, interval) in expected.items():
+        age = ages.get(task)
+        if age is not None and age > max(3 * interval, 15.0):
+            reasons.append(
+                f"{what} last ran {age:.0f} s ago (every {interval:g} s expected): is beat running?"
+            )
+    return reasons
 
 
 @bp.get(

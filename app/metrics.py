@@ -225,6 +225,21 @@ def _retention_families(rows: Sequence[Any]) -> list[Metric]:
     return [age, deleted]
 
 
+def _periodic_families(rows: Sequence[Any]) -> list[Metric]:
+    age = GaugeMetricFamily(
+        "agentexec_periodic_last_run_age_seconds",
+        "Seconds since beat's schedule tick or webhook dispatcher last ran, by task (absent until it runs).",
+        labels=["task"],
+    )
+    runs = CounterMetricFamily(
+        "agentexec_periodic_runs", "Passes of beat's periodic tasks, by task.", labels=["task"]
+    )
+    for task, seconds, count in rows:
+        age.add_metric([str(task)], float(seconds))
+        runs.add_metric([str(task)], float(count))
+    return [age, runs]
+
+
 WEBHOOK_STATUSES = ("pending", "delivering", "succeeded", "failed")
 
 
@@ -300,6 +315,7 @@ class ExecutionStatsCollector:
         return [
             *reaper,
             *_retention_families(rows["retention"]),
+            *_periodic_families(rows["periodic"]),
             *_webhook_families(rows["webhook_deliveries"], rows["webhooks_disabled"]),
             up,
             by_state,

@@ -336,6 +336,16 @@ class RetentionStatus(Base):
     runs: Mapped[int] = mapped_column(BigInteger)
 
 
+class PeriodicStatus(Base):
+    """When one of beat's other passes (the schedule tick, the webhook dispatcher) last ran."""
+
+    __tablename__ = "periodic_status"
+
+    task: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    runs: Mapped[int] = mapped_column(BigInteger)
+
+
 class Webhook(Base):
     """A tenant's webhook endpoint: where its events are POSTed, signed with its secret."""
 

@@ -19,7 +19,8 @@ INSPECT_TIMEOUT = 1.0
 
 
 def gather() -> dict[str, Any]:
-    """Workers (node, queues, active tasks), the reaper's record, queue depths, executions by state."""
+    """Workers (node, queues, active tasks), the reaper's record, when the schedule tick and the
+    webhook dispatcher last ran, queue depths, executions by state."""
     from app.bootstrap import build_service
     from app.errors import DatabaseError
     from workers.background import BackgroundTaskManager
@@ -28,6 +29,7 @@ def gather() -> dict[str, Any]:
     service = build_service()
     try:
         reaper = service.repository.reaper_status()
+        periodic = service.repository.periodic_status()
         by_state = service.repository.executions_by_state()
     except DatabaseError as exc:
         raise CliError(f"database: {exc} (is DATABASE_URL right and migrated?)") from None
@@ -60,6 +62,7 @@ def gather() -> dict[str, Any]:
             "stale": reaper[0] > 3 * interval,
             "recovered": reaper[1],
         },
+        "periodic": {task: round(age, 1) for task, age in sorted(periodic.items())},
         "queues": depths,
         "executions": by_state,
     }
@@ -88,6 +91,8 @@ def status(
         out.print(
             f"reaper: last pass {reaper['last_pass_seconds_ago']} s ago ({mark}); recovered in all: {moved}"
         )
+    for task, age in found["periodic"].items():
+        out.print(f"{task.replace('_', ' ')}: last ran {age} s ago")
     queues = Table("queue", "waiting in the broker", title="queues")
     for name, depth in found["queues"].items():
         queues.add_row(name, "?" if depth is None else str(depth))

@@ -99,8 +99,8 @@ def clean_db(session_factory):  # type: ignore[no-untyped-def]
     # two). Tables in the order a run's statements touch them, and another try when it happens.
     truncate = text(
         "TRUNCATE executions, execution_state_history, execution_events, agent_usage_daily, agents, "
-        "api_keys, reaper_status, retention_status, tenant_limits, webhook_deliveries, webhooks, "
-        "webhook_cursor, schedules, tool_secrets CASCADE"
+        "api_keys, reaper_status, retention_status, periodic_status, tenant_limits, webhook_deliveries, "
+        "webhooks, webhook_cursor, schedules, tool_secrets CASCADE"
     )
     for attempt in range(5):
         try:

@@ -24,7 +24,14 @@ from celery.exceptions import Ignore, Reject
 from app.bootstrap import build_service
 from app.errors import DatabaseError, DatabaseUnavailableError
 from app.execution.control import ControlHub
-from app.execution.dispatch import PURGE, REAP, RUN_EXECUTION, SCHEDULE_TICK, reaper_queue
+from app.execution.dispatch import (
+    PURGE,
+    REAP,
+    RUN_EXECUTION,
+    SCHEDULE_TICK,
+    SCHEDULE_TICK_RECORD,
+    reaper_queue,
+)
 from app.execution.policy import Outcome
 from app.execution.service import ExecutionService
 from workers.background import BackgroundTaskManager
@@ -35,19 +42,26 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def skipped_while_database_down(name: str) -> Callable[[Callable[P, T]], Callable[P, T | None]]:
+def skipped_while_database_down(
+    name: str, *, record: bool = False
+) -> Callable[[Callable[P, T]], Callable[P, T | None]]:
     """A periodic pass that PostgreSQL cannot serve is skipped with one warning line (None).
 
     Beat sends the next pass anyway, so nothing is lost; raising instead made Celery log a
     traceback per pass, and a worker rendering them during an outage stalled long enough to
     miss its own heartbeats once PostgreSQL was back (tests/integration/test_periodic_outage.py).
+    With `record`, a pass that ran is noted in periodic_status under `name` (its liveness:
+    /metrics, /readyz, `agentexec status`); the reaper and retention keep records of their own.
     """
 
     def decorate(body: Callable[P, T]) -> Callable[P, T | None]:
         @functools.wraps(body)
         def run(*args: P.args, **kwargs: P.kwargs) -> T | None:
             try:
-                return body(*args, **kwargs)
+                done = body(*args, **kwargs)
+                if record:
+                    get_service().repository.record_periodic_run(name)
+                return done
             except DatabaseUnavailableError:
                 log.warning("periodic task skipped: database unavailable", task=name)
                 return None
@@ -255,7 +269,7 @@ def purge() -> int:
 
 
 @celery_app.task(name=SCHEDULE_TICK, ignore_result=True, send_events=False)
-@skipped_while_database_down("tick_schedules")
+@skipped_while_database_down(SCHEDULE_TICK_RECORD, record=True)
 def tick_schedules() -> dict[str, int]:
     """Queue the delayed starts that are due and create the runs of due cron schedules (beat
     sends it every SCHEDULE_TICK_INTERVAL; no task events, like the reaper). Two at once

@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import signals
 
+from app.execution.dispatch import WEBHOOK_DISPATCH_RECORD
 from app.webhooks import WEBHOOK_DISPATCH, WEBHOOK_SEND, webhook_queue
 from app.webhooks.service import WebhookService, build_webhooks
 from workers.celery_app import celery_app
@@ -57,7 +58,7 @@ def _consume_the_webhook_queue(instance: Any = None, **_: Any) -> None:
 
 
 @celery_app.task(name=WEBHOOK_DISPATCH, ignore_result=True, send_events=False)
-@skipped_while_database_down("webhooks.dispatch")
+@skipped_while_database_down(WEBHOOK_DISPATCH_RECORD, record=True)
 def dispatch() -> int:
     """Fan new events out to deliveries and send one task per due delivery; how many were sent."""
     webhooks = get_webhooks()

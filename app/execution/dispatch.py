@@ -13,6 +13,9 @@ RUN_EXECUTION = "agentexec.run_execution"
 REAP = "agentexec.reap"
 PURGE = "agentexec.purge"  # the retention job (RETENTION_DAYS), on the reaper's queue
 SCHEDULE_TICK = "agentexec.schedules.tick"  # delayed starts and cron schedules, on the reaper's queue
+# The periodic_status rows of beat's passes that keep no record of their own (liveness).
+SCHEDULE_TICK_RECORD = "schedule_tick"
+WEBHOOK_DISPATCH_RECORD = "webhook_dispatch"
 
 
 def reaper_queue(default_queue: str) -> str:

@@ -404,6 +404,7 @@ def test_status_shows_the_workers_the_reapers_last_pass_and_the_queue_depths(cli
     get_service().reap()
     found = cli.json("status")
     assert found["reaper"]["last_pass_seconds_ago"] < 10 and found["reaper"]["stale"] is False
+    assert found["periodic"] == {}  # neither the schedule tick nor the dispatcher ran yet
     assert found["queues"][settings.default_queue] == 0  # the test worker keeps it drained
     assert any(settings.default_queue in w["queues"] for w in found["workers"]), found["workers"]
 

@@ -53,8 +53,8 @@ def unreachable(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator
 PASSES: dict[str, Callable[[], Any]] = {
     "reap": lambda: tasks.reap.run(),
     "purge": lambda: tasks.purge.run(),
-    "tick_schedules": lambda: tasks.tick_schedules.run(),
-    "webhooks.dispatch": lambda: webhook_tasks.dispatch.run(),
+    "schedule_tick": lambda: tasks.tick_schedules.run(),
+    "webhook_dispatch": lambda: webhook_tasks.dispatch.run(),
     "webhooks.send": lambda: webhook_tasks.send.run(str(uuid.uuid4()), str(uuid.uuid4())),
 }
 

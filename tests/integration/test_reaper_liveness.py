@@ -7,6 +7,18 @@ import uuid
 
 from app.schemas import AgentCreate, ExecutionCreate
 from app.schemas import ExecutionState as S
+from tests.conftest import wait_for
+
+
+def _status() -> str:
+    """What `agentexec status` prints (an operator command: it reads DATABASE_URL itself)."""
+    from typer.testing import CliRunner
+
+    from cli.main import app as cli_app
+
+    result = CliRunner().invoke(cli_app, ["status"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stdout
 
 
 def _metric(text: str, name: str) -> float | None:
@@ -74,3 +86,44 @@ def test_executions_recovered_by_the_reaper_are_counted_by_cause(api_app, api, s
     assert svc.reap()["failed"] == 1
     lost = svc.get_execution(execution.id)
     assert (lost.state, lost.error_code) == ("FAILED", "worker_lost")
+
+
+def test_the_schedule_tick_and_the_webhook_dispatcher_are_watched_too(api_app, api, session_factory):  # type: ignore[no-untyped-def]
+    """Beat's other passes record each run: /metrics shows their age and count, /readyz says which
+    one stopped, `agentexec status` prints when each last ran."""
+    from sqlalchemy import text
+
+    import workers.tasks as tasks
+    import workers.webhooks as webhook_tasks
+
+    text_before = api.get("/metrics").get_data(as_text=True)
+    assert "agentexec_periodic_last_run_age_seconds{" not in text_before  # never ran: absent
+    api_app.extensions["agentexec.service"].reap()
+    tasks.tick_schedules.run()
+    tasks.tick_schedules.run()
+    webhook_tasks.dispatch.run()
+
+    # The scrape-time figures are cached for 2 s: the read before the passes may still be served.
+    def scraped() -> str | None:
+        body = api.get("/metrics").get_data(as_text=True)
+        return body if 'task="webhook_dispatch"' in body else None
+
+    metrics = wait_for(scraped, timeout=10, what="the passes in /metrics")
+    for task, runs in (("schedule_tick", 2), ("webhook_dispatch", 1)):
+        assert 0 <= _metric(metrics, f'agentexec_periodic_last_run_age_seconds{{task="{task}"}}') < 5  # type: ignore[operator]
+        assert _metric(metrics, f'agentexec_periodic_runs_total{{task="{task}"}}') == runs
+    assert api.get("/readyz").get_json()["status"] == "ready"
+    printed = _status()
+    assert "schedule tick: last ran" in printed and "webhook dispatch: last ran" in printed
+
+    with session_factory() as s:  # as if the tick had stopped two minutes ago
+        s.execute(
+            text(
+                "UPDATE periodic_status SET last_run_at = now() - interval '120 seconds' "
+                "WHERE task = 'schedule_tick'"
+            )
+        )
+        s.commit()
+    body = api.get("/readyz").get_json()
+    assert body["status"] == "degraded" and len(body["reasons"]) == 1, body
+    assert body["reasons"][0].startswith("the schedule tick") and "120 s ago" in body["reasons"][0]

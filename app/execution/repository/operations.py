@@ -135,6 +135,21 @@ class OperationRows(RepositoryBase):
         with self._work(None, "record_reaper_pass") as work:
             work.connection.exec_driver_sql(sql, {"c": Jsonb(counts)})
 
+    def record_periodic_run(self, task: str) -> None:
+        """Note a finished pass of one of beat's periodic tasks (the schedule tick, the dispatcher)."""
+        sql = (
+            "INSERT INTO periodic_status (task, last_run_at, runs) VALUES (%(t)s, now(), 1) "
+            "ON CONFLICT (task) DO UPDATE SET last_run_at = now(), runs = periodic_status.runs + 1"
+        )
+        with self._work(None, "record_periodic_run") as work:
+            work.connection.exec_driver_sql(sql, {"t": task})
+
+    def periodic_status(self) -> dict[str, float]:
+        """Seconds since each recorded periodic task last ran, by task (absent: never ran)."""
+        sql = "SELECT task, extract(epoch FROM now() - last_run_at)::float8 FROM periodic_status"
+        with self._work(None, "periodic_status") as work:
+            return {str(task): float(age) for task, age in work.connection.exec_driver_sql(sql)}
+
     def reaper_status(self) -> tuple[float, dict[str, int]] | None:
         """(seconds since the reaper's last pass, what it recovered in all), or None if it never ran."""
         sql = "SELECT extract(epoch FROM now() - last_pass_at)::float8, recovered FROM reaper_status"

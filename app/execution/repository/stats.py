@@ -44,6 +44,7 @@ STATS_QUERIES = {
         "SELECT extract(epoch FROM now() - last_pass_at)::float8, recovered, passes FROM reaper_status"
     ),
     "retention": "SELECT extract(epoch FROM now() - last_run_at)::float8, deleted FROM retention_status",
+    "periodic": "SELECT task, extract(epoch FROM now() - last_run_at)::float8, runs FROM periodic_status",
     "webhook_deliveries": "SELECT status, count(*) FROM webhook_deliveries GROUP BY status",
     "webhooks_disabled": "SELECT count(*) FROM webhooks WHERE NOT enabled",
     "by_state": "SELECT state, count(*) FROM executions GROUP BY state",
