@@ -56,6 +56,9 @@ class EventBus:
         # Execution id -> the newest event id published by this process, for the executions a
         # run here streams output for (app/execution/output.py places its deltas after it).
         self._watched: dict[str, int] = {}
+        # The watched executions whose `completed` event this process published (with the
+        # EXPIRE of their delta keys): their retention clock was restarted by that publish.
+        self._ended: set[str] = set()
         # Set by app.deltas.DeltaLog: an execution's deltas are kept this long after its end.
         self.delta_retention_seconds = 0
 
@@ -99,14 +102,18 @@ class EventBus:
             return False
         args: list[Any] = [self.delta_retention_seconds]
         keys: list[str] = []
+        ended: list[str] = []
         for event_type, message in batch:
             data = json.dumps(message, default=str)
             args += [event_type, data, execution_channel(message["execution_id"]), data]
             if event_type == COMPLETED and self.delta_retention_seconds:
                 key = f"{DELTA_KEY_PREFIX}{message['execution_id']}"
                 keys += [key, f"{key}:meta"]
+                ended.append(str(message["execution_id"]))
         try:
             self._publish_script(keys=keys, args=args)
+            if self._watched:
+                self._ended.update(e for e in ended if e in self._watched)
             return True
         except redis.RedisError as exc:
             self._down_until = time.monotonic() + self._backoff
@@ -124,10 +131,16 @@ class EventBus:
     def unwatch(self, execution_id: Any) -> None:
         """Stop noting it."""
         self._watched.pop(str(execution_id), None)
+        self._ended.discard(str(execution_id))
 
     def newest_published(self, execution_id: Any) -> int:
         """The newest event id of a watched execution published here since the watch began (0: none)."""
         return self._watched.get(str(execution_id), 0)
+
+    def retention_restarted(self, execution_id: Any) -> bool:
+        """True when this process published the watched execution's `completed` event since the
+        watch began: that publish restarted its deltas' retention clock (no `keep` needed)."""
+        return str(execution_id) in self._ended
 
     def pubsub(self) -> redis.client.PubSub:
         """A new pub/sub connection (callers subscribe and close it)."""

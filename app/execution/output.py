@@ -52,7 +52,10 @@ class OutputStream:
 
     def close(self) -> None:
         """The attempt ended: the deltas stay replayable for the retention from now."""
+        # An end published here (the run's own `completed` event) already restarted the clock
+        # in its publish script: a second EXPIRE round trip would change nothing.
+        ended_here = self.bus is not None and self.bus.retention_restarted(self.execution.id)
         if self.bus is not None:
             self.bus.unwatch(self.execution.id)
-        if self.log is not None and self.appended:
+        if self.log is not None and self.appended and not ended_here:
             self.log.keep(self.execution.id)

@@ -178,3 +178,26 @@ def test_a_call_places_its_deltas_after_the_runs_own_newest_published_event_with
     assert out.floor == 9 and reads == [0]  # the progress event it just published, no read
     out.close()
     assert bus.newest_published(execution.id) == 0  # unwatched: nothing kept for it
+
+
+def test_a_run_whose_completed_event_went_out_here_skips_the_separate_retention_refresh():
+    from app.events import COMPLETED, PROGRESS, EventBus
+
+    bus = EventBus("redis://127.0.0.1:1/0")
+    bus.delta_retention_seconds = 3600
+    scripted: list[list[str]] = []
+    bus._script = lambda keys, args: scripted.append(keys)  # the publish script, without Redis
+    ended, paused = _execution(1), _execution(1)
+    for execution in (ended, paused):
+        log = FakeLog()
+        log.bus = bus  # type: ignore[attr-defined]
+        out = OutputStream(log, execution, lambda known: known)  # type: ignore[arg-type]
+        out.call(None).write("text")
+        out.call(None).flush()
+        bus.publish_many([(PROGRESS, {"id": 1, "execution_id": str(execution.id)})])
+        if execution is ended:  # its end published by this process: the EXPIREs went with it
+            bus.publish_many([(COMPLETED, {"id": 2, "execution_id": str(execution.id)})])
+        out.close()
+        assert log.kept == ([] if execution is ended else [execution.id])
+    assert scripted[1] == [f"agentexec:deltas:{ended.id}", f"agentexec:deltas:{ended.id}:meta"]
+    assert not bus.retention_restarted(ended.id)  # unwatched: nothing kept for it
