@@ -413,8 +413,9 @@ def insert(
     return _run(connection, _statement(shape), bound)
 
 
-_new_execution = Execution._sa_class_manager.new_instance  # type: ignore[attr-defined]
-_new_event = ExecutionEvent._sa_class_manager.new_instance  # type: ignore[attr-defined]
+# Through the mappers' documented `class_manager` (the ORM's own way to make a loaded instance).
+_new_execution = sa_inspect(Execution).class_manager.new_instance
+_new_event = sa_inspect(ExecutionEvent).class_manager.new_instance
 
 
 def execution_from_row(row: Mapping[str, Any]) -> Execution:
