@@ -21,7 +21,9 @@ whatever the interleaving of an API-written event (a cancel) with the deltas.
 
 Entries of an attempt older than the newest one that appended are refused (a worker that
 lost its lease cannot mix its text into the new attempt's). `index` counts the deltas of
-the execution across attempts (HINCRBY on the execution's meta hash).
+the execution across attempts (HINCRBY on the execution's meta hash). The writer passes the
+last delta it appended, so a stream Redis lost meanwhile goes on after it (ids and index
+keep growing) instead of starting again at `E.0` and index 0.
 """
 
 from __future__ import annotations
@@ -40,16 +42,31 @@ from app.events import DELTA_KEY_PREFIX, OUTPUT_DELTA, EventBus, execution_chann
 log = structlog.get_logger(__name__)
 
 KEY_PREFIX = DELTA_KEY_PREFIX
-# KEYS: stream, meta. ARGV: floor, attempt, maxlen, ttl, channel, message (JSON, without id/index).
+# KEYS: stream, meta. ARGV: floor, attempt, maxlen, ttl, channel, message (JSON, without id/index),
+# then the E, k and index of the last delta this writer appended (-1 -1 -1: none). With them a
+# stream Redis lost (a flush, a restart without persistence) goes on after what clients were
+# sent instead of giving out `E.0` and index 0 again.
 _APPEND = """
 local attempt = tonumber(ARGV[2])
 if attempt < tonumber(redis.call('HGET', KEYS[2], 'attempt') or '0') then return false end
-local e = math.max(tonumber(ARGV[1]), tonumber(redis.call('HGET', KEYS[2], 'fence') or '0'))
+local mine_e, mine_k = tonumber(ARGV[7]), tonumber(ARGV[8])
+local e = math.max(tonumber(ARGV[1]), tonumber(redis.call('HGET', KEYS[2], 'fence') or '0'), mine_e)
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-if last then e = math.max(e, tonumber(string.match(last[1], '^(%d+)'))) end
+local last_k = -1
+if last then
+  local last_e = tonumber(string.match(last[1], '^(%d+)'))
+  if last_e > e then e = last_e end
+  if last_e == e then last_k = tonumber(string.match(last[1], '-(%d+)$')) end
+end
+if e == mine_e and mine_k > last_k then last_k = mine_k end
 local index = redis.call('HINCRBY', KEYS[2], 'index', 1) - 1
+if index <= tonumber(ARGV[9]) then
+  index = tonumber(ARGV[9]) + 1
+  redis.call('HSET', KEYS[2], 'index', index + 1)
+end
 local ms = string.format('%.0f', e)
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], ms .. '-*', 'i', index, 'm', ARGV[6])
+local at = ms .. '-' .. (last_k + 1)
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], at, 'i', index, 'm', ARGV[6])
 redis.call('HSET', KEYS[2], 'fence', ms, 'attempt', attempt)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -57,7 +74,7 @@ local msg = cjson.decode(ARGV[6])
 msg['id'] = (string.gsub(id, '-', '.'))
 msg['payload']['index'] = index
 redis.call('PUBLISH', ARGV[5], cjson.encode(msg))
-return id
+return {id, index}
 """
 # KEYS: stream, meta. ARGV: fence (0: none), start, count, ttl.
 _READ = """
@@ -110,6 +127,14 @@ class Cursor:
 
 
 @dataclass(frozen=True)
+class Appended:
+    """Where an appended delta went: its cursor (`E.k`) and its index."""
+
+    cursor: Cursor
+    index: int
+
+
+@dataclass(frozen=True)
 class Delta:
     """One stored delta: its cursor and its message (as published and as sent over SSE)."""
 
@@ -150,14 +175,25 @@ class DeltaLog:
             self._scripts[name] = self.bus.client.register_script(body)
         return self._scripts[name]
 
-    def append(self, execution_id: Any, attempt: int, floor: int, message: dict[str, Any]) -> str | None:
-        """Store and publish one delta; its id (`E.k`), or None when refused or Redis failed."""
+    def append(
+        self,
+        execution_id: Any,
+        attempt: int,
+        floor: int,
+        message: dict[str, Any],
+        after: Appended | None = None,
+    ) -> Appended | None:
+        """Store and publish one delta after `after` (the last this writer appended, if any);
+        where it went (`E.k` and index), or None when refused or Redis failed."""
         if time.monotonic() < self._down_until:
             return None
         keys = [stream_key(execution_id), meta_key(execution_id)]
         args = [floor, attempt, self.maxlen, self.retention_seconds, execution_channel(execution_id)]
+        mine = [after.cursor.event, after.cursor.seq, after.index] if after is not None else [-1, -1, -1]
         try:
-            entry = self._script("append", _APPEND)(keys=keys, args=[*args, json.dumps(message, default=str)])
+            entry = self._script("append", _APPEND)(
+                keys=keys, args=[*args, json.dumps(message, default=str), *mine]
+            )
         except (redis.RedisError, OSError) as exc:
             self._down_until = time.monotonic() + self.backoff
             log.warning(
@@ -166,8 +202,10 @@ class DeltaLog:
             return None
         if entry is None:
             return None
-        text = entry.decode() if isinstance(entry, bytes) else str(entry)
-        return text.replace("-", ".")
+        text, index = entry
+        cursor = Cursor.parse((text.decode() if isinstance(text, bytes) else str(text)).replace("-", "."))
+        assert cursor is not None  # Redis stream ids are always E-k
+        return Appended(cursor, int(index))
 
     def read(self, execution_id: Any, after: Cursor, fence: int, count: int) -> list[Delta]:
         """Up to `count` deltas after `after`, the fence raised to `fence` first (same script)."""

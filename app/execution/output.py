@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from app.deltas import Coalescer, DeltaLog
+from app.deltas import Appended, Coalescer, DeltaLog
 from app.execution.event_emitter import output_delta_message
 from app.models import Execution
 
@@ -28,6 +28,7 @@ class OutputStream:
         self.step: str | None = None
         self.reset = execution.attempt > 1
         self.appended = 0
+        self.last: Appended | None = None  # the last delta appended: a lost stream goes on after it
         self.bus = getattr(log, "bus", None)
         if self.bus is not None:
             self.bus.watch(execution.id)  # this run's own events, published by this process
@@ -46,9 +47,11 @@ class OutputStream:
         if self.log is None:
             return
         message = output_delta_message(self.execution, self.step, text, self.reset)
-        if self.log.append(self.execution.id, self.execution.attempt, self.floor, message) is not None:
+        went = self.log.append(self.execution.id, self.execution.attempt, self.floor, message, self.last)
+        if went is not None:
             self.reset = False  # a dropped first delta: the next one carries `reset`
             self.appended += 1
+            self.last = went
 
     def close(self) -> None:
         """The attempt ended: the deltas stay replayable for the retention from now."""

@@ -318,3 +318,30 @@ def test_an_end_written_by_the_api_restarts_the_deltas_retention(api, settings):
     assert client.ttl(meta_key(execution_id)) > settings.delta_retention_seconds - 60
     deltas = [f for f in read_frames(api, execution_id) if f["event"] == OUTPUT_DELTA]
     assert deltas and deltas[0]["data"]["payload"]["step"] == "s0"
+
+
+def test_a_writer_whose_deltas_redis_lost_goes_on_after_what_clients_were_sent(settings):
+    """Redis lost an execution's deltas (a flush, a restart without persistence) while its run
+    streams: the run's next delta comes after the last one it appended (`E.k+1`, index + 1),
+    not `E.0` and index 0 again, which a client resuming from `E.k` would never be sent."""
+    import redis
+
+    from app.deltas import DeltaLog, meta_key, stream_key
+    from app.events import EventBus
+
+    bus = EventBus(settings.redis_url)
+    log = DeltaLog(bus, retention_seconds=60, maxlen=100)
+    execution_id = uuid.uuid4()
+    message = {"type": OUTPUT_DELTA, "payload": {"delta": "x"}}
+    last = None
+    for _ in range(3):
+        last = log.append(execution_id, 1, 10, message, last)
+    assert last is not None and (str(last.cursor), last.index) == ("10.2", 2)
+    redis.Redis.from_url(settings.redis_url).delete(stream_key(execution_id), meta_key(execution_id))
+
+    went = log.append(execution_id, 1, 10, message, last)
+    assert went is not None and (str(went.cursor), went.index) == ("10.3", 3)
+    after = log.append(execution_id, 1, 10, message, went)
+    assert after is not None and (str(after.cursor), after.index) == ("10.4", 4)
+    resumed = log.read(execution_id, last.cursor, fence=0, count=10)  # a client that had 10.2
+    assert [(str(d.cursor), d.message["payload"]["index"]) for d in resumed] == [("10.3", 3), ("10.4", 4)]

@@ -9,7 +9,7 @@ import pytest
 
 from app import events
 from app.commands import ModelRequest, SimulatedProvider, split_text
-from app.deltas import Coalescer, Cursor
+from app.deltas import Appended, Coalescer, Cursor
 from app.execution.event_emitter import OUTPUT_DELTA_FIELDS, output_delta_message
 from app.execution.output import OutputStream
 from app.models import Execution
@@ -104,11 +104,13 @@ class FakeLog:
         self.kept: list[Any] = []
         self.fail = False
 
-    def append(self, execution_id: Any, attempt: int, floor: int, message: dict[str, Any]) -> str | None:
+    def append(
+        self, execution_id: Any, attempt: int, floor: int, message: dict[str, Any], after: Any = None
+    ) -> Appended | None:
         if self.fail:
             return None
         self.appended.append((execution_id, attempt, floor, message))
-        return f"{floor}.{len(self.appended) - 1}"
+        return Appended(Cursor(floor, len(self.appended) - 1), len(self.appended) - 1)
 
     def keep(self, execution_id: Any) -> None:
         self.kept.append(execution_id)
