@@ -20,6 +20,7 @@ import uuid
 from types import TracebackType
 from typing import Any
 
+import psycopg
 import structlog
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
@@ -102,6 +103,14 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            # The transition writer runs its statements on the driver itself, so a server that
+            # dropped the connection (a restart, pg_terminate_backend) shows up as psycopg's
+            # error, not SQLAlchemy's: drop the connection from the pool and say unavailable.
+            self._invalidate()
+            self._close()
+            log.error("database unavailable", operation=self.operation, execution_id=self._logged_id())
+            raise DatabaseUnavailableError(f"database unavailable during {self.operation}") from exc
         session = self._session
         try:
             if session is not None and exc is None and not self.autocommit:
@@ -117,6 +126,19 @@ class UnitOfWork:
         self._close()
         if isinstance(exc, SQLAlchemyError):
             raise wrap_database_error(exc, self.operation, self.execution_id) from exc
+
+    def _logged_id(self) -> str | None:
+        return None if self.execution_id is None else str(self.execution_id)
+
+    def _invalidate(self) -> None:
+        """Discard the unit's connection instead of returning it to the pool."""
+        try:
+            if self._connection is not None:
+                self._connection.invalidate()
+            elif self._session is not None:
+                self._session.connection().invalidate()
+        except SQLAlchemyError:
+            log.debug("invalidating a broken connection failed")
 
     def _close(self) -> None:
         try:

@@ -234,3 +234,31 @@ def test_a_failure_inside_a_shared_transaction_rolls_back_every_write(repo, sess
     with session_factory() as s:
         assert s.scalar(select(func.count()).select_from(Execution)) == 0
         assert s.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_a_write_on_a_connection_the_server_dropped_is_database_unavailable_and_the_next_works(
+    service, agent
+):  # type: ignore[no-untyped-def]
+    """The transition writer talks to psycopg directly, so a server that dropped the pooled
+    connection (a restart, pg_terminate_backend) reaches the unit of work as psycopg's error,
+    not SQLAlchemy's. It must still be DatabaseUnavailableError (the runner retries that; it
+    failed the PostgreSQL-restart e2e runs as 'internal error') and the dead connection must
+    leave the pool, so the next write works."""
+    import psycopg
+
+    from app.schemas import ExecutionCreate
+    from tests.conftest import PG_ADMIN_URL, TEST_DB
+
+    execution, _ = service.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"}))
+    repo = service.repository
+    assert repo.update_result(execution.id, {"output": "warm"}) is not None  # a pooled connection now
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (TEST_DB,),
+        )
+    with pytest.raises(DatabaseUnavailableError):
+        for _ in range(20):  # every pooled connection is dead; one of them is handed out first
+            repo.update_result(execution.id, {"output": "lost"})
+    after = repo.update_result(execution.id, {"output": "after"})
+    assert after is not None and after.result == {"output": "after"}
