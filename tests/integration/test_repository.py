@@ -254,7 +254,8 @@ def test_a_write_on_a_connection_the_server_dropped_is_database_unavailable_and_
     assert repo.update_result(execution.id, {"output": "warm"}) is not None  # a pooled connection now
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
         admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
             (TEST_DB,),
         )
     with pytest.raises(DatabaseUnavailableError):
