@@ -107,21 +107,41 @@ def _check_connection_budget(engine: Engine, per_process: int) -> None:
     event.listen(engine, "first_connect", first_connect)
 
 
+# When a statement sent to the driver itself (the transition writer) found its connection
+# dropped, by engine: every connection opened before then is pinged at its next checkout.
+_disconnected_at: dict[int, float] = {}
+
+
+def note_disconnect(engine: Engine) -> None:
+    """A connection of `engine` was found dropped outside SQLAlchemy (which would otherwise
+    have invalidated the pool): ping the others opened before now at their next checkout,
+    so a restarted server costs each of them a ping, not a failed write."""
+    _disconnected_at[id(engine)] = time.monotonic()
+
+
 def _ping_idle_connections(engine: Engine) -> None:
-    """pool_pre_ping, but only for connections idle longer than PING_AFTER_IDLE."""
+    """pool_pre_ping, but only for connections idle longer than PING_AFTER_IDLE, or opened
+    before a disconnect `note_disconnect` was told of."""
+
+    def connect(dbapi_connection: Any, record: Any) -> None:
+        record.info["opened_at"] = time.monotonic()
 
     def checkin(dbapi_connection: Any, record: Any) -> None:
         record.info["idle_since"] = time.monotonic()
 
     def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        now = time.monotonic()
         since = record.info.get("idle_since")
-        if since is None or time.monotonic() - since < PING_AFTER_IDLE:
+        suspect = record.info.get("opened_at", 0.0) < _disconnected_at.get(id(engine), -1.0)
+        if not suspect and (since is None or now - since < PING_AFTER_IDLE):
             return
         try:
             engine.dialect.do_ping(dbapi_connection)
         except Exception as exc:  # the pool replaces the connection and tries again
             raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
+        record.info["opened_at"] = now  # alive after the disconnect: no more pings for it
 
+    event.listen(engine, "connect", connect)
     event.listen(engine, "checkin", checkin)
     event.listen(engine, "checkout", checkout)
 

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db import note_disconnect
 from app.errors import DatabaseError, DatabaseUnavailableError
 
 log = structlog.get_logger(__name__)
@@ -131,12 +132,15 @@ class UnitOfWork:
         return None if self.execution_id is None else str(self.execution_id)
 
     def _invalidate(self) -> None:
-        """Discard the unit's connection instead of returning it to the pool."""
+        """Discard the unit's connection instead of returning it to the pool, and have the
+        pool ping the others (the server may have dropped them all: a restart)."""
         try:
-            if self._connection is not None:
-                self._connection.invalidate()
-            elif self._session is not None:
-                self._session.connection().invalidate()
+            connection = self._connection
+            if connection is None and self._session is not None:
+                connection = self._session.connection()
+            if connection is not None:
+                connection.invalidate()
+                note_disconnect(connection.engine)
         except SQLAlchemyError:
             log.debug("invalidating a broken connection failed")
 

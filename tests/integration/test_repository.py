@@ -251,7 +251,11 @@ def test_a_write_on_a_connection_the_server_dropped_is_database_unavailable_and_
 
     execution, _ = service.create_execution(ExecutionCreate(agent_id=agent.id, parameters={"input": "x"}))
     repo = service.repository
-    assert repo.update_result(execution.id, {"output": "warm"}) is not None  # a pooled connection now
+    engine = repo.session_factory.kw["bind"]
+    held = [engine.connect() for _ in range(4)]  # several pooled connections, all to be dropped
+    for connection in held:
+        connection.close()
+    assert repo.update_result(execution.id, {"output": "warm"}) is not None
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -259,7 +263,7 @@ def test_a_write_on_a_connection_the_server_dropped_is_database_unavailable_and_
             (TEST_DB,),
         )
     with pytest.raises(DatabaseUnavailableError):
-        for _ in range(20):  # every pooled connection is dead; one of them is handed out first
-            repo.update_result(execution.id, {"output": "lost"})
-    after = repo.update_result(execution.id, {"output": "after"})
-    assert after is not None and after.result == {"output": "after"}
+        repo.update_result(execution.id, {"output": "lost"})
+    for i in range(6):  # the pool pings the other dropped ones and replaces them: no more failures
+        after = repo.update_result(execution.id, {"output": f"after {i}"})
+        assert after is not None and after.result == {"output": f"after {i}"}
