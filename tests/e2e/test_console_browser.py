@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -125,7 +126,9 @@ def _sign_in(driver: Any, server: Server, key: str) -> None:
     WebDriverWait(driver, 20).until(ec.url_contains("/console/sign-in"))
     driver.find_element(By.ID, "api_key").send_keys(key)
     driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
-    WebDriverWait(driver, 20).until(ec.url_contains("/console/executions"))
+    # The sign-in page's own URL holds `next=/console/executions`: wait for the list itself,
+    # or the next driver.get races the sign-in's redirect (which then wins: a flaky test).
+    WebDriverWait(driver, 20).until(lambda d: urlsplit(d.current_url).path == "/console/executions")
 
 
 def test_an_operator_watches_a_pipeline_finish_and_cancels_another(console_server, key, browser):  # type: ignore[no-untyped-def]
@@ -272,7 +275,14 @@ def test_an_operator_answers_an_agents_tool_call_from_its_page(console_server, k
     _sign_in(browser, console_server, key)
     browser.get(f"{console_server.url}/console/executions/{execution}")
     browser.execute_script("window.__sameDocument = true;")
-    field = WebDriverWait(browser, 30).until(ec.visibility_of_element_located((By.ID, "output-call_1_0")))
+    try:
+        field = WebDriverWait(browser, 30).until(ec.visibility_of_element_located((By.ID, "output-call_1_0")))
+    except TimeoutException:
+        row = api.get(f"/v1/executions/{execution}").json()
+        page = browser.find_element(By.TAG_NAME, "body").text[:300]
+        raise AssertionError(
+            f"no tool-output field: API says {row['state']}; the page {browser.current_url} shows {page!r}"
+        ) from None
     _text_is(browser, "state", "REQUIRES_ACTION", 10)
     assert "lookup" in browser.find_element(By.ID, "tool-calls").text
     found = _serious(browser, _axe_source())
