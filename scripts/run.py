@@ -362,8 +362,7 @@ class Supervisor:
             try:
                 with direct.open(f"{api}/healthz", timeout=1) as answer:
                     healthy = answer.status == 200
-                with socket.create_connection(flower, timeout=1):
-                    pass
+                socket.create_connection(flower, timeout=1).close()  # Flower listens
             except OSError:
                 healthy = False
             if healthy:

@@ -7,6 +7,14 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+# A client tool (the caller answers it: REQUIRES_ACTION), for tests that only need one to ask.
+LOOKUP = {
+    "name": "lookup",
+    "description": "Look a word up",
+    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+    "kind": "client",
+}
+
 
 class ToolServer:
     """A local http tool: answers 503 `fail_first` times, then the argument `q` reversed.

@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from app.schemas import AgentCreate, AgentUpdate, ExecutionCreate
 from tests.conftest import wait_for
+from tests.tool_server import LOOKUP
 
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 
@@ -67,6 +68,13 @@ def _create(svc: Any, agent_id: uuid.UUID, n: int, **simulate: Any) -> list[uuid
         )[0].id
         for i in range(n)
     ]
+
+
+def _hold_the_only_slot(svc: Any, agent_id: uuid.UUID) -> uuid.UUID:
+    """A 20 s run of the agent, RUNNING: with a limit of 1 it holds the only slot until cancelled."""
+    [long] = _create(svc, agent_id, 1, latency_ms=20000, chunks=100)
+    wait_for(lambda: svc.get_execution(long).state == "RUNNING", what="the long one to run")
+    return long
 
 
 def test_a_limit_of_two_never_lets_a_third_run_and_all_ten_complete(worker_service, session_factory):  # type: ignore[no-untyped-def]
@@ -133,8 +141,7 @@ def test_slots_come_back_after_failure_cancel_and_timeout(worker_service):  # ty
 def test_raising_the_limit_starts_waiters_at_once(worker_service):  # type: ignore[no-untyped-def]
     svc = worker_service
     agent = svc.create_agent(AgentCreate(name="raised", max_concurrency=1))
-    [long] = _create(svc, agent.id, 1, latency_ms=20000, chunks=100)
-    wait_for(lambda: svc.get_execution(long).state == "RUNNING", what="the long one to run")
+    long = _hold_the_only_slot(svc, agent.id)
     short = _create(svc, agent.id, 3)
     wait_for(
         lambda: all(svc.get_execution(i).waiting_reason == "concurrency_limit" for i in short),
@@ -219,8 +226,7 @@ def test_a_tenant_limit_set_from_the_cli_caps_the_tenant_and_unsetting_it_starts
     svc = worker_service
     agent = svc.create_agent(AgentCreate(name="tenant-capped"))
     assert "at most 1 executions" in _cli("tenants", "set-limit", DEFAULT_TENANT, "1")
-    [long] = _create(svc, agent.id, 1, latency_ms=20000, chunks=100)
-    wait_for(lambda: svc.get_execution(long).state == "RUNNING", what="the first to run")
+    long = _hold_the_only_slot(svc, agent.id)
     [short] = _create(svc, agent.id, 1)
     wait_for(
         lambda: svc.get_execution(short).waiting_reason == "concurrency_limit", what="the second to wait"
@@ -238,14 +244,6 @@ def test_a_tenant_limit_set_from_the_cli_caps_the_tenant_and_unsetting_it_starts
         "COMPLETED"
     ]
     svc.cancel_execution(long)
-
-
-LOOKUP = {
-    "name": "lookup",
-    "description": "Look a word up",
-    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
-    "kind": "client",
-}
 
 
 def test_a_wait_for_tool_outputs_gives_its_slot_to_the_waiter_at_once(worker_service):  # type: ignore[no-untyped-def]
@@ -281,8 +279,7 @@ def test_a_wait_for_tool_outputs_gives_its_slot_to_the_waiter_at_once(worker_ser
 def test_a_waiter_cancelled_while_it_waits_keeps_no_waiting_reason(worker_service):  # type: ignore[no-untyped-def]
     svc = worker_service
     agent = svc.create_agent(AgentCreate(name="gave-up", max_concurrency=1))
-    [long] = _create(svc, agent.id, 1, latency_ms=20000, chunks=100)
-    wait_for(lambda: svc.get_execution(long).state == "RUNNING", what="the long one to run")
+    long = _hold_the_only_slot(svc, agent.id)
     [waiter] = _create(svc, agent.id, 1)
     wait_for(
         lambda: svc.get_execution(waiter).waiting_reason == "concurrency_limit", what="the waiter to wait"
@@ -296,8 +293,7 @@ def test_a_waiter_cancelled_while_it_waits_keeps_no_waiting_reason(worker_servic
 def test_waiters_get_the_freed_slot_by_priority_then_in_order_of_arrival(worker_service):  # type: ignore[no-untyped-def]
     svc = worker_service
     agent = svc.create_agent(AgentCreate(name="ordered", max_concurrency=1))
-    [long] = _create(svc, agent.id, 1, latency_ms=20000, chunks=100)
-    wait_for(lambda: svc.get_execution(long).state == "RUNNING", what="the long one to run")
+    long = _hold_the_only_slot(svc, agent.id)
     waiters = {
         name: svc.create_execution(
             ExecutionCreate(

@@ -14,6 +14,7 @@ from app.errors import BudgetExceededError
 from app.execution.policy import seconds_to_utc_midnight
 from app.schemas import AgentCreate, ExecutionCreate, ToolOutputsSubmit
 from tests.conftest import wait_for
+from tests.tool_server import LOOKUP
 
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 PIPELINE = {
@@ -125,14 +126,6 @@ def test_usage_is_recorded_as_each_step_ends_not_only_at_the_end(worker_service,
     svc.cancel_execution(running.id)
     [ended] = wait_for(lambda: _finished(svc, running.id), what="the cancel")
     assert ended.state == "CANCELLED" and ended.total_tokens >= step_a
-
-
-LOOKUP = {
-    "name": "lookup",
-    "description": "Look a word up",
-    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
-    "kind": "client",
-}
 
 
 def test_max_tokens_counts_every_turn_and_attempt_of_an_agent(worker_service):  # type: ignore[no-untyped-def]
