@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+import weakref
 from typing import Any
 
 from celery import signals
@@ -33,18 +34,20 @@ class _NoSentEvent:
 
 
 _NO_SENT_EVENT = _NoSentEvent()
-_built: dict[int, WebhookService] = {}
+# By service object, not id(): a new service can reuse a dropped one's id and would get its
+# WebhookService (its database and settings).
+_built: weakref.WeakKeyDictionary[Any, WebhookService] = weakref.WeakKeyDictionary()
 
 
 def get_webhooks() -> WebhookService:
     """This worker process's WebhookService (on the ExecutionService's database and settings)."""
     service = get_service()
-    webhooks = _built.get(id(service))
+    webhooks = _built.get(service)
     if webhooks is None:
         with _lock:
-            webhooks = _built.get(id(service))
+            webhooks = _built.get(service)
             if webhooks is None:
-                webhooks = _built[id(service)] = build_webhooks(
+                webhooks = _built[service] = build_webhooks(
                     service.repository.session_factory, service.settings
                 )
     return webhooks

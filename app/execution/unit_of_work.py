@@ -33,10 +33,17 @@ log = structlog.get_logger(__name__)
 _AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
 
-def wrap_database_error(exc: SQLAlchemyError, operation: str, execution_id: Any = None) -> DatabaseError:
-    """The DatabaseError for a SQLAlchemy failure, logged once with the operation and execution id."""
+# Server unreachable or the connection dropped: through SQLAlchemy, or straight from psycopg
+# (the transition writer runs its statements on the driver itself).
+_UNAVAILABLE = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def wrap_database_error(
+    exc: SQLAlchemyError | psycopg.Error, operation: str, execution_id: Any = None
+) -> DatabaseError:
+    """The DatabaseError for a database failure, logged once with the operation and execution id."""
     where = {"operation": operation, "execution_id": None if execution_id is None else str(execution_id)}
-    if isinstance(exc, OperationalError | InterfaceError):
+    if isinstance(exc, _UNAVAILABLE):
         log.error("database unavailable", **where)
         return DatabaseUnavailableError(f"database unavailable during {operation}")
     cause = getattr(exc, "orig", None) or exc
@@ -110,8 +117,7 @@ class UnitOfWork:
             # error, not SQLAlchemy's: drop the connection from the pool and say unavailable.
             self._invalidate()
             self._close()
-            log.error("database unavailable", operation=self.operation, execution_id=self._logged_id())
-            raise DatabaseUnavailableError(f"database unavailable during {self.operation}") from exc
+            raise wrap_database_error(exc, self.operation, self.execution_id) from exc
         session = self._session
         try:
             if session is not None and exc is None and not self.autocommit:
@@ -127,9 +133,6 @@ class UnitOfWork:
         self._close()
         if isinstance(exc, SQLAlchemyError):
             raise wrap_database_error(exc, self.operation, self.execution_id) from exc
-
-    def _logged_id(self) -> str | None:
-        return None if self.execution_id is None else str(self.execution_id)
 
     def _invalidate(self) -> None:
         """Discard the unit's connection instead of returning it to the pool, and have the
